@@ -1,0 +1,52 @@
+# Two commands: `make run` and `make test`. Both set up what they need first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint typecheck check bench setup services clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# nats-server (for tests also mosquitto and chromium; for benchmarks wrk) from Debian's
+# packages when missing.
+services:
+	@missing=""; \
+	command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
+	if [ "$(WITH_TEST_TOOLS)" = 1 ]; then \
+		command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+		command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	fi; \
+	if [ "$(WITH_BENCH_TOOLS)" = 1 ]; then command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; fi; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing with apt-get"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+run: setup services
+	$(BIN)/fngate serve -c examples/fngate.yaml
+
+test: setup
+	$(MAKE) services WITH_TEST_TOOLS=1
+	$(BIN)/ruff check .
+	$(BIN)/mypy gateway triggers sinks
+	$(BIN)/pytest -p no:cacheprovider -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy gateway triggers sinks
+
+bench: setup
+	$(MAKE) services WITH_BENCH_TOOLS=1
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .fngate .pytest_cache .mypy_cache .ruff_cache

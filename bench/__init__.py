@@ -1,0 +1,1 @@
+"""fngate's benchmark suite: `make bench` (or `python -m bench`). See docs/benchmarks.md."""

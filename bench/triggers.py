@@ -1,0 +1,167 @@
+"""Triggers: Kafka messages → tasks/s, MQTT QoS 1 messages → tasks/s, timer jitter.
+
+The trigger's function parks its one slot, so the figure is event → durable task (what a
+trigger does), not the execution of the tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaProducer
+
+from tests.services import Mosquitto, Tansu
+
+from .harness import BODY, Figure, Settings, Stack, function, percentile
+
+SINK = "ingest"
+
+
+def run(run_stack: Stack, settings: Settings) -> list[Figure]:
+    nats = run_stack.nats()
+    return [
+        _kafka(run_stack, nats.url, settings.tasks),
+        _mqtt(run_stack, nats.url, settings.tasks),
+        *_timer(run_stack, nats.url, settings.ticks),
+    ]
+
+
+def _parked(nats_url: str, trigger: dict[str, Any], name: str) -> dict[str, Any]:
+    return {
+        "nats": {"url": nats_url},
+        "functions": {name: function("park", concurrency=1, timeout="2h")},
+        "triggers": [{"function": name, **trigger}],
+    }
+
+
+async def _submitted(http: aiohttp.ClientSession, base: str, name: str) -> int:
+    async with http.get(f"{base}/v1/functions/{name}") as response:
+        body: dict[str, Any] = await response.json()
+    return int(body["counts"]["totals"]["submitted"])
+
+
+async def _rate(base: str, name: str, n: int, timeout: float = 300) -> float:
+    """Tasks/s from the first task of `name` to the n-th (polled every 20 ms)."""
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + timeout
+        while await _submitted(http, base, name) == 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no task of {name} after {timeout}s")
+            await asyncio.sleep(0.02)
+        first = time.perf_counter()
+        while (count := await _submitted(http, base, name)) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{count} of {n} tasks of {name} after {timeout}s")
+            await asyncio.sleep(0.02)
+        return (n - 1) / (time.perf_counter() - first)
+
+
+def _kafka(run_stack: Stack, nats_url: str, n: int) -> Figure:
+    broker = run_stack.add(Tansu(run_stack.root / "tansu"))
+    topic, name = "bench-orders", "kafka_orders"
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5, max_batch_size=256 * 1024)
+        await producer.start()
+        try:
+            payload = BODY.encode()
+            for i in range(0, n, 1000):
+                batch = [await producer.send(topic, payload) for _ in range(min(1000, n - i))]
+                await asyncio.gather(*batch)
+        finally:
+            await producer.stop()
+
+    # The backlog is in the topic before the gateway starts: the figure is the trigger's pace.
+    asyncio.run(produce())
+    trigger = {
+        "name": "orders", "type": "kafka", "bootstrap_servers": broker.bootstrap, "topics": [topic],
+        "auto_offset_reset": "earliest", "session_timeout_ms": 6000,
+    }  # fmt: skip
+    gateway = run_stack.gateway(_parked(nats_url, trigger, name))
+    rate = asyncio.run(_rate(gateway.url, name, n))
+    return Figure("triggers", "Kafka messages → tasks", rate, "tasks/s", None, None, "≥ 10k/s", rate >= 10_000,
+                  {"messages": n})  # fmt: skip
+
+
+def _mqtt(run_stack: Stack, nats_url: str, n: int) -> Figure:
+    broker = run_stack.add(Mosquitto(run_stack.root / "mosquitto"))
+    name = "mqtt_telemetry"
+    trigger = {"name": "telemetry", "type": "mqtt", "url": broker.url, "topic": "devices/+/telemetry", "qos": 1}
+    gateway = run_stack.gateway(_parked(nats_url, trigger, name))
+    _wait_connected(gateway.url, "telemetry")
+
+    acked = threading.Semaphore(0)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.on_publish = lambda *_: acked.release()
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+
+        def publish() -> None:
+            payload = BODY.encode()
+            for i in range(n):
+                client.publish(f"devices/d{i % 100}/telemetry", payload, qos=1)
+            for _ in range(n):
+                acked.acquire(timeout=60)
+
+        publisher = threading.Thread(target=publish)
+        publisher.start()
+        rate = asyncio.run(_rate(gateway.url, name, n))
+        publisher.join()
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return Figure("triggers", "MQTT QoS 1 messages → tasks", rate, "tasks/s", None, None, "≥ 5k/s", rate >= 5_000,
+                  {"messages": n})  # fmt: skip
+
+
+def _wait_connected(base: str, trigger: str, timeout: float = 30) -> None:
+    async def wait() -> None:
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                async with http.get(f"{base}/v1/triggers") as response:
+                    body = await response.json()
+                if any(t["name"] == trigger and t.get("connected") for t in body["triggers"]):
+                    return
+                await asyncio.sleep(0.1)
+            raise TimeoutError(f"trigger {trigger} not connected after {timeout}s: {body}")
+
+    asyncio.run(wait())
+
+
+def _timer(run_stack: Stack, nats_url: str, ticks: int) -> list[Figure]:
+    name, every = "tick", 0.2
+    config = {
+        "nats": {"url": nats_url},
+        "functions": {name: function("started", concurrency=4)},
+        "triggers": [{"name": "bench-tick", "type": "timer", "every": f"{every}s", "function": name}],
+    }
+    gateway = run_stack.gateway(config)
+    time.sleep(ticks * every + 1)
+
+    async def collect() -> list[float]:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{gateway.url}/v1/tasks?function={name}&status=Succeeded&limit=1000") as response:
+                body = await response.json()
+        return [
+            (t["result"]["started_at"] - datetime.fromisoformat(t["result"]["scheduled_at"]).timestamp()) * 1000
+            for t in body["tasks"]
+        ]
+
+    jitter = asyncio.run(collect())
+    if len(jitter) < ticks * 0.8:
+        raise RuntimeError(f"only {len(jitter)} ticks ran, {ticks} expected")
+    extra = {"ticks": len(jitter), "every_s": every, "max_ms": round(max(jitter), 2)}
+    return [
+        Figure("triggers", "timer jitter p50", percentile(jitter, 50), "ms", extra=extra),
+        Figure("triggers", "timer jitter p99", percentile(jitter, 99), "ms", None, None, "< 50 ms",
+               percentile(jitter, 99) < 50, extra),
+    ]  # fmt: skip

@@ -1,0 +1,227 @@
+"""Wiring: NATS (embedded or not), streams, workers, triggers and the API, started and
+stopped in order. Every replica runs this same process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from . import constants as c
+from .api import CONFIG, EXTRA_HEALTH, SERVICE, STORE, TRIGGER_PATHS, add_routes, auth_middleware, errors_middleware
+from .config import Config
+from .console import TASK_LOGS, add_console_routes
+from .destinations import Dispatcher
+from .embedded import EmbeddedNats
+from .errors import ConfigError, ServiceUnavailable
+from .index import TaskIndex
+from .invocation import Invocation
+from .records import Record
+from .runtimes import Runtime, build_runtime
+from .service import TaskService
+from .store import TaskStore, connect
+from .supervise import supervised
+from .tasklogs import TaskLogs
+from .worker import DelayScheduler, FunctionWorker, InvalidWorker
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """One gateway process: everything except the HTTP listener."""
+
+    def __init__(self, config: Config, app: web.Application | None = None) -> None:
+        self.config = config
+        self.app = app
+        self.embedded: EmbeddedNats | None = None
+        self.nc: NATS | None = None
+        self.store: TaskStore | None = None
+        self.index: TaskIndex | None = None
+        self.service: TaskService | None = None
+        self.runtimes: dict[str, Runtime] = {n: build_runtime(f) for n, f in config.functions.items()}
+        self.workers: dict[str, FunctionWorker] = {}
+        self.triggers: list[Any] = []
+        self._loops: list[asyncio.Task[None]] = []
+        self.terminal_hooks: list[Any] = []
+        self.dispatcher: Dispatcher | None = None
+        self.task_logs: TaskLogs | None = None
+        self.servers: list[str] = []
+        self._index_loop: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        servers = self.config.nats.servers
+        if self.config.nats.embedded:
+            self.embedded = EmbeddedNats(self.config.nats.data_dir)
+            servers = [await self.embedded.start()]
+        self.servers = servers
+        self.nc = await self._connect(servers)
+        store = self.store = TaskStore(self.nc, retention=self.config.max_retention, replicas=self.config.nats.replicas)
+        await store.ensure_streams()
+        self.dispatcher = Dispatcher(self.config, store, self.submit, replicas=self.config.nats.replicas)
+        await self.dispatcher.ensure_stream()
+        self.terminal_hooks.append(self.dispatcher.on_terminal)
+        self._spawn("destinations", self.dispatcher.run)
+        self.task_logs = TaskLogs(store, self.config.max_retention, replicas=self.config.nats.replicas)
+        await self.task_logs.ensure_stream()
+        self._spawn("function logs", self.task_logs.run)
+        self.index = TaskIndex(store, self.config.max_retention)
+        self.service = TaskService(self.config, store, self.index, self.runtimes)
+        self._index_loop = self._spawn("index", self.index.run)
+        for name, function in self.config.functions.items():
+            worker = FunctionWorker(
+                name,
+                function,
+                self.runtimes[name],
+                store,
+                ack_wait=self.config.nats.ack_wait,
+                max_chain_depth=self.config.max_chain_depth,
+                on_terminal=self._on_terminal,
+            )
+            worker.task_logs = self.task_logs
+            self.workers[name] = worker
+            self._spawn(f"worker {name}", worker.run)
+        for name in await store.function_consumers():
+            if name not in self.config.functions:
+                log.warning("function %r left the config; its queued tasks become Invalid", name)
+                self._spawn(f"invalidator {name}", InvalidWorker(name, store, self._on_terminal).run)
+        self._spawn("delay scheduler", DelayScheduler(store).run)
+        await self.nc.subscribe(f"{c.STOP_SUBJECT}.>", cb=self._on_stop)
+        await self._start_triggers()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.index.caught_up.wait(), 10)
+
+    async def _connect(self, servers: list[str]) -> NATS:
+        delay = 0.5
+        while True:
+            try:
+                return await connect(servers, on_reconnect=self._on_reconnect)
+            except Exception as exc:
+                log.warning("cannot reach NATS at %s (%s); retrying in %.1fs", ", ".join(servers), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _spawn(self, name: str, factory: Any) -> asyncio.Task[None]:
+        task = asyncio.create_task(supervised(name, factory), name=name)
+        self._loops.append(task)
+        return task
+
+    async def _on_reconnect(self) -> None:
+        """Rebuild the task view: its ordered consumers may not have survived the outage
+        (a restarted server forgets them), and waiting for their heartbeats to notice is slow."""
+        if self.index is None or self._index_loop is None:
+            return
+        self._index_loop.cancel()
+        self._loops.remove(self._index_loop)
+        self._index_loop = self._spawn("index", self.index.run)
+
+    async def _on_stop(self, msg: Msg) -> None:
+        task_id = msg.subject[len(c.STOP_SUBJECT) + 1 :]
+        for worker in self.workers.values():
+            if worker.stop_task(task_id):
+                log.info("stopping task %s", task_id)
+
+    async def _on_terminal(self, record: Record, inv: Invocation) -> None:
+        for hook in self.terminal_hooks:
+            await hook(record, inv)
+
+    def build_triggers(self) -> None:
+        """Construct triggers before the API router freezes, so http triggers can add routes."""
+        if not self.config.triggers:
+            return
+        from triggers.base import TriggerContext, TriggerStats, trigger_class
+
+        for index, trigger_config in enumerate(self.config.triggers):
+            cls = trigger_class(trigger_config.type, f"triggers.{trigger_config.name or index}")
+            context = TriggerContext(
+                submit=self.submit,
+                invoke_sync=self.invoke_sync,
+                add_route=self._add_route,
+                data_dir=self.config.nats.data_dir,
+                max_request_body=self.config.api.max_request_body,
+                max_chain_depth=self.config.max_chain_depth,
+                stats=TriggerStats(),
+                nats_servers=lambda: list(self.servers),
+            )
+            self.triggers.append(cls(trigger_config, context))
+
+    async def submit(self, function: str, payload: bytes, **options: Any) -> str:
+        if self.service is None:
+            raise ServiceUnavailable("the gateway is starting")
+        return await self.service.submit(function, payload, **options)
+
+    async def invoke_sync(self, function: str, payload: bytes, **options: Any) -> tuple[bytes, str]:
+        if self.service is None:
+            raise ServiceUnavailable("the gateway is starting")
+        return await self.service.invoke_sync(function, payload, **options)
+
+    async def _start_triggers(self) -> None:
+        for trigger in self.triggers:
+            await trigger.start()
+
+    def _add_route(self, method: str, path: str, handler: Any) -> None:
+        if self.app is None:
+            raise ConfigError([f"http trigger at {path}: no API server in this process"])
+        self.app.router.add_route(method, path, handler)
+        self.app[TRIGGER_PATHS].add(path)
+
+    async def close(self) -> None:
+        for trigger in reversed(self.triggers):
+            with contextlib.suppress(Exception):
+                await trigger.stop()
+        for loop in self._loops:
+            loop.cancel()
+        # Bounded: a stuck loop must not keep the process (and its nats-server child) alive.
+        await asyncio.wait(self._loops, timeout=5)
+        for runtime in self.runtimes.values():
+            await runtime.close()
+        if self.dispatcher is not None:
+            await self.dispatcher.close()
+        if self.task_logs is not None:
+            with contextlib.suppress(Exception):
+                await self.task_logs.flush_once()
+            self.task_logs.close()
+        if self.nc is not None:
+            # Loops are stopped, so there is nothing to drain: flush what was published, close.
+            with contextlib.suppress(Exception):
+                await self.nc.flush(timeout=2)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        if self.embedded is not None:
+            await self.embedded.stop()
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(
+        client_max_size=config.api.max_request_body,
+        middlewares=[errors_middleware, auth_middleware(config)],
+    )
+    app[CONFIG] = config
+    app[TRIGGER_PATHS] = set()
+    add_routes(app)
+    add_console_routes(app)
+    gateway = Gateway(config, app)
+    gateway.build_triggers()
+    app[GATEWAY] = gateway
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await gateway.start()
+        assert gateway.service is not None and gateway.store is not None
+        app[SERVICE] = gateway.service
+        app[STORE] = gateway.store
+        assert gateway.task_logs is not None
+        app[TASK_LOGS] = gateway.task_logs
+        app[EXTRA_HEALTH] = {}
+        yield
+        await gateway.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,233 @@
+"""A per-replica view of all tasks, derived from the streams, for listing and live counts.
+
+Every replica follows FNGATE_TASKS (headers only) and FNGATE_STATE with ordered consumers
+from the start, so the view is rebuilt from JetStream on every start: nothing here is
+authoritative, and `GET /v1/tasks/{id}` always reads the stream itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from . import constants as c
+from .invocation import Invocation, parse_iso
+from .status import TaskStatus
+from .store import TaskStore
+
+log = logging.getLogger(__name__)
+WINDOW = 60.0
+QUEUED = frozenset({TaskStatus.ENQUEUED, TaskStatus.RETRYING, TaskStatus.DEQUEUED})
+RUNNING = frozenset({TaskStatus.RUNNING, TaskStatus.STOPPING})
+FAILED = frozenset({TaskStatus.FAILED, TaskStatus.EXPIRED, TaskStatus.INVALID})
+
+
+@dataclass(slots=True)
+class Entry:
+    task_id: str
+    function: str
+    seq: int
+    submitted_at: float
+    status: TaskStatus = TaskStatus.ENQUEUED
+    has_state: bool = False
+
+
+@dataclass
+class FunctionCounts:
+    by_status: Counter[TaskStatus] = field(default_factory=Counter)
+    submitted_total: int = 0
+    recent: dict[str, deque[float]] = field(
+        default_factory=lambda: {"submitted": deque(), "completed": deque(), "failed": deque()}
+    )
+
+    def note(self, kind: str, at: float) -> None:
+        if time.time() - at <= WINDOW:
+            self.recent[kind].append(at)
+
+    def last_minute(self, kind: str) -> int:
+        window = self.recent[kind]
+        cutoff = time.time() - WINDOW
+        while window and window[0] < cutoff:
+            window.popleft()
+        return len(window)
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        s = self.by_status
+        return {
+            "last_minute": {k: self.last_minute(k) for k in ("submitted", "completed", "failed")},
+            "totals": {
+                "submitted": self.submitted_total,
+                "completed": s[TaskStatus.SUCCEEDED],
+                "failed": sum(s[x] for x in FAILED),
+                "stopped": s[TaskStatus.STOPPED],
+                "queued": sum(s[x] for x in QUEUED),
+                "running": sum(s[x] for x in RUNNING),
+            },
+        }
+
+
+class TaskIndex:
+    def __init__(self, store: TaskStore, retention: float) -> None:
+        self.store = store
+        self.retention = retention
+        self.entries: dict[str, Entry] = {}
+        self.order: list[Entry] = []  # by submission sequence
+        self.counts: dict[str, FunctionCounts] = {}
+        self.pending_state: dict[str, tuple[TaskStatus, float | None]] = {}
+        self.caught_up = asyncio.Event()
+        self._tasks_caught_up = False
+        self._state_caught_up = False
+
+    def function_counts(self, function: str) -> FunctionCounts:
+        counts = self.counts.get(function)
+        if counts is None:
+            counts = self.counts[function] = FunctionCounts()
+        return counts
+
+    async def run(self) -> None:
+        js = self.store.js
+        self.entries.clear()
+        self.order.clear()
+        self.counts.clear()
+        self.pending_state.clear()
+        self._tasks_caught_up = self._state_caught_up = False
+        self.caught_up.clear()
+        tasks_sub = await js.subscribe(
+            f"{c.TASKS_SUBJECT}.>",
+            stream=c.TASKS_STREAM,
+            ordered_consumer=True,
+            config=ConsumerConfig(headers_only=True, deliver_policy=DeliverPolicy.ALL),
+            cb=self._on_task,
+        )
+        state_sub = await js.subscribe(
+            f"{c.STATE_SUBJECT}.>",
+            stream=c.STATE_STREAM,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+            cb=self._on_state,
+        )
+        await self._mark_empty_streams()
+        try:
+            while True:
+                await asyncio.sleep(30)
+                self.prune()
+        finally:
+            with contextlib.suppress(Exception):
+                await tasks_sub.unsubscribe()
+                await state_sub.unsubscribe()
+
+    async def _mark_empty_streams(self) -> None:
+        for stream, attr in ((c.TASKS_STREAM, "_tasks_caught_up"), (c.STATE_STREAM, "_state_caught_up")):
+            info = await self.store.js.stream_info(stream)
+            if info.state.messages == 0:
+                setattr(self, attr, True)
+        self._check_caught_up()
+
+    def _check_caught_up(self) -> None:
+        if self._tasks_caught_up and self._state_caught_up:
+            self.caught_up.set()
+
+    async def _on_task(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        meta = msg.metadata
+        if meta.num_pending == 0 and not self._tasks_caught_up:
+            self._tasks_caught_up = True
+            self._check_caught_up()
+        try:
+            task_id, function, submitted = Invocation.identity(headers)
+        except (KeyError, IndexError, ValueError):
+            return
+        if task_id in self.entries:
+            return
+        entry = Entry(task_id, function, meta.sequence.stream, submitted)
+        self.entries[task_id] = entry
+        self.order.append(entry)
+        counts = self.function_counts(function)
+        counts.submitted_total += 1
+        counts.note("submitted", submitted)
+        pending = self.pending_state.pop(task_id, None)
+        counts.by_status[entry.status] += 1
+        if pending is not None:
+            self._set_status(entry, pending[0], pending[1])
+
+    async def _on_state(self, msg: Msg) -> None:
+        if msg.metadata.num_pending == 0 and not self._state_caught_up:
+            self._state_caught_up = True
+            self._check_caught_up()
+        try:
+            record = json.loads(msg.data)
+            status = TaskStatus(record["status"])
+            task_id = record["task_id"]
+        except (ValueError, KeyError):
+            return
+        finished = parse_iso(record["finished_at"]) if record.get("finished_at") else None
+        entry = self.entries.get(task_id)
+        if entry is None:
+            self.pending_state[task_id] = (status, finished)
+            return
+        self._set_status(entry, status, finished)
+
+    def _set_status(self, entry: Entry, status: TaskStatus, finished: float | None) -> None:
+        entry.has_state = True
+        if status is entry.status:
+            return
+        counts = self.function_counts(entry.function)
+        counts.by_status[entry.status] -= 1
+        counts.by_status[status] += 1
+        entry.status = status
+        if finished is not None:
+            if status is TaskStatus.SUCCEEDED:
+                counts.note("completed", finished)
+            elif status in FAILED:
+                counts.note("failed", finished)
+
+    def prune(self) -> None:
+        cutoff = time.time() - self.retention
+        keep = 0
+        while keep < len(self.order) and self.order[keep].submitted_at < cutoff:
+            entry = self.order[keep]
+            self.entries.pop(entry.task_id, None)
+            self.function_counts(entry.function).by_status[entry.status] -= 1
+            keep += 1
+        if keep:
+            del self.order[:keep]
+
+    def select(
+        self,
+        *,
+        function: str | None = None,
+        status: TaskStatus | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 50,
+        before_seq: int | None = None,
+    ) -> tuple[list[Entry], int | None]:
+        """Newest first; the cursor is the stream sequence of the last entry returned."""
+        end = len(self.order)
+        if before_seq is not None:
+            end = bisect.bisect_left(self.order, before_seq, key=lambda e: e.seq)
+        found: list[Entry] = []
+        for i in range(end - 1, -1, -1):
+            entry = self.order[i]
+            if since is not None and entry.submitted_at < since:
+                break
+            if until is not None and entry.submitted_at > until:
+                continue
+            if function is not None and entry.function != function:
+                continue
+            if status is not None and entry.status is not status:
+                continue
+            found.append(entry)
+            if len(found) == limit:
+                more = i > 0
+                return found, (entry.seq if more else None)
+        return found, None

@@ -1,0 +1,176 @@
+"""An invocation as it travels through JetStream: metadata in headers, the payload as the body."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, unquote
+
+from . import constants as c
+
+META_VERSION = "1"
+# Unique per process (64 random bits, drawn once) plus a counter: ids never collide across
+# replicas, and no system call is spent per task on randomness.
+_ID_PREFIX = secrets.token_hex(8)
+_id_counter = itertools.count()
+
+
+def new_chain_id() -> str:
+    return f"c-{_ID_PREFIX}{next(_id_counter):x}"
+
+
+def new_task_id() -> str:
+    # Time-prefixed so ids sort roughly by submission time.
+    return f"t-{int(time.time() * 1000):x}-{_ID_PREFIX}{next(_id_counter):x}"
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_iso(value: str) -> float:
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    type: str = "api"
+    name: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"type": self.type, "name": self.name}
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """The chain an invocation belongs to; depth grows by one with every hop."""
+
+    chain_id: str = field(default_factory=lambda: new_chain_id())
+    depth: int = 1
+
+    def next_hop(self) -> Lineage:
+        return Lineage(self.chain_id, self.depth + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    task_id: str
+    function: str
+    payload: bytes
+    content_type: str = "application/json"
+    submitted_at: float = field(default_factory=time.time)
+    scheduled_at: float = 0.0  # when it was asked to run; max_event_age counts from here
+    not_before: float = 0.0
+    attempt: int = 0  # executions already made (function errors and crashes)
+    transient: int = 0  # transient failures so far: sets the next backoff, not counted as attempts
+    source: Source = Source()
+    lineage: Lineage = field(default_factory=Lineage)
+    traceparent: str | None = None  # W3C trace context, carried to HTTP functions and destinations
+
+    @property
+    def subject(self) -> str:
+        return f"{c.TASKS_SUBJECT}.{self.function}.{self.task_id}"
+
+    @property
+    def delay_subject(self) -> str:
+        return f"{c.DELAY_SUBJECT}.{self.function}.{self.task_id}"
+
+    def headers(self) -> dict[str, str]:
+        # One compact header rather than one per field: every consumer of the task stream
+        # parses the headers of every message, and that cost grows with their count.
+        meta = "|".join(
+            (
+                META_VERSION,
+                self.task_id,
+                self.function,
+                repr(self.submitted_at),
+                repr(self.scheduled_at or self.submitted_at),
+                repr(self.not_before),
+                str(self.attempt),
+                str(self.transient),
+                quote(self.source.type, safe=""),
+                quote(self.source.name, safe=""),
+                self.lineage.chain_id,
+                str(self.lineage.depth),
+            )
+        )
+        headers = {c.H_INVOCATION: meta, c.H_CONTENT_TYPE: self.content_type}
+        if self.traceparent:
+            headers[c.H_TRACEPARENT] = self.traceparent
+        return headers
+
+    @classmethod
+    def from_message(cls, headers: dict[str, str] | None, data: bytes | None) -> Invocation:
+        h = headers or {}
+        fields = h[c.H_INVOCATION].split("|")
+        if fields[0] != META_VERSION or len(fields) != 12:
+            raise ValueError(f"unknown invocation header {h[c.H_INVOCATION][:80]!r}")
+        submitted = float(fields[3])
+        return cls(
+            task_id=fields[1],
+            function=fields[2],
+            payload=data or b"",
+            content_type=h.get(c.H_CONTENT_TYPE, "application/octet-stream"),
+            submitted_at=submitted,
+            scheduled_at=float(fields[4]),
+            not_before=float(fields[5]),
+            attempt=int(fields[6]),
+            transient=int(fields[7]),
+            source=Source(unquote(fields[8]), unquote(fields[9])),
+            lineage=Lineage(fields[10] or "unknown", int(fields[11])),
+            traceparent=h.get(c.H_TRACEPARENT),
+        )
+
+    @staticmethod
+    def identity(headers: dict[str, str]) -> tuple[str, str, float]:
+        """(task id, function, submitted at) from the headers alone, without the payload."""
+        fields = headers[c.H_INVOCATION].split("|", 4)
+        return fields[1], fields[2], float(fields[3])
+
+    def but(self, **changes: Any) -> Invocation:
+        return replace(self, **changes)
+
+
+def lineage_from_headers(headers: Mapping[str, str]) -> Lineage | None:
+    """The lineage an outside message carries (HTTP/NATS/Kafka headers, MQTT 5 user
+    properties), advanced by one hop; None when it carries none."""
+    chain_id = headers.get(c.H_CHAIN_ID)
+    if not chain_id:
+        return None
+    try:
+        depth = int(headers.get(c.H_CHAIN_DEPTH, "0"))
+    except ValueError:
+        depth = 0
+    return Lineage(chain_id[:64], max(depth, 0) + 1)
+
+
+def lineage_headers(lineage: Lineage) -> dict[str, str]:
+    """Headers that carry a lineage out of fngate, for destinations to attach."""
+    return {c.H_CHAIN_ID: lineage.chain_id, c.H_CHAIN_DEPTH: str(lineage.depth)}
+
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def valid_traceparent(value: str | None) -> str | None:
+    """A W3C traceparent header as given, or None when absent or malformed (then ignored)."""
+    if not value:
+        return None
+    value = value.strip().lower()
+    if not _TRACEPARENT.match(value) or value.startswith("ff") or value[3:35] == "0" * 32 or value[36:52] == "0" * 16:
+        return None
+    return value

@@ -1,0 +1,32 @@
+"""Every Prometheus metric fngate exports, defined in one place (documented in docs/operations.md)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+TASKS_SUBMITTED = Counter("fngate_tasks_submitted_total", "Async tasks accepted (202)", ["function"])
+TASKS_FINISHED = Counter(
+    "fngate_tasks_finished_total", "Tasks that reached a terminal status in this replica", ["function", "status"]
+)
+TASK_ATTEMPTS = Counter("fngate_task_attempts_total", "Executions started (first runs and retries)", ["function"])
+TASKS_RUNNING = Gauge("fngate_tasks_running", "Executions running in this replica", ["function"])
+TASKS_QUEUED = Gauge("fngate_tasks_queued", "Tasks waiting in the queue (from the task view)", ["function"])
+EXECUTION_SECONDS = Histogram(
+    "fngate_execution_seconds",
+    "Time a function ran, per attempt",
+    ["function", "outcome"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+)
+ATTEMPTS_PER_TASK = Histogram(
+    "fngate_attempts_per_task", "Attempts a task took to finish", ["function"], buckets=(1, 2, 3, 4, 5, 6, 7, 8, 9)
+)
+SYNC_INVOCATIONS = Counter("fngate_sync_invocations_total", "Synchronous invocations", ["function", "outcome"])
+DESTINATION_DELIVERIES = Counter(
+    "fngate_destination_deliveries_total", "Destination delivery outcomes", ["function", "type", "outcome"]
+)
+LOOPS_DETECTED = Counter(
+    "fngate_loops_detected_total", "Invocations refused for exceeding max_chain_depth", ["function"]
+)
+TRIGGER_EVENTS = Counter("fngate_trigger_events_total", "Events received by triggers", ["trigger", "type"])
+TRIGGER_INVOCATIONS = Counter("fngate_trigger_invocations_total", "Invocations made by triggers", ["trigger", "type"])
+TRIGGER_ERRORS = Counter("fngate_trigger_errors_total", "Trigger errors (bad input, NATS down)", ["trigger", "type"])

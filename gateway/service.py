@@ -1,0 +1,252 @@
+"""What the API, the CLI, triggers and sinks do with tasks: submit, run now, read, stop, rerun."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from typing import Any
+
+from . import lifecycle, metrics
+from .config import Config, FunctionConfig
+from .errors import (
+    BadRequest,
+    FngateError,
+    FunctionNotFound,
+    ResourceExhausted,
+    TaskNotFound,
+)
+from .index import TaskIndex
+from .invocation import Invocation, Lineage, Source, new_task_id
+from .records import Record, new_record, status_of
+from .runtimes import Context, Runtime, redact_url, run_with_timeout, task_logger
+from .status import TaskStatus
+from .store import StateConflict, TaskStore
+
+log = logging.getLogger(__name__)
+# A task id is a token of NATS subjects (fngate.state.{task_id}, …): dots may only separate
+# non-empty parts. The pattern is also the OpenAPI document's.
+TASK_ID_PATTERN = r"^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*$"
+TASK_ID = re.compile(TASK_ID_PATTERN)
+MAX_TASK_ID = 128
+MAX_DELAY = 86400.0
+API_SOURCE = Source("api", "")
+
+
+def check_task_id(task_id: str) -> str:
+    if len(task_id) > MAX_TASK_ID or not TASK_ID.fullmatch(task_id):
+        raise BadRequest("task id must be 1..128 of [A-Za-z0-9._-], with no empty dot-separated part")
+    return task_id
+
+
+class TaskService:
+    def __init__(self, config: Config, store: TaskStore, index: TaskIndex, runtimes: dict[str, Runtime]) -> None:
+        self.config = config
+        self.store = store
+        self.index = index
+        self.runtimes = runtimes
+        self._sync_slots = {name: asyncio.Semaphore(f.concurrency) for name, f in config.functions.items()}
+        self.sync_running: dict[str, int] = {name: 0 for name in config.functions}
+
+    def function(self, name: str) -> FunctionConfig:
+        function = self.config.functions.get(name)
+        if function is None:
+            raise FunctionNotFound(f"function {name!r} is not configured")
+        return function
+
+    async def submit(
+        self,
+        function: str,
+        payload: bytes,
+        *,
+        source: Source = API_SOURCE,
+        content_type: str = "application/json",
+        task_id: str | None = None,
+        delay: float = 0.0,
+        lineage: Lineage | None = None,
+        traceparent: str | None = None,
+    ) -> str:
+        """Durably enqueue an async invocation; returns only after JetStream acknowledged it."""
+        self.function(function)
+        if task_id is not None:
+            check_task_id(task_id)
+        if not 0 <= delay <= MAX_DELAY:
+            raise BadRequest(f"delay must be 0..{MAX_DELAY:g} seconds")
+        now = time.time()
+        inv = Invocation(
+            task_id=task_id or new_task_id(),
+            function=function,
+            payload=payload,
+            content_type=content_type,
+            submitted_at=now,
+            scheduled_at=now + delay,
+            not_before=now + delay if delay else 0.0,
+            source=source,
+            lineage=lineage or Lineage(),
+            traceparent=traceparent,
+        )
+        await self.store.submit(inv)
+        metrics.TASKS_SUBMITTED.labels(function).inc()
+        return inv.task_id
+
+    async def invoke_sync(
+        self,
+        function: str,
+        payload: bytes,
+        *,
+        source: Source = API_SOURCE,
+        content_type: str = "application/json",
+        traceparent: str | None = None,
+    ) -> tuple[bytes, str]:
+        """Run a function now in this process; 429 when its concurrency is used up here."""
+        config = self.function(function)
+        slots = self._sync_slots[function]
+        if slots.locked():
+            raise ResourceExhausted(f"function {function!r} is at its concurrency limit ({config.concurrency})")
+        async with slots:
+            self.sync_running[function] += 1
+            try:
+                loop = asyncio.get_running_loop()
+                inv = Invocation(new_task_id(), function, payload, content_type, source=source, traceparent=traceparent)
+                context = Context(
+                    task_id=inv.task_id,
+                    function=function,
+                    attempt=1,
+                    deadline=loop.time() + config.timeout,
+                    source=source.as_dict(),
+                    logger=task_logger(function, inv.task_id),
+                )
+                try:
+                    result = await run_with_timeout(self.runtimes[function], inv, context, config.timeout)
+                except FngateError as exc:
+                    metrics.SYNC_INVOCATIONS.labels(function, exc.code).inc()
+                    raise
+                metrics.SYNC_INVOCATIONS.labels(function, "Succeeded").inc()
+            finally:
+                self.sync_running[function] -= 1
+        return encode_result(result)
+
+    async def get_task(self, task_id: str) -> Record:
+        check_task_id(task_id)
+        stored = await self.store.get_state(task_id)
+        if stored is not None:
+            return stored.record
+        inv = await self._find_submission(task_id)
+        if inv is None:
+            raise TaskNotFound(f"task {task_id!r} not found")
+        return new_record(inv)
+
+    async def _find_submission(self, task_id: str) -> Invocation | None:
+        entry = self.index.entries.get(task_id)
+        candidates = [entry.function] if entry else list(self.config.functions)
+        for function in candidates:
+            inv = await self.store.get_submission(function, task_id)
+            if inv is not None:
+                return inv
+        return None
+
+    async def payload_of(self, task_id: str) -> Invocation:
+        inv = await self._find_submission(task_id)
+        if inv is None:
+            raise TaskNotFound(f"task {task_id!r} not found (or its payload passed retention)")
+        return inv
+
+    async def list_tasks(
+        self,
+        *,
+        function: str | None = None,
+        status: TaskStatus | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> tuple[list[Record], int | None]:
+        entries, next_cursor = self.index.select(
+            function=function, status=status, since=since, until=until, limit=limit, before_seq=cursor
+        )
+        records = await asyncio.gather(*(self._record_for(e.task_id, e.function) for e in entries))
+        return [r for r in records if r is not None], next_cursor
+
+    async def _record_for(self, task_id: str, function: str) -> Record | None:
+        stored = await self.store.get_state(task_id)
+        if stored is not None:
+            return stored.record
+        inv = await self.store.get_submission(function, task_id)
+        return new_record(inv) if inv else None
+
+    async def stop_task(self, task_id: str) -> Record:
+        """Queued: Stopped at once. Running: Stopping, and the replica running it cancels it."""
+        check_task_id(task_id)
+        while True:
+            stored = await self.store.get_state(task_id)
+            if stored is None:
+                inv = await self._find_submission(task_id)
+                if inv is None:
+                    raise TaskNotFound(f"task {task_id!r} not found")
+                base, expected = new_record(inv), 0
+            else:
+                base, expected = stored.record, stored.seq
+            record = lifecycle.stop(base, time.time())
+            if record is base:  # already Stopping: nudge the replica running it again
+                await self._signal_stop(task_id)
+                return base
+            try:
+                await self.store.put_state(record, expected)
+            except StateConflict:
+                continue
+            if status_of(record) is TaskStatus.STOPPING:
+                await self._signal_stop(task_id)
+            return record
+
+    async def _signal_stop(self, task_id: str) -> None:
+        from .constants import STOP_SUBJECT
+
+        await self.store.nc.publish(f"{STOP_SUBJECT}.{task_id}", b"")
+
+    async def rerun(self, task_id: str) -> str:
+        inv = await self.payload_of(check_task_id(task_id))
+        self.function(inv.function)
+        return await self.submit(inv.function, inv.payload, source=inv.source, content_type=inv.content_type)
+
+    def function_summary(self, name: str) -> dict[str, Any]:
+        config = self.function(name)
+        runtime: dict[str, Any]
+        if config.handler:
+            runtime = {"handler": config.handler}
+        elif config.url:
+            runtime = {"url": redact_url(config.url)}
+        else:
+            runtime = {"command": (config.command or [])[:1]}
+        counts = self.index.function_counts(name).summary()
+        counts["totals"]["running_sync"] = self.sync_running.get(name, 0)
+        async_config = config.async_
+        return {
+            "name": name,
+            "runtime": config.runtime,
+            **runtime,
+            "timeout": config.timeout,
+            "concurrency": config.concurrency,
+            "async": {
+                "max_retries": async_config.max_retries,
+                "max_event_age": async_config.max_event_age,
+                "retention": async_config.retention,
+                "on_success": async_config.on_success.type if async_config.on_success else None,
+                "on_failure": async_config.on_failure.type if async_config.on_failure else None,
+            },
+            "counts": counts,
+        }
+
+
+def encode_result(result: Any) -> tuple[bytes, str]:
+    if isinstance(result, (bytes, bytearray)):
+        raw = bytes(result)
+        try:
+            json.loads(raw)
+        except ValueError:
+            return raw, "application/octet-stream"
+        return raw, "application/json"
+    if isinstance(result, str):
+        return result.encode(), "text/plain; charset=utf-8"
+    return json.dumps(result, default=str).encode(), "application/json"

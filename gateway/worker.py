@@ -1,0 +1,388 @@
+"""Workers: every gateway process runs one per function, plus the delay scheduler.
+
+The mapping from outcomes to JetStream lives here and only here:
+  done (any terminal status)   -> ack
+  retry / delay                -> the invocation is parked on FNGATE_DELAY, then ack
+  long-running                 -> in_progress() heartbeats, so the message is not redelivered
+  crash                        -> no ack: JetStream redelivers after ack_wait
+Per-function concurrency across all replicas is the consumer's max_ack_pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError
+
+from . import constants as c
+from . import lifecycle, metrics
+from .config import FunctionConfig
+from .errors import FunctionError, FunctionTimeout, TransientError
+from .invocation import Invocation
+from .records import Record, new_record, result_value, stamp, status_of
+from .runtimes import Context, Runtime, run_with_timeout, task_logger
+from .status import TaskStatus
+from .store import StateConflict, StoredRecord, TaskStore
+from .supervise import cancel_requested, supervised
+
+log = logging.getLogger(__name__)
+TerminalHook = Callable[[Record, Invocation], Awaitable[None]]
+
+
+def consumer_name(function: str) -> str:
+    return f"{c.FUNCTION_CONSUMER_PREFIX}{function}"
+
+
+class StopRequested(Exception):
+    pass
+
+
+def outcome_kind(error: BaseException | None) -> str:
+    if error is None:
+        return "succeeded"
+    if isinstance(error, StopRequested):
+        return "stopped"
+    if isinstance(error, TransientError):
+        return "transient"
+    if isinstance(error, FunctionTimeout):
+        return "timeout"
+    return "function_error"
+
+
+def error_message(error: BaseException | None) -> str:
+    if error is None or isinstance(error, StopRequested):
+        return ""
+    return str(error) if isinstance(error, FunctionError | TransientError) else repr(error)
+
+
+class FunctionWorker:
+    """Pulls one function's invocations and runs them, at most `concurrency` at once overall."""
+
+    def __init__(
+        self,
+        name: str,
+        config: FunctionConfig,
+        runtime: Runtime,
+        store: TaskStore,
+        *,
+        ack_wait: float,
+        max_chain_depth: int,
+        on_terminal: TerminalHook,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.runtime = runtime
+        self.store = store
+        self.ack_wait = ack_wait
+        self.max_chain_depth = max_chain_depth
+        self._on_terminal = on_terminal
+        self.task_logs: Any = None  # TaskLogs, when the gateway keeps function logs
+        self.running: dict[str, asyncio.Task[Any]] = {}
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.log = logging.getLogger(f"fngate.function.{name}")
+
+    def consumer_config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=consumer_name(self.name),
+            # `>`, not `*`: task ids may contain dots (function names may not).
+            filter_subject=f"{c.TASKS_SUBJECT}.{self.name}.>",
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_ack_pending=self.config.concurrency,
+            max_deliver=-1,
+            max_waiting=512,
+        )
+
+    async def run(self) -> None:
+        js = self.store.js
+        config = self.consumer_config()
+        try:
+            await js.add_consumer(c.TASKS_STREAM, config)
+        except APIError as exc:
+            self.log.warning("consumer %s not updated: %s", config.durable_name, exc.description)
+        sub = await js.pull_subscribe_bind(durable=consumer_name(self.name), stream=c.TASKS_STREAM)
+        try:
+            while not cancel_requested():
+                await self._slots.acquire()
+                free = 1
+                while free < 256 and not self._slots.locked():
+                    await self._slots.acquire()
+                    free += 1
+                try:
+                    msgs = await sub.fetch(free, timeout=5)
+                except (TimeoutError, NatsTimeout):
+                    msgs = []
+                for _ in range(free - len(msgs)):
+                    self._slots.release()
+                for msg in msgs:
+                    task = asyncio.create_task(self._handle(msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def on_terminal(self, record: Record, inv: Invocation) -> None:
+        metrics.TASKS_FINISHED.labels(self.name, record["status"]).inc()
+        metrics.ATTEMPTS_PER_TASK.labels(self.name).observe(record.get("attempts", 0))
+        await self._on_terminal(record, inv)
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            await self.process(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Leave the message unacked: JetStream hands it out again after ack_wait.
+            self.log.exception("task handling failed; it will be redelivered")
+        finally:
+            self._slots.release()
+
+    async def process(self, msg: Msg) -> None:
+        try:
+            inv = Invocation.from_message(msg.headers, msg.data)
+        except (KeyError, ValueError, IndexError) as exc:
+            # Not ours to run (foreign or corrupt): redelivering it forever helps no one.
+            self.log.error("dropping an unreadable message on %s: %s", msg.subject, exc)
+            await msg.term()
+            return
+        now = time.time()
+        if inv.not_before > now + 0.01:
+            await self.store.defer(inv)
+            await msg.ack()
+            return
+        claimed = await self._claim(inv, msg)
+        if claimed is None:
+            await msg.ack()
+            return
+        record, seq = claimed
+        await self._execute(inv, msg, record, seq)
+
+    async def _claim(self, inv: Invocation, msg: Msg) -> tuple[Record, int] | None:
+        """Move the task to Running, unless it is already finished, stopped, expired or looping."""
+        stored: StoredRecord | None = None
+        # A first delivery of a fresh task has no record yet: skip the read and let the
+        # compare-and-set against "no record" tell us if a stop request got there first.
+        first_try = inv.attempt == 0 and inv.transient == 0 and msg.metadata.num_delivered == 1
+        while True:
+            if stored is None and not first_try:
+                stored = await self.store.get_state(inv.task_id)
+            first_try = False
+            decision = lifecycle.claim(
+                stored.record if stored else new_record(inv),
+                now=time.time(),
+                attempt=inv.attempt + 1,
+                scheduled_at=inv.scheduled_at,
+                max_event_age=self.config.async_.max_event_age,
+                depth=inv.lineage.depth,
+                max_depth=self.max_chain_depth,
+            )
+            if decision.record is None:
+                return None
+            try:
+                seq = await self.store.put_state(decision.record, stored.seq if stored else 0)
+            except StateConflict:
+                stored = await self.store.get_state(inv.task_id)
+                continue
+            if decision.run:
+                return decision.record, seq
+            await self.on_terminal(decision.record, inv)
+            return None
+
+    async def _execute(self, inv: Invocation, msg: Msg, record: Record, seq: int) -> None:
+        attempt = inv.attempt + 1
+        loop = asyncio.get_running_loop()
+        context = Context(
+            task_id=inv.task_id,
+            function=self.name,
+            attempt=attempt,
+            deadline=loop.time() + self.config.timeout,
+            source=inv.source.as_dict(),
+            logger=task_logger(self.name, inv.task_id, attempt),
+            chain={"id": inv.lineage.chain_id, "depth": inv.lineage.depth},
+        )
+        run = asyncio.create_task(run_with_timeout(self.runtime, inv, context, self.config.timeout))
+        self.running[inv.task_id] = run
+        metrics.TASK_ATTEMPTS.labels(self.name).inc()
+        metrics.TASKS_RUNNING.labels(self.name).inc()
+        started = time.monotonic()
+        heartbeat = asyncio.create_task(self._heartbeat(inv.task_id, msg, run))
+        outcome: Any = None
+        error: BaseException | None = None
+        try:
+            outcome = await run
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # The gateway is shutting down: abandon the run and leave the message
+                # unacked, so another worker (or this one after restart) runs it again.
+                run.cancel()
+                raise
+            error = StopRequested()
+        except Exception as exc:
+            error = exc
+        finally:
+            heartbeat.cancel()
+            self.running.pop(inv.task_id, None)
+            metrics.TASKS_RUNNING.labels(self.name).dec()
+            metrics.EXECUTION_SECONDS.labels(self.name, outcome_kind(error)).observe(time.monotonic() - started)
+            if self.task_logs is not None:
+                self.task_logs.finish(inv.task_id)
+        await asyncio.shield(self._settle(inv, msg, record, seq, attempt, outcome, error))
+
+    async def _settle(
+        self,
+        inv: Invocation,
+        msg: Msg,
+        record: Record,
+        seq: int,
+        attempt: int,
+        outcome: Any,
+        error: BaseException | None,
+    ) -> None:
+        async_config = self.config.async_
+        kind = outcome_kind(error)
+        settlement = lifecycle.settle(
+            record,
+            now=time.time(),
+            outcome=kind,
+            attempt=attempt,
+            transient_count=inv.transient,
+            scheduled_at=inv.scheduled_at,
+            max_retries=async_config.max_retries,
+            retry_delay=async_config.retry_delay,
+            max_event_age=async_config.max_event_age,
+            result=result_value(outcome) if error is None else None,
+            message=error_message(error),
+        )
+        written = await self._write(inv, settlement.record, seq)
+        if written is not None and status_of(written).terminal:
+            await self.on_terminal(written, inv)
+        elif written is not None and settlement.retry_at is not None:
+            if settlement.transient:
+                retry = inv.but(transient=inv.transient + 1, not_before=settlement.retry_at)
+            else:
+                retry = inv.but(attempt=attempt, not_before=settlement.retry_at)
+            await self.store.defer(retry)
+        await msg.ack()
+
+    async def _write(self, inv: Invocation, record: Record, seq: int) -> Record | None:
+        """Write after running; a stop request may have moved the record to Stopping meanwhile."""
+        while True:
+            try:
+                await self.store.put_state(record, seq)
+                return record
+            except StateConflict:
+                stored = await self.store.get_state(inv.task_id)
+                if stored is None:
+                    seq = 0
+                    continue
+                rebased = lifecycle.rebase(record, stored.record, time.time())
+                if rebased is None:
+                    return None
+                record, seq = rebased, stored.seq
+
+    async def _heartbeat(self, task_id: str, msg: Msg, run: asyncio.Task[Any]) -> None:
+        """Keep the claim alive while the function runs, and notice stop requests we missed."""
+        interval = max(0.5, self.ack_wait / 3)
+        while not run.done():
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+                stored = await self.store.get_state(task_id)
+                if stored and status_of(stored.record) is TaskStatus.STOPPING:
+                    run.cancel()
+
+    def stop_task(self, task_id: str) -> bool:
+        task = self.running.get(task_id)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
+
+
+class InvalidWorker:
+    """Drains the queue of a function that left the config: its tasks end Invalid."""
+
+    def __init__(self, name: str, store: TaskStore, on_terminal: TerminalHook) -> None:
+        self.name = name
+        self.store = store
+        self._on_terminal = on_terminal
+        self.task_logs: Any = None  # TaskLogs, when the gateway keeps function logs
+
+    async def run(self) -> None:
+        sub = await self.store.js.pull_subscribe_bind(durable=consumer_name(self.name), stream=c.TASKS_STREAM)
+        while not cancel_requested():
+            try:
+                msgs = await sub.fetch(64, timeout=5)
+            except (TimeoutError, NatsTimeout):
+                continue
+            for msg in msgs:
+                inv = Invocation.from_message(msg.headers, msg.data)
+                await self._invalidate(inv)
+                await msg.ack()
+
+    async def _invalidate(self, inv: Invocation) -> None:
+        while True:
+            stored = await self.store.get_state(inv.task_id)
+            base = stored.record if stored else new_record(inv)
+            if status_of(base).terminal:
+                return
+            error = {"type": "Invalid", "message": f"function {inv.function!r} is no longer configured"}
+            record = stamp(base, TaskStatus.INVALID, error=error)
+            try:
+                await self.store.put_state(record, stored.seq if stored else 0)
+            except StateConflict:
+                continue
+            return
+
+
+class DelayScheduler:
+    """Moves parked invocations back to their function's queue when their time has come."""
+
+    def __init__(self, store: TaskStore) -> None:
+        self.store = store
+
+    async def run(self) -> None:
+        js = self.store.js
+        config = ConsumerConfig(
+            durable_name=c.DELAY_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            # Short: a fetch answered to a replica that just died is handed out again quickly.
+            ack_wait=5,
+            max_ack_pending=200_000,
+            max_deliver=-1,
+        )
+        try:
+            await js.add_consumer(c.DELAY_STREAM, config)
+        except APIError as exc:
+            log.warning("delay consumer not updated: %s", exc.description)
+        sub = await js.pull_subscribe_bind(durable=c.DELAY_CONSUMER, stream=c.DELAY_STREAM)
+        while not cancel_requested():
+            try:
+                msgs = await sub.fetch(256, timeout=5)
+            except (TimeoutError, NatsTimeout):
+                continue
+            for msg in msgs:
+                inv = Invocation.from_message(msg.headers, msg.data)
+                wait = inv.not_before - time.time()
+                if wait > 0.005:
+                    await msg.nak(delay=wait)
+                    continue
+                await self.store.requeue(inv)
+                await msg.ack()
+
+
+__all__ = ["DelayScheduler", "FunctionWorker", "InvalidWorker", "supervised"]

@@ -1,0 +1,1 @@
+"""Sinks: destinations that receive a task's result record."""

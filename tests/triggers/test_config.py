@@ -1,0 +1,70 @@
+"""`fngate check` asks each trigger type to validate its own options, naming every bad key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.cli import full_check
+
+
+def check(tmp_path: Path, triggers: list[dict[str, Any]]) -> list[str]:
+    config = {"functions": {"fn": {"handler": "python:examples.functions:echo"}}, "triggers": triggers}
+    path = tmp_path / "fngate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    _config, errors, _warnings = full_check(str(path))
+    return errors
+
+
+def test_good_options_of_every_type_pass(tmp_path: Path) -> None:
+    triggers: list[dict[str, Any]] = [
+        {
+            "name": "h",
+            "type": "http",
+            "function": "fn",
+            "path": "/hooks/h",
+            "auth": {"type": "hmac-sha256", "secret": "s"},
+        },
+        {"name": "t", "type": "timer", "function": "fn", "cron": "0 30 2 * * 1-5", "timezone": "Europe/Berlin"},
+        {"name": "f", "type": "file", "function": "fn", "path": str(tmp_path), "events": ["created", "moved"]},
+        {"name": "k", "type": "kafka", "function": "fn", "bootstrap_servers": "127.0.0.1:9092", "topics": ["a"]},
+        {"name": "m", "type": "mqtt", "function": "fn", "url": "mqtt://127.0.0.1:1883", "topic": "a/+/b", "qos": 2},
+        {"name": "n", "type": "nats", "function": "fn", "url": "nats://127.0.0.1:4222", "subject": "a.>"},
+    ]
+    assert check(tmp_path, triggers) == []
+
+
+def test_bad_options_are_reported_with_their_paths(tmp_path: Path) -> None:
+    triggers: list[dict[str, Any]] = [
+        {"name": "h", "type": "http", "function": "fn", "path": "/v1/tasks", "auth": {"type": "hmac-sha256"}},
+        {"name": "t", "type": "timer", "function": "fn", "cron": "* * *", "misfire": "later"},
+        {"name": "t2", "type": "timer", "function": "fn", "every": "1s", "at": "2030-01-01T00:00:00Z"},
+        {"name": "f", "type": "file", "function": "fn", "path": "/x", "events": ["renamed"], "setle": "1s"},
+        {
+            "name": "k",
+            "type": "kafka",
+            "function": "fn",
+            "bootstrap_servers": "b:9092",
+            "security_protocol": "SASL_SSL",
+        },
+        {"name": "m", "type": "mqtt", "function": "fn", "url": "http://x", "topic": "a/#/b", "protocol": 4},
+    ]
+    errors = check(tmp_path, triggers)
+    expected = [
+        "triggers.h.path: '/v1/tasks' belongs to the API",
+        "triggers.h.auth.hmac-sha256.secret: Field required",
+        "triggers.t.cron: cron needs 6 fields (with seconds) or 5, got 3",
+        "triggers.t.misfire: Input should be 'skip' or 'run_once'",
+        "triggers.t2: exactly one of cron, every, at must be set",
+        "triggers.f.events.0: Input should be",
+        "triggers.f.setle: Extra inputs are not permitted",
+        "triggers.k: exactly one of topics, pattern must be set",
+        "triggers.m.url: String should match pattern",
+        "triggers.m.topic: '#' may only be the last level",
+        "triggers.m.protocol: Input should be '5' or '3.1.1'",
+    ]
+    for line in expected:
+        assert any(error.startswith(line) for error in errors), (line, errors)
+    assert len(errors) == len(expected), errors

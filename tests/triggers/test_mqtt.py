@@ -1,0 +1,169 @@
+"""mqtt trigger: MQTT 5 and 3.1.1, user properties as lineage, raw payloads, shared subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.conftest import Api, GatewayFactory, wait_until
+from tests.services import Mosquitto, NatsServer
+from tests.triggers.conftest import assert_cloud_event, event_of, tasks_of, trigger_config, trigger_health, wait_tasks
+
+Message = tuple[str, bytes, dict[str, str]]
+
+
+def publish_all(broker: Mosquitto, messages: list[Message]) -> None:
+    """Publish with QoS 1 over MQTT 5 and wait for every PUBACK (runs in a thread)."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        for topic, payload, user_properties in messages:
+            properties = None
+            if user_properties:
+                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                properties.UserProperty = list(user_properties.items())
+            client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def publish(broker: Mosquitto, messages: list[Message]) -> None:
+    await asyncio.to_thread(publish_all, broker, messages)
+
+
+async def wait_subscribed(api: Api, *names: str) -> None:
+    async def subscribed() -> bool:
+        states = [(await trigger_health(api, name))["state"] for name in names]
+        return all(state == "running" for state in states)
+
+    await wait_until(subscribed, timeout=15)
+
+
+def mqtt_trigger(name: str, broker: Mosquitto, topic: str, **options: Any) -> dict[str, Any]:
+    return {"name": name, "type": "mqtt", "url": broker.url, "topic": topic, "qos": 1, **options}
+
+
+async def test_messages_become_tasks_over_mqtt5_and_311(
+    nats_server: NatsServer,
+    mosquitto: Mosquitto,
+    gateway_factory: GatewayFactory,
+    http: aiohttp.ClientSession,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    fn = unique("sensors")
+    base = unique("devices")
+    triggers = [
+        mqtt_trigger(f"{fn}-v5", mosquitto, f"{base}/+/telemetry", protocol=5),
+        mqtt_trigger(f"{fn}-v3", mosquitto, f"{base}/legacy/#", protocol="3.1.1", qos=2),
+    ]
+    gw = gateway_factory(trigger_config(nats_server.url, tmp_path / "data", fn, triggers))
+    api = Api(http, gw.url)
+    await wait_subscribed(api, f"{fn}-v5", f"{fn}-v3")
+
+    await publish(
+        mosquitto,
+        [
+            (f"{base}/d1/telemetry", b'{"t": 21.5}', {"Fngate-Chain-Id": "chain-m", "Fngate-Chain-Depth": "2"}),
+            (f"{base}/d2/telemetry", b"\x00\x01 binary", {}),
+            (f"{base}/d3/telemetry", b'{"t": 19}', {"site": "north"}),
+            (f"{base}/legacy/a/b", b'{"old": true}', {}),
+        ],
+    )
+    tasks = await wait_tasks(api, fn, 4)
+    by_topic = {event_of(t)["subject"]: t for t in tasks}
+    first = by_topic[f"{base}/d1/telemetry"]
+    assert first["source"] == {"type": "mqtt", "name": f"{fn}-v5"}
+    assert first["chain"] == {"id": "chain-m", "depth": 3}
+    event = event_of(first)
+    assert_cloud_event(event, "mqtt", f"{fn}-v5", "message")
+    assert event["data"] == {"t": 21.5}
+    assert event["mqtt"]["topic"] == f"{base}/d1/telemetry" and event["mqtt"]["qos"] == 1
+    assert event["mqtt"]["user_properties"] == {"Fngate-Chain-Id": "chain-m", "Fngate-Chain-Depth": "2"}
+    raw = event_of(by_topic[f"{base}/d2/telemetry"])
+    assert base64.b64decode(raw["data_base64"]) == b"\x00\x01 binary"
+    assert event_of(by_topic[f"{base}/d3/telemetry"])["mqtt"]["user_properties"] == {"site": "north"}
+    legacy = by_topic[f"{base}/legacy/a/b"]
+    assert legacy["source"] == {"type": "mqtt", "name": f"{fn}-v3"}
+    assert event_of(legacy)["data"] == {"old": True} and event_of(legacy)["mqtt"]["user_properties"] == {}
+    health = await trigger_health(api, f"{fn}-v5")
+    assert (health["events_received"], health["invocations"], health["errors"]) == (3, 3, 0)
+    assert health["connected"] is True
+
+
+async def test_shared_group_splits_messages_between_two_replicas(
+    nats_server: NatsServer,
+    mosquitto: Mosquitto,
+    gateway_factory: GatewayFactory,
+    http: aiohttp.ClientSession,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    fn = unique("shared")
+    topic = unique("fleet") + "/events"
+    trigger = mqtt_trigger(fn, mosquitto, topic, shared_group="fngate")
+    replicas = [
+        gateway_factory(trigger_config(nats_server.url, tmp_path / f"data{i}", fn, [trigger])) for i in range(2)
+    ]
+    apis = [Api(http, gw.url) for gw in replicas]
+    for api in apis:
+        await wait_subscribed(api, fn)
+
+    count = 40
+    await publish(mosquitto, [(topic, json.dumps({"n": n}).encode(), {}) for n in range(count)])
+    await wait_tasks(apis[0], fn, count)
+    seen = Counter(event_of(t)["data"]["n"] for t in await tasks_of(apis[0], fn))
+    assert seen == Counter(range(count))  # every message once: not to both replicas, none lost
+    shares = [(await trigger_health(api, fn))["invocations"] for api in apis]
+    assert sum(shares) == count and min(shares) > 0, shares
+
+
+async def test_messages_are_held_while_nats_is_down_and_enqueued_after(
+    mosquitto: Mosquitto,
+    gateway_factory: GatewayFactory,
+    http: aiohttp.ClientSession,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    nats_server = NatsServer(tmp_path / "own-nats")
+    nats_server.start()
+    try:
+        fn = unique("held")
+        topic = unique("held") + "/in"
+        gw = gateway_factory(
+            trigger_config(nats_server.url, tmp_path / "data", fn, [mqtt_trigger(fn, mosquitto, topic)])
+        )
+        api = Api(http, gw.url)
+        await wait_subscribed(api, fn)
+        nats_server.stop()
+        await publish(mosquitto, [(topic, json.dumps({"n": n}).encode(), {}) for n in range(3)])
+
+        async def holding() -> dict[str, Any] | None:
+            health = await trigger_health(api, fn)
+            return health if health["state"] == "holding" else None
+
+        health = await wait_until(holding, timeout=15)
+        assert health["invocations"] == 0 and health["errors"] >= 1
+        nats_server.start()
+
+        async def all_enqueued() -> bool:
+            health = await trigger_health(api, fn)
+            return bool(health["invocations"] == 3 and health["state"] == "running")
+
+        await wait_until(all_enqueued, timeout=30)
+        assert (await trigger_health(api, fn))["events_received"] == 3
+    finally:
+        nats_server.stop()

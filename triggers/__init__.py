@@ -1,0 +1,1 @@
+"""Triggers: adapters that turn outside events into invocations."""

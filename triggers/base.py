@@ -1,0 +1,322 @@
+"""The one small interface every trigger implements, and the registry of trigger types.
+
+A trigger is built from its config entry and a TriggerContext, started once, stopped
+once, and asked for its health. It hands events to `context.submit`, which returns only
+after JetStream acknowledged the task (so a trigger may then ack/commit upstream), and
+raises ServiceUnavailable while NATS is unreachable (so the trigger holds the event back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import builtins
+import difflib
+import hashlib
+import importlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from gateway import metrics
+from gateway.config import TriggerConfig
+from gateway.errors import ConfigError, DuplicateTask, FngateError
+from gateway.invocation import Lineage, Source, iso, new_task_id
+
+
+class Submit(Protocol):
+    async def __call__(
+        self,
+        function: str,
+        payload: bytes,
+        *,
+        source: Source,
+        content_type: str = "application/json",
+        task_id: str | None = None,
+        delay: float = 0.0,
+        lineage: Lineage | None = None,
+    ) -> str:
+        """Durably enqueue an async invocation; returns the task id.
+
+        Raises gateway.errors.DuplicateTask when task_id is already known (an event that
+        was already turned into a task), ServiceUnavailable while NATS is unreachable.
+        """
+        ...
+
+
+class InvokeSync(Protocol):
+    async def __call__(
+        self, function: str, payload: bytes, *, source: Source, content_type: str = "application/json"
+    ) -> tuple[bytes, str]:
+        """Run a function now; returns (body, content type). Raises FngateError subclasses."""
+        ...
+
+
+RouteAdder = Callable[[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], None]
+
+
+@dataclass
+class TriggerStats:
+    events_received: int = 0
+    invocations: int = 0
+    errors: int = 0
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "events_received": self.events_received,
+            "invocations": self.invocations,
+            "errors": self.errors,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass
+class TriggerContext:
+    submit: Submit
+    invoke_sync: InvokeSync
+    add_route: RouteAdder
+    data_dir: str
+    max_request_body: int
+    max_chain_depth: int
+    stats: TriggerStats = field(default_factory=TriggerStats)
+    # The gateway's own NATS servers (known once it started): the default for nats triggers.
+    nats_servers: Callable[[], list[str]] = field(default=lambda: [])
+
+
+class Trigger(Protocol):
+    name: str
+    type: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+TriggerFactory = Callable[[TriggerConfig, TriggerContext], Trigger]
+
+# type name -> "module:Class"; imported only when a config uses it (Kafka and MQTT are extras).
+REGISTRY: dict[str, str] = {
+    "http": "triggers.http:HttpTrigger",
+    "timer": "triggers.timer:TimerTrigger",
+    "file": "triggers.file:FileTrigger",
+    "kafka": "triggers.kafka:KafkaTrigger",
+    "mqtt": "triggers.mqtt:MqttTrigger",
+    "nats": "triggers.nats:NatsTrigger",
+}
+
+
+def trigger_class(type_name: str, path: str = "triggers") -> Any:
+    target = REGISTRY.get(type_name)
+    if target is None:
+        hint = difflib.get_close_matches(type_name, list(REGISTRY), n=1)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; known types: {', '.join(sorted(REGISTRY))}"
+        raise ConfigError([f"{path}.type: unknown trigger type {type_name!r}{suggestion}"])
+    module_name, class_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError([f"{path}.type: trigger type {type_name!r} needs an extra: {exc}"]) from None
+    return getattr(module, class_name)
+
+
+# --- shared by the trigger modules ----------------------------------------------------
+# Everything below is a helper for the concrete triggers: option models, counters,
+# CloudEvents-shaped events, and submitting that holds an event back while NATS is down.
+
+log = logging.getLogger(__name__)
+OptionsT = TypeVar("OptionsT", bound="TriggerOptions")
+SPECVERSION = "1.0"
+RETRY_FIRST = 0.5  # seconds before the first retry of an event NATS did not take
+RETRY_MAX = 5.0
+
+
+class TriggerOptions(BaseModel):
+    """Options of one trigger type; the shared keys (name, type, function) are not repeated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def option_errors(exc: ValidationError, path: str) -> list[str]:
+    """pydantic errors as `triggers.NAME.key: message` lines."""
+    lines = []
+    for error in exc.errors():
+        keys = [str(part) for part in error["loc"] if not str(part).startswith("function-") and "[" not in str(part)]
+        where = ".".join([path, *keys])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return lines
+
+
+def parse_options(model: type[OptionsT], config: TriggerConfig, path: str) -> OptionsT:
+    """The trigger's own options from the config's extra keys; ConfigError naming every problem."""
+    try:
+        return model.model_validate(config.model_extra or {})
+    except ValidationError as exc:
+        raise ConfigError(option_errors(exc, path)) from None
+
+
+def event_data(raw: bytes) -> dict[str, Any]:
+    """`data` for JSON payloads, `data_base64` for anything else (CloudEvents JSON format)."""
+    if not raw:
+        return {"datacontenttype": "application/json", "data": None}
+    try:
+        return {"datacontenttype": "application/json", "data": json.loads(raw)}
+    except ValueError:
+        return {"datacontenttype": "application/octet-stream", "data_base64": base64.b64encode(raw).decode()}
+
+
+def text_or_base64(raw: bytes | None) -> dict[str, str | None]:
+    """A key or header value: UTF-8 text when it is, base64 otherwise."""
+    if raw is None:
+        return {"text": None}
+    try:
+        return {"text": raw.decode()}
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(raw).decode()}
+
+
+def stable_id(prefix: str, *parts: object) -> str:
+    """A task id derived from what identifies an event: the same event always gets the same id."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
+    return f"{prefix}-{digest}"
+
+
+class BaseTrigger:
+    """What every trigger type shares: options, counters, health, events, and submitting."""
+
+    type: ClassVar[str]
+    Options: ClassVar[builtins.type[TriggerOptions]]  # `type` here is the trigger type's name
+
+    def __init__(self, config: TriggerConfig, context: TriggerContext) -> None:
+        self.name = config.name
+        self.function = config.function
+        self.context = context
+        self.path = f"triggers.{config.name}"
+        self.source = Source(self.type, self.name)
+        self.state = "created"
+        self._held = 0  # events waiting for NATS to take them
+        self._stopping = asyncio.Event()
+
+    @classmethod
+    def check_config(cls, config: TriggerConfig, path: str) -> list[str]:
+        try:
+            cls.Options.model_validate(config.model_extra or {})
+        except ValidationError as exc:
+            return option_errors(exc, path)
+        return []
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "function": self.function,
+            "state": "holding" if self._held and self.state == "running" else self.state,
+            **self.context.stats.as_dict(),
+        }
+
+    # counters: TriggerStats for health(), Prometheus for /metrics
+    def count_event(self) -> None:
+        self.context.stats.events_received += 1
+        metrics.TRIGGER_EVENTS.labels(self.name, self.type).inc()
+
+    def count_invocation(self) -> None:
+        self.context.stats.invocations += 1
+        metrics.TRIGGER_INVOCATIONS.labels(self.name, self.type).inc()
+
+    def count_error(self, message: str) -> None:
+        self.context.stats.errors += 1
+        self.context.stats.last_error = message[:500]
+        metrics.TRIGGER_ERRORS.labels(self.name, self.type).inc()
+
+    def cloud_event(
+        self,
+        *,
+        event_id: str,
+        kind: str,
+        subject: str,
+        raw: bytes | None = None,
+        data: Any = None,
+        at: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> bytes:
+        """The event a function receives, CloudEvents-shaped; `extra` goes under the trigger type's key."""
+        event: dict[str, Any] = {
+            "specversion": SPECVERSION,
+            "id": event_id,
+            "source": f"/fngate/triggers/{self.type}/{self.name}",
+            "type": f"fngate.{self.type}.{kind}",
+            "time": iso(at if at is not None else time.time()),
+            "subject": subject,
+        }
+        if raw is not None:
+            event.update(event_data(raw))
+        else:
+            event.update({"datacontenttype": "application/json", "data": data})
+        event["trigger"] = {"type": self.type, "name": self.name}
+        if extra is not None:
+            event[self.type] = extra
+        return json.dumps(event, separators=(",", ":")).encode()
+
+    async def submit(self, payload: bytes, *, task_id: str | None = None, lineage: Lineage | None = None) -> str:
+        """Enqueue once; DuplicateTask counts as done (an event already turned into a task).
+
+        Raises FngateError when it was not enqueued (ServiceUnavailable while NATS is down).
+        """
+        task_id = task_id or new_task_id()
+        try:
+            await self.context.submit(self.function, payload, source=self.source, task_id=task_id, lineage=lineage)
+        except DuplicateTask:
+            log.debug("trigger %s: task %s already exists", self.name, task_id)
+            return task_id
+        except FngateError as exc:
+            self.count_error(f"{exc.code}: {exc.message}")
+            raise
+        self.count_invocation()
+        return task_id
+
+    async def submit_held(
+        self, payload: bytes, *, task_id: str | None = None, lineage: Lineage | None = None
+    ) -> str | None:
+        """Submit, holding the event while NATS is unavailable and retrying with backoff.
+
+        The task id is chosen once, so a retry after a lost acknowledgement is recognised as
+        a duplicate. Returns None when the event can never be enqueued (a 4xx error such as
+        an unknown function) or the trigger is stopping; the caller then lets the event go.
+        """
+        task_id = task_id or new_task_id()
+        delay = RETRY_FIRST
+        while True:
+            try:
+                return await self.submit(payload, task_id=task_id, lineage=lineage)
+            except FngateError as exc:
+                if exc.status < 500:
+                    log.warning("trigger %s: event dropped: %s", self.name, exc.message)
+                    return None
+                self._held += 1
+                log.warning("trigger %s: %s; holding the event, retry in %.1fs", self.name, exc.message, delay)
+            except Exception as exc:  # e.g. a payload over the NATS max_payload: no retry can help
+                self.count_error(f"{type(exc).__name__}: {exc}")
+                log.warning("trigger %s: event dropped: %s: %s", self.name, type(exc).__name__, exc)
+                return None
+            stopping = await self.wait_stopping(delay)
+            self._held -= 1
+            if stopping:
+                return None
+            delay = min(delay * 2, RETRY_MAX)
+
+    async def wait_stopping(self, timeout: float) -> bool:
+        """Sleep up to `timeout`; True when the trigger is being stopped."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,210 @@
+"""The kafka trigger: a consumer group member whose messages become invocations.
+
+Offsets are committed by hand, and only for messages already durably enqueued: a crash
+between the two means the message is consumed again, never lost. The redelivered message
+gets the same task id (derived from trigger, topic, partition, offset, timestamp and a hash
+of key and value), so JetStream refuses the second copy and it stays one task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
+from aiokafka.helpers import create_ssl_context
+from pydantic import Field, field_validator, model_validator
+
+from gateway.config import TriggerConfig
+from gateway.invocation import lineage_from_headers
+
+from .base import RETRY_MAX, BaseTrigger, TriggerContext, TriggerOptions, parse_options, stable_id, text_or_base64
+
+log = logging.getLogger(__name__)
+COMMIT_TIMEOUT_MIN = 5.0  # seconds; the bound on an offset commit is the larger of this and the session timeout
+
+
+class KafkaOptions(TriggerOptions):
+    bootstrap_servers: str | list[str]
+    topics: list[str] | None = Field(default=None, min_length=1)
+    pattern: str | None = None
+    group_id: str | None = None  # default fngate-<trigger name>
+    client_id: str | None = None
+    auto_offset_reset: Literal["earliest", "latest"] = "latest"
+    session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000)
+    heartbeat_interval_ms: int | None = Field(default=None, ge=100)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    max_batch: int = Field(default=500, ge=1, le=10_000)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = Field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaOptions:
+        if (self.topics is None) == (self.pattern is None):
+            raise ValueError("exactly one of topics, pattern must be set")
+        if self.security_protocol.startswith("SASL"):
+            if not (self.sasl_mechanism and self.sasl_plain_username and self.sasl_plain_password):
+                raise ValueError(f"{self.security_protocol} needs sasl_mechanism, sasl_plain_username and password")
+        if self.heartbeat_interval_ms is not None and self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
+        return self
+
+
+class KafkaTrigger(BaseTrigger):
+    """Consumes `topics` (or `pattern`) in group `group_id`; one invocation per message."""
+
+    type = "kafka"
+    Options = KafkaOptions
+
+    def __init__(self, config: TriggerConfig, context: TriggerContext) -> None:
+        super().__init__(config, context)
+        self.options = parse_options(KafkaOptions, config, self.path)
+        self.group_id = self.options.group_id or f"fngate-{self.name}"
+        self.assigned: set[TopicPartition] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        # The broker may be down at start-up: connecting happens in the background, with retries.
+        self.state = "connecting"
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"kafka {self.name}")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, 15)
+        self.state = "stopped"
+
+    def health(self) -> dict[str, Any]:
+        return {
+            **super().health(),
+            "group_id": self.group_id,
+            "subscription": self.options.topics or self.options.pattern,
+            "assigned": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.assigned),
+        }
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        o = self.options
+        ssl_context = None
+        if o.security_protocol in ("SSL", "SASL_SSL"):
+            ssl_context = create_ssl_context(cafile=o.ssl_cafile, certfile=o.ssl_certfile, keyfile=o.ssl_keyfile)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=o.bootstrap_servers,
+            group_id=self.group_id,
+            client_id=o.client_id or f"fngate-{self.name}",
+            enable_auto_commit=False,
+            auto_offset_reset=o.auto_offset_reset,
+            session_timeout_ms=o.session_timeout_ms,
+            heartbeat_interval_ms=o.heartbeat_interval_ms or max(100, o.session_timeout_ms // 3),
+            max_poll_interval_ms=o.max_poll_interval_ms,
+            security_protocol=o.security_protocol,
+            sasl_mechanism=o.sasl_mechanism or "PLAIN",
+            sasl_plain_username=o.sasl_plain_username,
+            sasl_plain_password=o.sasl_plain_password,
+            ssl_context=ssl_context,
+        )
+        if o.topics is not None:
+            consumer.subscribe(topics=o.topics)
+        else:
+            consumer.subscribe(pattern=o.pattern)
+        return consumer
+
+    async def _run(self) -> None:
+        """Connect, consume, and on any broker trouble start over with backoff, until stopped."""
+        delay = 0.5
+        while not self._stopping.is_set():
+            consumer = self._consumer()
+            try:
+                await consumer.start()
+                self.state = "running"
+                delay = 0.5
+                await self._consume(consumer)
+            except (KafkaError, OSError) as exc:
+                self.count_error(f"{type(exc).__name__}: {exc}")
+                log.warning("kafka trigger %s: %s; reconnecting in %.1fs", self.name, exc, delay)
+            finally:
+                self.assigned = set()
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+            if not self._stopping.is_set():
+                self.state = "connecting"
+                await self.wait_stopping(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping.is_set():
+            batches = await consumer.getmany(timeout_ms=500, max_records=self.options.max_batch)
+            self.assigned = set(consumer.assignment())
+            if not batches:
+                continue
+            messages = [message for records in batches.values() for message in records]
+            # Submitted concurrently (one JetStream write each); while NATS is down they are
+            # held here, and nothing further is fetched or committed.
+            await asyncio.gather(*(self._deliver(message) for message in messages))
+            if self._stopping.is_set():
+                return  # some may be unfinished: leave them uncommitted, to be consumed again
+            offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+            # aiokafka retries a commit for as long as the broker answers with a retriable error,
+            # which a restarted broker may do for good (tansu, which keeps topics in memory,
+            # answers UnknownTopicOrPartition to a member from before its restart): bounded
+            # here, and then the consumer starts over (in _run) from the committed offsets. The
+            # batch is consumed again and its task ids make the copies duplicates, not tasks.
+            timeout = max(COMMIT_TIMEOUT_MIN, self.options.session_timeout_ms / 1000)
+            try:
+                await asyncio.wait_for(consumer.commit(offsets), timeout)
+            except CommitFailedError as exc:
+                # The group rebalanced meanwhile: the new owner consumes these again, and their
+                # task ids make the copies duplicates rather than second tasks.
+                log.warning("kafka trigger %s: commit failed after a rebalance: %s", self.name, exc)
+            except TimeoutError:
+                raise KafkaTimeoutError(f"offset commit not done after {timeout:.1f}s") from None
+
+    async def _deliver(self, message: ConsumerRecord[bytes, bytes]) -> None:
+        self.count_event()
+        value = message.value or b""
+        key = message.key
+        headers = {name: raw.decode(errors="replace") for name, raw in message.headers or ()}
+        content = hashlib.sha256(b"%d:" % len(key or b"") + (key or b"") + value).hexdigest()
+        task_id = stable_id(
+            f"kafka-{self.name}", message.topic, message.partition, message.offset, message.timestamp, content
+        )
+        key_field = text_or_base64(key)
+        event = self.cloud_event(
+            event_id=task_id,
+            kind="message",
+            subject=message.topic,
+            raw=value,
+            at=message.timestamp / 1000 if message.timestamp else None,
+            extra={
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+                "timestamp": message.timestamp,
+                "timestamp_type": "log_append" if message.timestamp_type == 1 else "create",
+                "key": key_field.get("text"),
+                **({"key_base64": key_field["base64"]} if "base64" in key_field else {}),
+                "headers": headers,
+                "group_id": self.group_id,
+            },
+        )
+        await self.submit_held(event, task_id=task_id, lineage=lineage_from_headers(headers))

@@ -1,0 +1,246 @@
+"""The mqtt trigger: messages on a topic filter (MQTT 3.1.1 or 5) become invocations.
+
+paho-mqtt runs its network loop in its own thread; each message is handed to the event
+loop with call_soon_threadsafe. With QoS 1 and 2 the acknowledgement is sent by hand, only
+after the invocation was durably enqueued, and in the order the messages arrived, so an
+unacknowledged message is redelivered by the broker rather than lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import BeforeValidator, Field, field_validator
+
+from gateway.config import Duration, TriggerConfig
+from gateway.invocation import lineage_from_headers, new_task_id
+
+from .base import BaseTrigger, TriggerContext, TriggerOptions, parse_options
+
+log = logging.getLogger(__name__)
+Protocol = Annotated[Literal["5", "3.1.1"], BeforeValidator(str)]
+
+
+class MqttOptions(TriggerOptions):
+    url: str = Field(pattern=r"^(mqtt|mqtts|tcp|ssl)://")
+    topic: str = Field(min_length=1)
+    qos: Literal[0, 1, 2] = 1
+    protocol: Protocol = "5"
+    shared_group: str | None = Field(default=None, pattern=r"^[^/+#]+$")
+    client_id: str | None = Field(default=None, max_length=128)
+    # A persistent session (clean_session: false, with a fixed client_id per replica) makes
+    # the broker keep messages for the gateway while it is down or restarting.
+    clean_session: bool = True
+    session_expiry: Duration = Field(default=3600.0, ge=0)
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    ca_certs: str | None = None
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    max_inflight: int = Field(default=32, ge=1, le=1000)
+
+    @field_validator("topic")
+    @classmethod
+    def _valid_filter(cls, value: str) -> str:
+        for level in value.split("/")[:-1]:
+            if level == "#":
+                raise ValueError("'#' may only be the last level of a topic filter")
+        if any(("+" in level or "#" in level) and len(level) > 1 for level in value.split("/")):
+            raise ValueError("wildcards must take a whole topic level (a/+/c, a/#)")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message copied out of paho's thread."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+    session: int  # which connection delivered it: acks go only to that one
+    properties: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+
+
+class MqttTrigger(BaseTrigger):
+    """Subscribes to `topic` (as `$share/<shared_group>/<topic>` when set); one invocation per message."""
+
+    type = "mqtt"
+    Options = MqttOptions
+
+    def __init__(self, config: TriggerConfig, context: TriggerContext) -> None:
+        super().__init__(config, context)
+        self.options = parse_options(MqttOptions, config, self.path)
+        topic = self.options.topic
+        group = self.options.shared_group
+        self.subscription = f"$share/{group}/{topic}" if group else topic
+        self.v5 = self.options.protocol == "5"
+        self.session = 0
+        self.connected = False
+        self.client: paho.Client | None = None
+        self.inbox: asyncio.Queue[Incoming] = asyncio.Queue()
+        self._in_order: asyncio.Queue[tuple[Incoming, asyncio.Task[bool]]] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(self.options.max_inflight)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        client = self.client = self._client()
+        url = urlsplit(self.options.url)
+        tls = url.scheme in ("mqtts", "ssl")
+        if tls:
+            client.tls_set(ca_certs=self.options.ca_certs)
+        username = self.options.username or (unquote(url.username) if url.username else None)
+        password = self.options.password or (unquote(url.password) if url.password else None)
+        if username:
+            client.username_pw_set(username, password)
+        connect: dict[str, Any] = {}
+        if self.v5:
+            connect["clean_start"] = self.options.clean_session
+            if not self.options.clean_session:
+                properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                properties.SessionExpiryInterval = int(self.options.session_expiry)
+                connect["properties"] = properties
+        # Connecting happens in paho's thread, retried there: a broker that is down at
+        # start-up or later is reconnected to, and on_connect subscribes again each time.
+        client.connect_async(url.hostname or "127.0.0.1", url.port or (8883 if tls else 1883), **connect)
+        client.loop_start()
+        self._tasks = [
+            loop.create_task(self._pump(), name=f"mqtt {self.name} pump"),
+            loop.create_task(self._acknowledge(), name=f"mqtt {self.name} ack"),
+        ]
+        self.state = "connecting"
+
+    def _client(self) -> paho.Client:
+        client_id = self.options.client_id or f"fngate-{self.name}-{secrets.token_hex(4)}"
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
+            clean_session=None if self.v5 else self.options.clean_session,
+            manual_ack=True,
+        )
+        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self.client is not None:
+            self.client.disconnect()
+            await asyncio.to_thread(self.client.loop_stop)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.state = "stopped"
+
+    def health(self) -> dict[str, Any]:
+        return {**super().health(), "subscription": self.subscription, "connected": self.connected}
+
+    # --- paho's thread ----------------------------------------------------------------
+
+    def _on_connect(self, client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any) -> None:
+        if reason.is_failure:
+            log.warning("mqtt trigger %s: connection refused: %s", self.name, reason)
+            return
+        self.session += 1
+        self.connected = True
+        client.subscribe(self.subscription, qos=self.options.qos)
+
+    def _on_subscribe(
+        self, _client: paho.Client, _userdata: Any, _mid: int, reasons: list[ReasonCode], _p: Any
+    ) -> None:
+        refused = [reason for reason in reasons if reason.is_failure]
+        if refused:
+            self.state = "failed"
+            self.count_error(f"subscription to {self.subscription} refused: {refused[0]}")
+            log.error("mqtt trigger %s: subscription to %s refused: %s", self.name, self.subscription, refused[0])
+            return
+        self.state = "running"
+        log.info("mqtt trigger %s: subscribed to %s", self.name, self.subscription)
+
+    def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _p: Any) -> None:
+        self.connected = False
+        if not self._stopping.is_set():
+            self.state = "connecting"
+            log.warning("mqtt trigger %s: disconnected (%s); reconnecting", self.name, reason)
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        properties: dict[str, str] = {}
+        content_type = None
+        if message.properties is not None:
+            for key, value in getattr(message.properties, "UserProperty", []) or []:
+                properties[str(key)] = str(value)
+            content_type = getattr(message.properties, "ContentType", None)
+        incoming = Incoming(
+            topic=message.topic,
+            payload=bytes(message.payload),
+            qos=message.qos,
+            retain=bool(message.retain),
+            mid=message.mid,
+            session=self.session,
+            properties=properties,
+            content_type=content_type,
+        )
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.inbox.put_nowait, incoming)
+
+    # --- the event loop ---------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        """Start a submit per message, up to max_inflight at once; acks follow in arrival order."""
+        while True:
+            incoming = await self.inbox.get()
+            await self._slots.acquire()
+            task = asyncio.get_running_loop().create_task(self._deliver(incoming))
+            task.add_done_callback(lambda _done: self._slots.release())
+            await self._in_order.put((incoming, task))
+
+    async def _acknowledge(self) -> None:
+        while True:
+            incoming, task = await self._in_order.get()
+            settled = await task
+            # An ack is only meaningful on the connection that delivered the message: after a
+            # reconnect the broker sends unacknowledged messages again.
+            if settled and incoming.qos > 0 and incoming.session == self.session and self.client is not None:
+                self.client.ack(incoming.mid, incoming.qos)
+
+    async def _deliver(self, incoming: Incoming) -> bool:
+        """True once the message is done with (enqueued, or refused for good); False when stopping."""
+        self.count_event()
+        task_id = new_task_id()
+        event = self.cloud_event(
+            event_id=task_id,
+            kind="message",
+            subject=incoming.topic,
+            raw=incoming.payload,
+            extra={
+                "topic": incoming.topic,
+                "qos": incoming.qos,
+                "retain": incoming.retain,
+                "user_properties": incoming.properties,
+                "content_type": incoming.content_type,
+                "shared_group": self.options.shared_group,
+            },
+        )
+        lineage = lineage_from_headers(incoming.properties)
+        await self.submit_held(event, task_id=task_id, lineage=lineage)
+        return not self._stopping.is_set()
