@@ -155,6 +155,13 @@ class Dispatcher:
             record = dict(stored.record)
             entries = record.get("destinations") or []
             previous = next((e for e in entries if e.get("on") == entry["on"]), None)
+            done_before = int((previous or {}).get("attempts") or 0)
+            if not entry["attempts"] and done_before:
+                return  # queued again (a redelivered task's hook): the entry already tells more
+            if entry["attempts"]:
+                # The server's delivery count can start again (a delivery re-published after a
+                # crash); the attempts recorded on the task never go backwards.
+                entry = {**entry, "attempts": max(entry["attempts"], done_before + 1)}
             history = list((previous or {}).get("history") or [])
             if entry["attempts"]:
                 # Every attempt's outcome stays visible (the last MAX_HISTORY of them).

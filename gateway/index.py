@@ -3,6 +3,11 @@
 Every replica follows FNGATE_TASKS (headers only) and FNGATE_STATE with ordered consumers
 from the start, so the view is rebuilt from JetStream on every start: nothing here is
 authoritative, and `GET /v1/tasks/{id}` always reads the stream itself.
+
+An ordered consumer is an ephemeral consumer on one server: when that server dies (a node of
+a cluster), the client is not told and the follow stops. A watchdog compares what each
+follow has seen with the stream's last sequence and, when it is behind and made no progress
+for a whole interval, follows again from the next sequence.
 """
 
 from __future__ import annotations
@@ -10,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import itertools
 import json
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -29,6 +37,21 @@ WINDOW = 60.0
 QUEUED = frozenset({TaskStatus.ENQUEUED, TaskStatus.RETRYING, TaskStatus.DEQUEUED})
 RUNNING = frozenset({TaskStatus.RUNNING, TaskStatus.STOPPING})
 FAILED = frozenset({TaskStatus.FAILED, TaskStatus.EXPIRED, TaskStatus.INVALID})
+WATCH_INTERVAL = 5.0  # how often the follows are checked for a stall
+PRUNE_EVERY = 6  # watch intervals between prunes of entries past retention
+
+
+@dataclass
+class Follow:
+    """One stream followed by an ordered consumer, and how far it got."""
+
+    stream: str
+    subject: str
+    headers_only: bool
+    handler: Callable[[Msg], Awaitable[None]]
+    last_seq: int = 0
+    seq_at_last_check: int = 0
+    subscription: Any = None
 
 
 @dataclass(slots=True)
@@ -94,36 +117,69 @@ class TaskIndex:
         return counts
 
     async def run(self) -> None:
-        js = self.store.js
         self.entries.clear()
         self.order.clear()
         self.counts.clear()
         self.pending_state.clear()
         self._tasks_caught_up = self._state_caught_up = False
         self.caught_up.clear()
-        tasks_sub = await js.subscribe(
-            f"{c.TASKS_SUBJECT}.>",
-            stream=c.TASKS_STREAM,
-            ordered_consumer=True,
-            config=ConsumerConfig(headers_only=True, deliver_policy=DeliverPolicy.ALL),
-            cb=self._on_task,
-        )
-        state_sub = await js.subscribe(
-            f"{c.STATE_SUBJECT}.>",
-            stream=c.STATE_STREAM,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-            cb=self._on_state,
-        )
+        follows = [
+            Follow(c.TASKS_STREAM, f"{c.TASKS_SUBJECT}.>", True, self._on_task),
+            Follow(c.STATE_STREAM, f"{c.STATE_SUBJECT}.>", False, self._on_state),
+        ]
+        for follow in follows:
+            await self._subscribe(follow)
         await self._mark_empty_streams()
         try:
-            while True:
-                await asyncio.sleep(30)
-                self.prune()
+            for round_ in itertools.count(1):
+                await asyncio.sleep(WATCH_INTERVAL)
+                for follow in follows:
+                    await self._revive_if_stalled(follow)
+                if round_ % PRUNE_EVERY == 0:
+                    self.prune()
         finally:
-            with contextlib.suppress(Exception):
-                await tasks_sub.unsubscribe()
-                await state_sub.unsubscribe()
+            for follow in follows:
+                with contextlib.suppress(Exception):
+                    await follow.subscription.unsubscribe()
+
+    async def _subscribe(self, follow: Follow) -> None:
+        """Follow the stream from the start, or on from the last sequence seen."""
+        if follow.last_seq:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=follow.last_seq + 1)
+        else:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        if follow.headers_only:
+            config.headers_only = True
+
+        async def on_message(msg: Msg) -> None:
+            follow.last_seq = msg.metadata.sequence.stream
+            await follow.handler(msg)
+
+        follow.subscription = await self.store.js.subscribe(
+            follow.subject, stream=follow.stream, ordered_consumer=True, config=config, cb=on_message
+        )
+
+    async def _revive_if_stalled(self, follow: Follow) -> None:
+        try:
+            info = await self.store.js.stream_info(follow.stream)
+        except Exception:  # NATS away: the client reconnects; look again next round
+            return
+        stalled = info.state.last_seq > follow.last_seq == follow.seq_at_last_check
+        follow.seq_at_last_check = follow.last_seq
+        if not stalled or info.state.messages == 0:
+            return
+        log.warning(
+            "task index: the follow of %s stalled at %d of %d; following again from there",
+            follow.stream,
+            follow.last_seq,
+            info.state.last_seq,
+        )
+        with contextlib.suppress(Exception):
+            await follow.subscription.unsubscribe()
+        try:
+            await self._subscribe(follow)
+        except Exception as exc:  # tried again next round
+            log.warning("task index: cannot follow %s again yet: %s", follow.stream, exc)
 
     async def _mark_empty_streams(self) -> None:
         for stream, attr in ((c.TASKS_STREAM, "_tasks_caught_up"), (c.STATE_STREAM, "_state_caught_up")):
