@@ -89,7 +89,9 @@ def _kafka(run_stack: Stack, nats_url: str, n: int) -> Figure:
 
 
 def _mqtt(run_stack: Stack, nats_url: str, n: int) -> Figure:
-    broker = run_stack.add(Mosquitto(run_stack.root / "mosquitto"))
+    # mosquitto queues at most 1,000 QoS 1 messages per subscriber beyond its in-flight window
+    # and drops the rest; a burst of `n` published at once needs room (docs/triggers.md).
+    broker = run_stack.add(Mosquitto(run_stack.root / "mosquitto", extra=["max_queued_messages 0"]))
     name = "mqtt_telemetry"
     trigger = {"name": "telemetry", "type": "mqtt", "url": broker.url, "topic": "devices/+/telemetry", "qos": 1}
     gateway = run_stack.gateway(_parked(nats_url, trigger, name))

@@ -119,10 +119,11 @@ class NatsServer(Service):
 
 
 class Mosquitto(Service):
-    def __init__(self, workdir: Path, persistent: bool = False) -> None:
+    def __init__(self, workdir: Path, persistent: bool = False, extra: list[str] | None = None) -> None:
         super().__init__(workdir)
         # persistent: sessions and queued messages are kept in workdir across a restart
         self.persistent = persistent
+        self.extra = extra or []  # more mosquitto.conf lines
 
     def command(self) -> list[str]:
         conf = self.workdir / "mosquitto.conf"
@@ -132,7 +133,8 @@ class Mosquitto(Service):
             store = f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\nuser {user}\n"
         else:
             store = "persistence false\n"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{store}")
+        more = "".join(f"{line}\n" for line in self.extra)
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{store}{more}")
         return [binary("mosquitto"), "-c", str(conf)]
 
     @property
