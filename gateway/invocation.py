@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 import re
 import secrets
 import time
@@ -31,9 +33,27 @@ def new_task_id() -> str:
 
 
 def iso(ts: float | None) -> str | None:
+    """`2026-11-22T16:20:01.120Z`. On every event and record: the formatted second is cached,
+    as thousands of stamps a second share it (datetime formatting was a few % of a trigger's
+    time per event)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    seconds = math.floor(ts)
+    micros = round((ts - seconds) * 1_000_000)  # rounded to the microsecond, as datetime does
+    if micros == 1_000_000:
+        seconds, micros = seconds + 1, 0
+    return f"{_second(seconds)}.{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+@functools.lru_cache(maxsize=1024)
+def _quoted(text: str) -> str:
+    """Percent-encoded for the invocation header; the few source names repeat endlessly."""
+    return quote(text, safe="")
 
 
 def parse_iso(value: str) -> float:
@@ -102,8 +122,8 @@ class Invocation:
                 repr(self.not_before),
                 str(self.attempt),
                 str(self.transient),
-                quote(self.source.type, safe=""),
-                quote(self.source.name, safe=""),
+                _quoted(self.source.type),
+                _quoted(self.source.name),
                 self.lineage.chain_id,
                 str(self.lineage.depth),
             )
