@@ -24,9 +24,7 @@ SUBMITTERS = 64  # concurrent HTTP submissions, like wrk -c64
 def run(run_stack: Stack, settings: Settings) -> list[Figure]:
     n = settings.tasks
     nats = run_stack.nats()
-    gateway = run_stack.gateway(
-        {"nats": {"url": nats.url}, "functions": {FUNCTION: function("noop", concurrency=64)}}
-    )
+    gateway = run_stack.gateway({"nats": {"url": nats.url}, "functions": {FUNCTION: function("noop", concurrency=64)}})
     asyncio.run(_submit_all(gateway.url, 200))  # warm-up
     fngate_seconds = asyncio.run(_submit_all(gateway.url, n, warm=200))
     fngate_rate = n / fngate_seconds

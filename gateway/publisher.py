@@ -1,9 +1,10 @@
 """JetStream publish-with-ack, leaner than the client library's request path.
 
-Every async submit waits for one JetStream acknowledgement, so the per-publish cost of the
-client decides the submit rate. nats-py's request path draws random bytes from the OS and
-arms an `asyncio.wait_for` timer per request; here one inbox subscription serves every
-publish, ids come from a counter, and a single sweeper expires stale waits.
+Every async submit and every task-state write waits for one JetStream acknowledgement, so
+the per-publish cost of the client decides those rates. nats-py's request path draws random
+bytes from the OS and arms an `asyncio.wait_for` timer per request; here one inbox
+subscription serves every publish, ids come from a counter, and a single sweeper expires
+stale waits.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError
 
@@ -42,7 +44,11 @@ class AckPublisher:
                 await self._sweeper
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> int:
-        """Publish to a stream and return the stored sequence; APIError when JetStream refuses."""
+        """Publish to a stream and return the stored sequence.
+
+        Raises what the client library's `js.publish` raises: APIError when JetStream refuses,
+        NoRespondersError when no stream takes the subject, TimeoutError when no ack came.
+        """
         token = f"{next(self._ids):x}"
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._waiting[token] = (future, time.monotonic() + self.timeout)
@@ -69,7 +75,7 @@ class AckPublisher:
 
 def parse_ack(msg: Msg) -> int:
     if msg.headers and msg.headers.get("Status") == "503":
-        raise APIError(code=503, description="no responders: no stream for this subject")
+        raise NoRespondersError
     ack: dict[str, Any] = json.loads(msg.data)
     error = ack.get("error")
     if error:

@@ -121,16 +121,20 @@ class TaskStore:
             if exc.err_code == c.ERR_WRONG_LAST_SEQUENCE:
                 raise DuplicateTask(f"task {inv.task_id!r} already exists") from None
             raise ServiceUnavailable(f"JetStream refused the task: {exc.description}") from None
+        except NoRespondersError:
+            raise ServiceUnavailable(
+                "JetStream has no stream leader for this task right now (a NATS node may be restarting); retry later"
+            ) from None
         except UNAVAILABLE:
             raise ServiceUnavailable("NATS did not acknowledge the task in time; retry later") from None
 
     async def requeue(self, inv: Invocation) -> None:
         """Put an invocation back in its function's queue (after a delay, or a retry)."""
-        await self.js.publish(inv.subject, inv.payload, headers=inv.headers(), timeout=self.timeout)
+        await self.publisher.publish(inv.subject, inv.payload, inv.headers())
 
     async def defer(self, inv: Invocation) -> None:
         """Park an invocation until its not_before time."""
-        await self.js.publish(inv.delay_subject, inv.payload, headers=inv.headers(), timeout=self.timeout)
+        await self.publisher.publish(inv.delay_subject, inv.payload, inv.headers())
 
     async def get_submission(self, function: str, task_id: str) -> Invocation | None:
         try:
@@ -162,14 +166,11 @@ class TaskStore:
         if expected_seq is not None:
             headers = {c.H_EXPECTED_LAST_SUBJECT_SEQ: str(expected_seq)}
         try:
-            ack = await self.js.publish(
-                f"{c.STATE_SUBJECT}.{record['task_id']}", encode(record), headers=headers, timeout=self.timeout
-            )
+            return await self.publisher.publish(f"{c.STATE_SUBJECT}.{record['task_id']}", encode(record), headers)
         except APIError as exc:
             if exc.err_code == c.ERR_WRONG_LAST_SEQUENCE:
                 raise StateConflict(record["task_id"]) from None
             raise
-        return ack.seq
 
     async def function_consumers(self) -> list[str]:
         """Function names that have a durable consumer on the task stream."""

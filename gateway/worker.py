@@ -30,7 +30,7 @@ from .invocation import Invocation
 from .records import Record, new_record, result_value, stamp, status_of
 from .runtimes import Context, Runtime, run_with_timeout, task_logger
 from .status import TaskStatus
-from .store import StateConflict, StoredRecord, TaskStore
+from .store import UNAVAILABLE, StateConflict, StoredRecord, TaskStore
 from .supervise import cancel_requested, supervised
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,10 @@ class FunctionWorker:
             await self.process(msg)
         except asyncio.CancelledError:
             raise
+        except UNAVAILABLE as exc:
+            # NATS or a stream leader is away for a moment (a node restart, an election):
+            # expected in a cluster, so one line rather than a traceback.
+            self.log.warning("task handling paused, JetStream unavailable (%s); it will be redelivered", exc)
         except Exception:
             # Leave the message unacked: JetStream hands it out again after ack_wait.
             self.log.exception("task handling failed; it will be redelivered")
