@@ -14,6 +14,7 @@ from typing import Any
 from .config import Config, load_config
 from .embedded import find_nats_server
 from .errors import ConfigError, FngateError
+from .eventloop import new_event_loop
 from .logs import setup_logging
 
 DEFAULT_CONFIG = "fngate.yaml"
@@ -94,7 +95,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if config.nats.embedded:
             find_nats_server()
         app = create_app(config)
-        web.run_app(app, host=api.host, port=api.port, print=None, access_log=None, shutdown_timeout=10)
+        web.run_app(
+            app, host=api.host, port=api.port, print=None, access_log=None, shutdown_timeout=10, loop=new_event_loop()
+        )
     except FngateError as exc:
         print(f"fngate: {exc.message}", file=sys.stderr)
         return 1

@@ -22,6 +22,7 @@ H_MSG_ID = "Nats-Msg-Id"
 # JetStream API error codes we act on.
 ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_STREAM_NOT_FOUND = 10059
+ERR_STREAM_NAME_IN_USE = 10058  # a stream of that name exists with another config
 ERR_NO_MESSAGE = 10037
 
 DELIVERIES_STREAM = "FNGATE_DELIVERIES"

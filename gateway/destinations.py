@@ -100,12 +100,7 @@ class Dispatcher:
             num_replicas=self.replicas,
             duplicate_window=120,
         )
-        try:
-            await self.store.js.add_stream(config)
-        except APIError as exc:
-            if exc.err_code != 10058:
-                raise
-            await self.store.js.update_stream(config)
+        await self.store.ensure_stream(config)
 
     async def on_terminal(self, record: Record, inv: Invocation) -> None:
         """Queue the delivery of a finished task's record (called before its message is acked)."""

@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RawStreamMsg, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
 from . import constants as c
@@ -92,13 +92,17 @@ class TaskStore:
             ),
         ]
         for config in streams:
-            try:
-                await self.js.add_stream(config)
-            except APIError as exc:
-                if exc.err_code != 10058:  # stream name already in use with a different config
-                    raise
-                await self.js.update_stream(config)
+            await self.ensure_stream(config)
         self.ready = True
+
+    async def ensure_stream(self, config: StreamConfig) -> None:
+        """Create a stream, or bring an existing one to this config (another replica's or an older one)."""
+        try:
+            await self.js.add_stream(config)
+        except APIError as exc:
+            if exc.err_code != c.ERR_STREAM_NAME_IN_USE:
+                raise
+            await self.js.update_stream(config)
 
     def check_connected(self) -> None:
         if not self.nc.is_connected:
@@ -137,28 +141,25 @@ class TaskStore:
         await self.publisher.publish(inv.delay_subject, inv.payload, inv.headers())
 
     async def get_submission(self, function: str, task_id: str) -> Invocation | None:
-        try:
-            msg = await self.js.get_last_msg(c.TASKS_STREAM, f"{c.TASKS_SUBJECT}.{function}.{task_id}", direct=True)
-        except NotFoundError:
-            return None
-        except APIError as exc:
-            if exc.code == 404:
-                return None
-            raise
-        return Invocation.from_message(msg.headers, msg.data)
+        msg = await self._last_message(c.TASKS_STREAM, f"{c.TASKS_SUBJECT}.{function}.{task_id}")
+        return None if msg is None else Invocation.from_message(msg.headers, msg.data)
 
     async def get_state(self, task_id: str) -> StoredRecord | None:
+        msg = await self._last_message(c.STATE_STREAM, f"{c.STATE_SUBJECT}.{task_id}")
+        if msg is None or not msg.data:
+            return None
+        return StoredRecord(decode(msg.data), msg.seq or 0)
+
+    async def _last_message(self, stream: str, subject: str) -> RawStreamMsg | None:
+        """The subject's last message by direct get (any replica answers); None when there is none."""
         try:
-            msg = await self.js.get_last_msg(c.STATE_STREAM, f"{c.STATE_SUBJECT}.{task_id}", direct=True)
+            return await self.js.get_last_msg(stream, subject, direct=True)
         except NotFoundError:
             return None
         except APIError as exc:
             if exc.code == 404:
                 return None
             raise
-        if not msg.data:
-            return None
-        return StoredRecord(decode(msg.data), msg.seq or 0)
 
     async def put_state(self, record: Record, expected_seq: int | None) -> int:
         """Write a task record; with expected_seq, only if nobody wrote it since (CAS)."""

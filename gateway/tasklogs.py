@@ -64,12 +64,7 @@ class TaskLogs(logging.Handler):
             allow_direct=True,
             discard=DiscardPolicy.OLD,
         )
-        try:
-            await self.store.js.add_stream(config)
-        except APIError as exc:
-            if exc.err_code != 10058:
-                raise
-            await self.store.js.update_stream(config)
+        await self.store.ensure_stream(config)
         logging.getLogger(FUNCTION_LOGGER).addHandler(self)
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ from . import lifecycle, metrics
 from .config import FunctionConfig
 from .errors import FunctionError, FunctionTimeout, TransientError
 from .invocation import Invocation
+from .puller import Puller
 from .records import Record, new_record, result_value, stamp, status_of
 from .runtimes import Context, Runtime, run_with_timeout, task_logger
 from .status import TaskStatus
@@ -86,6 +87,8 @@ class FunctionWorker:
         self._on_terminal = on_terminal
         self.task_logs: Any = None  # TaskLogs, when the gateway keeps function logs
         self.running: dict[str, asyncio.Task[Any]] = {}
+        # What the heartbeat loop keeps claimed: task id -> (its message, when last renewed).
+        self._claims: dict[str, tuple[Msg, float]] = {}
         self._slots = asyncio.Semaphore(config.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self.log = logging.getLogger(f"fngate.function.{name}")
@@ -110,36 +113,37 @@ class FunctionWorker:
             await js.add_consumer(c.TASKS_STREAM, config)
         except APIError as exc:
             self.log.warning("consumer %s not updated: %s", config.durable_name, exc.description)
-        sub = await js.pull_subscribe_bind(durable=consumer_name(self.name), stream=c.TASKS_STREAM)
+        puller = Puller(self.store.nc, c.TASKS_STREAM, consumer_name(self.name), self._dispatch)
+        await puller.start()
+        heartbeats = asyncio.create_task(self._heartbeats())
         try:
             while not cancel_requested():
+                # Ask for as many as there are free slots here; max_ack_pending keeps the
+                # sum over all replicas within the function's concurrency.
                 await self._slots.acquire()
                 free = 1
                 while free < 256 and not self._slots.locked():
                     await self._slots.acquire()
                     free += 1
-                try:
-                    msgs = await sub.fetch(free, timeout=5)
-                except (TimeoutError, NatsTimeout):
-                    msgs = []
-                for _ in range(free - len(msgs)):
+                for _ in range(await puller.pull(free)):
                     self._slots.release()
-                for msg in msgs:
-                    task = asyncio.create_task(self._handle(msg))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
         finally:
+            heartbeats.cancel()
+            await puller.close()
             for task in list(self._tasks):
                 task.cancel()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+
+    def _dispatch(self, msg: Msg, counted: bool) -> None:
+        task = asyncio.create_task(self._handle(msg, holds_slot=counted))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def on_terminal(self, record: Record, inv: Invocation) -> None:
         metrics.TASKS_FINISHED.labels(self.name, record["status"]).inc()
         metrics.ATTEMPTS_PER_TASK.labels(self.name).observe(record.get("attempts", 0))
         await self._on_terminal(record, inv)
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Msg, *, holds_slot: bool = True) -> None:
         try:
             await self.process(msg)
         except asyncio.CancelledError:
@@ -152,7 +156,8 @@ class FunctionWorker:
             # Leave the message unacked: JetStream hands it out again after ack_wait.
             self.log.exception("task handling failed; it will be redelivered")
         finally:
-            self._slots.release()
+            if holds_slot:
+                self._slots.release()
 
     async def process(self, msg: Msg) -> None:
         try:
@@ -222,7 +227,7 @@ class FunctionWorker:
         metrics.TASK_ATTEMPTS.labels(self.name).inc()
         metrics.TASKS_RUNNING.labels(self.name).inc()
         started = time.monotonic()
-        heartbeat = asyncio.create_task(self._heartbeat(inv.task_id, msg, run))
+        self._claims[inv.task_id] = (msg, started)
         outcome: Any = None
         error: BaseException | None = None
         try:
@@ -238,7 +243,7 @@ class FunctionWorker:
         except Exception as exc:
             error = exc
         finally:
-            heartbeat.cancel()
+            self._claims.pop(inv.task_id, None)
             self.running.pop(inv.task_id, None)
             metrics.TASKS_RUNNING.labels(self.name).dec()
             metrics.EXECUTION_SECONDS.labels(self.name, outcome_kind(error)).observe(time.monotonic() - started)
@@ -298,16 +303,31 @@ class FunctionWorker:
                     return None
                 record, seq = rebased, stored.seq
 
-    async def _heartbeat(self, task_id: str, msg: Msg, run: asyncio.Task[Any]) -> None:
-        """Keep the claim alive while the function runs, and notice stop requests we missed."""
+    async def _heartbeats(self) -> None:
+        """Keep the claims of running tasks alive, and notice stop requests we missed.
+
+        One loop for all of this worker's running tasks rather than a task per execution:
+        most executions end before their first beat is due, and then cost nothing here.
+        The loop wakes every half interval and renews what was last renewed (or started)
+        at least half an interval ago, so no claim goes longer than one interval unrenewed
+        (ack_wait is at least twice that).
+        """
         interval = max(0.5, self.ack_wait / 3)
-        while not run.done():
-            await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
-                stored = await self.store.get_state(task_id)
-                if stored and status_of(stored.record) is TaskStatus.STOPPING:
-                    run.cancel()
+        while True:
+            await asyncio.sleep(interval / 2)
+            due = time.monotonic() - interval / 2
+            beats = [self._beat(task_id, msg) for task_id, (msg, renewed) in self._claims.items() if renewed <= due]
+            if beats:
+                await asyncio.gather(*beats)
+
+    async def _beat(self, task_id: str, msg: Msg) -> None:
+        if task_id in self._claims:
+            self._claims[task_id] = (msg, time.monotonic())
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
+            stored = await self.store.get_state(task_id)
+            if stored and status_of(stored.record) is TaskStatus.STOPPING:
+                self.stop_task(task_id)
 
     def stop_task(self, task_id: str) -> bool:
         task = self.running.get(task_id)
