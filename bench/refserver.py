@@ -18,7 +18,7 @@ import nats
 from aiohttp import web
 from nats.js.api import StorageType, StreamConfig
 
-from gateway.eventloop import new_event_loop
+from gateway.tuning import new_event_loop, tune_gc
 
 
 async def main(mode: str, port: int, nats_url: str) -> None:
@@ -48,9 +48,10 @@ async def main(mode: str, port: int, nats_url: str) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    tune_gc()  # as fngate does once started
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    # The loop fngate itself runs on, so the ratios compare the work done, not the loops.
+    # The loop (and collector settings) fngate runs with, so the ratios compare the work done.
     new_event_loop().run_until_complete(main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else ""))

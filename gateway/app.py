@@ -28,6 +28,7 @@ from .service import TaskService
 from .store import TaskStore, connect
 from .supervise import supervised
 from .tasklogs import TaskLogs
+from .tuning import tune_gc
 from .worker import DelayScheduler, FunctionWorker, InvalidWorker
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,7 @@ def create_app(config: Config) -> web.Application:
         assert gateway.task_logs is not None
         app[TASK_LOGS] = gateway.task_logs
         app[EXTRA_HEALTH] = {}
+        tune_gc()
         yield
         await gateway.close()
 

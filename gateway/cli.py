@@ -14,8 +14,8 @@ from typing import Any
 from .config import Config, load_config
 from .embedded import find_nats_server
 from .errors import ConfigError, FngateError
-from .eventloop import new_event_loop
 from .logs import setup_logging
+from .tuning import new_event_loop
 
 DEFAULT_CONFIG = "fngate.yaml"
 

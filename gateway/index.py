@@ -39,6 +39,20 @@ RUNNING = frozenset({TaskStatus.RUNNING, TaskStatus.STOPPING})
 FAILED = frozenset({TaskStatus.FAILED, TaskStatus.EXPIRED, TaskStatus.INVALID})
 WATCH_INTERVAL = 5.0  # how often the follows are checked for a stall
 PRUNE_EVERY = 6  # watch intervals between prunes of entries past retention
+V1_ACK_TOKENS = 9  # an ack subject without domain and account hash (older servers)
+
+
+def ack_position(reply: str) -> tuple[int, int]:
+    """(stream sequence, messages pending) from a JetStream delivery's reply subject.
+
+    All the index needs of a message's metadata, for every task and every state change:
+    the client's full `msg.metadata` builds dataclasses and a datetime each time (about 5%
+    of a trigger's time per event).
+    """
+    tokens = reply.split(".")
+    if len(tokens) == V1_ACK_TOKENS:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[5]), int(tokens[8])
+    return int(tokens[Msg.Ack.StreamSeq]), int(tokens[Msg.Ack.NumPending])
 
 
 @dataclass
@@ -48,7 +62,7 @@ class Follow:
     stream: str
     subject: str
     headers_only: bool
-    handler: Callable[[Msg], Awaitable[None]]
+    handler: Callable[[Msg, int, int], Awaitable[None]]  # (message, stream sequence, pending)
     last_seq: int = 0
     seq_at_last_check: int = 0
     subscription: Any = None
@@ -152,8 +166,9 @@ class TaskIndex:
             config.headers_only = True
 
         async def on_message(msg: Msg) -> None:
-            follow.last_seq = msg.metadata.sequence.stream
-            await follow.handler(msg)
+            seq, pending = ack_position(msg.reply)
+            follow.last_seq = seq
+            await follow.handler(msg, seq, pending)
 
         follow.subscription = await self.store.js.subscribe(
             follow.subject, stream=follow.stream, ordered_consumer=True, config=config, cb=on_message
@@ -192,10 +207,9 @@ class TaskIndex:
         if self._tasks_caught_up and self._state_caught_up:
             self.caught_up.set()
 
-    async def _on_task(self, msg: Msg) -> None:
+    async def _on_task(self, msg: Msg, seq: int, pending: int) -> None:
         headers = msg.headers or {}
-        meta = msg.metadata
-        if meta.num_pending == 0 and not self._tasks_caught_up:
+        if pending == 0 and not self._tasks_caught_up:
             self._tasks_caught_up = True
             self._check_caught_up()
         try:
@@ -204,19 +218,19 @@ class TaskIndex:
             return
         if task_id in self.entries:
             return
-        entry = Entry(task_id, function, meta.sequence.stream, submitted)
+        entry = Entry(task_id, function, seq, submitted)
         self.entries[task_id] = entry
         self.order.append(entry)
         counts = self.function_counts(function)
         counts.submitted_total += 1
         counts.note("submitted", submitted)
-        pending = self.pending_state.pop(task_id, None)
+        known = self.pending_state.pop(task_id, None)
         counts.by_status[entry.status] += 1
-        if pending is not None:
-            self._set_status(entry, pending[0], pending[1])
+        if known is not None:
+            self._set_status(entry, known[0], known[1])
 
-    async def _on_state(self, msg: Msg) -> None:
-        if msg.metadata.num_pending == 0 and not self._state_caught_up:
+    async def _on_state(self, msg: Msg, seq: int, pending: int) -> None:
+        if pending == 0 and not self._state_caught_up:
             self._state_caught_up = True
             self._check_caught_up()
         try:

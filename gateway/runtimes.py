@@ -9,6 +9,7 @@ aborted, the command killed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import json
@@ -154,6 +155,28 @@ class HttpRuntime:
             await self._session.close()
 
 
+async def _communicate(proc: asyncio.subprocess.Process, payload: bytes) -> tuple[bytes, bytes]:
+    """`proc.communicate`, but a command that exits without reading its stdin is not an
+    error of ours: asyncio's loop reports that as a broken pipe (which communicate ignores),
+    uvloop as a RuntimeError on the closed transport (which it does not)."""
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    stdin = proc.stdin
+
+    async def feed() -> None:
+        try:
+            stdin.write(payload)
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            pass
+        finally:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
+                stdin.close()
+
+    _, stdout, stderr = await asyncio.gather(feed(), proc.stdout.read(), proc.stderr.read())
+    await proc.wait()
+    return stdout, stderr
+
+
 class CommandRuntime:
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.argv = argv
@@ -179,7 +202,7 @@ class CommandRuntime:
         except OSError as exc:
             raise FunctionError(f"cannot start {self.argv[0]!r}: {exc.strerror}") from None
         try:
-            stdout, stderr = await proc.communicate(inv.payload)
+            stdout, stderr = await _communicate(proc, inv.payload)
         except BaseException:
             # Timeout or stop: kill the whole process group, not just the direct child.
             try:
