@@ -203,7 +203,8 @@ GATEWAY = web.AppKey("gateway", Gateway)
 def create_app(config: Config) -> web.Application:
     app = web.Application(
         client_max_size=config.api.max_request_body,
-        middlewares=[errors_middleware, auth_middleware(config)],
+        # Without tokens there is nothing to check (and serve listens on loopback only).
+        middlewares=[errors_middleware, auth_middleware(config)] if config.api.tokens else [errors_middleware],
     )
     app[CONFIG] = config
     app[TRIGGER_PATHS] = set()
