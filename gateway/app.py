@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -21,7 +21,7 @@ from .destinations import Dispatcher
 from .embedded import EmbeddedNats
 from .errors import ConfigError, ServiceUnavailable
 from .index import TaskIndex
-from .invocation import Invocation
+from .invocation import BatchItem, Invocation, Source
 from .records import Record
 from .runtimes import Runtime, build_runtime
 from .service import TaskService
@@ -141,6 +141,7 @@ class Gateway:
             cls = trigger_class(trigger_config.type, f"triggers.{trigger_config.name or index}")
             context = TriggerContext(
                 submit=self.submit,
+                submit_many=self.submit_many,
                 invoke_sync=self.invoke_sync,
                 add_route=self._add_route,
                 data_dir=self.config.nats.data_dir,
@@ -155,6 +156,11 @@ class Gateway:
         if self.service is None:
             raise ServiceUnavailable("the gateway is starting")
         return await self.service.submit(function, payload, **options)
+
+    async def submit_many(self, function: str, items: Sequence[BatchItem], *, source: Source) -> list[Exception | None]:
+        if self.service is None:
+            raise ServiceUnavailable("the gateway is starting")
+        return await self.service.submit_many(function, items, source=source)
 
     async def invoke_sync(self, function: str, payload: bytes, **options: Any) -> tuple[bytes, str]:
         if self.service is None:

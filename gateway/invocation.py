@@ -165,6 +165,10 @@ class Invocation:
         return replace(self, **changes)
 
 
+# One event of a trigger's batch: (JSON payload, task id, lineage it carried or None).
+BatchItem = tuple[bytes, str, Lineage | None]
+
+
 def lineage_from_headers(headers: Mapping[str, str]) -> Lineage | None:
     """The lineage an outside message carries (HTTP/NATS/Kafka headers, MQTT 5 user
     properties), advanced by one hop; None when it carries none."""

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -21,6 +22,12 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAck:
+    token: str
+    future: asyncio.Future[Msg]
 
 
 class AckPublisher:
@@ -49,14 +56,26 @@ class AckPublisher:
         Raises what the client library's `js.publish` raises: APIError when JetStream refuses,
         NoRespondersError when no stream takes the subject, TimeoutError when no ack came.
         """
+        return await self.acked(await self.send(subject, payload, headers))
+
+    async def send(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> PendingAck:
+        """Publish without waiting: a batch sends everything first, then awaits the acks."""
         token = f"{next(self._ids):x}"
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._waiting[token] = (future, time.monotonic() + self.timeout)
         try:
             await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            msg = await future
-        finally:
+        except BaseException:
             self._waiting.pop(token, None)
+            raise
+        return PendingAck(token, future)
+
+    async def acked(self, pending: PendingAck) -> int:
+        """The stored sequence of a sent message, once JetStream acknowledged it (see publish)."""
+        try:
+            msg = await pending.future
+        finally:
+            self._waiting.pop(pending.token, None)
         return parse_ack(msg)
 
     async def _on_ack(self, msg: Msg) -> None:

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from . import lifecycle, metrics
@@ -19,7 +20,7 @@ from .errors import (
     TaskNotFound,
 )
 from .index import TaskIndex
-from .invocation import Invocation, Lineage, Source, new_task_id
+from .invocation import BatchItem, Invocation, Lineage, Source, new_task_id
 from .records import Record, new_record, status_of
 from .runtimes import Context, Runtime, redact_url, run_with_timeout, task_logger
 from .status import TaskStatus
@@ -69,13 +70,59 @@ class TaskService:
         traceparent: str | None = None,
     ) -> str:
         """Durably enqueue an async invocation; returns only after JetStream acknowledged it."""
+        inv = self.invocation(
+            function,
+            payload,
+            source=source,
+            content_type=content_type,
+            task_id=task_id,
+            delay=delay,
+            lineage=lineage,
+            traceparent=traceparent,
+        )
+        await self.store.submit(inv)
+        metrics.TASKS_SUBMITTED.labels(function).inc()
+        return inv.task_id
+
+    async def submit_many(self, function: str, items: Sequence[BatchItem], *, source: Source) -> list[Exception | None]:
+        """Enqueue a trigger's batch of JSON events (each with its task id and lineage);
+        one outcome per item, in order: None when enqueued, else why not (as `submit` raises)."""
+        self.function(function)
+        outcomes: list[Exception | None] = [None] * len(items)
+        batch: list[tuple[int, Invocation]] = []
+        for i, (payload, task_id, lineage) in enumerate(items):
+            try:
+                batch.append((i, self.invocation(function, payload, source=source, task_id=task_id, lineage=lineage)))
+            except FngateError as exc:
+                outcomes[i] = exc
+        stored = await self.store.submit_many([inv for _, inv in batch])
+        for (i, _), outcome in zip(batch, stored, strict=True):
+            outcomes[i] = outcome
+        enqueued = sum(1 for outcome in stored if outcome is None)
+        if enqueued:
+            metrics.TASKS_SUBMITTED.labels(function).inc(enqueued)
+        return outcomes
+
+    def invocation(
+        self,
+        function: str,
+        payload: bytes,
+        *,
+        source: Source,
+        content_type: str = "application/json",
+        task_id: str | None = None,
+        delay: float = 0.0,
+        lineage: Lineage | None = None,
+        traceparent: str | None = None,
+    ) -> Invocation:
+        """A new invocation, its inputs checked (BadRequest, FunctionNotFound)."""
         self.function(function)
         if task_id is not None:
             check_task_id(task_id)
         if not 0 <= delay <= MAX_DELAY:
             raise BadRequest(f"delay must be 0..{MAX_DELAY:g} seconds")
         now = time.time()
-        inv = Invocation(
+        return Invocation(
             task_id=task_id or new_task_id(),
             function=function,
             payload=payload,
@@ -87,9 +134,6 @@ class TaskService:
             lineage=lineage or Lineage(),
             traceparent=traceparent,
         )
-        await self.store.submit(inv)
-        metrics.TASKS_SUBMITTED.labels(function).inc()
-        return inv.task_id
 
     async def invoke_sync(
         self,

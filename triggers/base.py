@@ -17,7 +17,7 @@ import importlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway import metrics
 from gateway.config import TriggerConfig
-from gateway.errors import ConfigError, DuplicateTask, FngateError
-from gateway.invocation import Lineage, Source, iso, new_task_id
+from gateway.errors import ConfigError, DuplicateTask, FngateError, ServiceUnavailable
+from gateway.invocation import BatchItem, Lineage, Source, iso, new_task_id
 
 
 class Submit(Protocol):
@@ -47,6 +47,14 @@ class Submit(Protocol):
         Raises gateway.errors.DuplicateTask when task_id is already known (an event that
         was already turned into a task), ServiceUnavailable while NATS is unreachable.
         """
+        ...
+
+
+class SubmitMany(Protocol):
+    async def __call__(self, function: str, items: Sequence[BatchItem], *, source: Source) -> list[Exception | None]:
+        """Enqueue a batch of JSON events, each (payload, task id, lineage); one outcome per
+        item, in order: None when enqueued, else the exception `Submit` would have raised.
+        Raises ServiceUnavailable, for the whole batch, while NATS is unreachable."""
         ...
 
 
@@ -80,6 +88,7 @@ class TriggerStats:
 @dataclass
 class TriggerContext:
     submit: Submit
+    submit_many: SubmitMany
     invoke_sync: InvokeSync
     add_route: RouteAdder
     data_dir: str
@@ -331,6 +340,27 @@ class BaseTrigger:
             if stopping:
                 return None
             delay = min(delay * 2, RETRY_MAX)
+
+    async def submit_batch(self, items: Sequence[BatchItem]) -> None:
+        """Submit a batch of JSON events with stable task ids; returns once every one is
+        enqueued (or known already, or can never be). Sent as one batch first; whatever
+        that did not enqueue goes through `submit_held`, one by one, with its retries."""
+        try:
+            outcomes: list[Exception | None] = await self.context.submit_many(self.function, items, source=self.source)
+        except FngateError:
+            outcomes = [ServiceUnavailable("NATS is unreachable")] * len(items)
+        retry = []
+        for item, outcome in zip(items, outcomes, strict=True):
+            if outcome is None:
+                self.count_invocation()
+            elif isinstance(outcome, DuplicateTask):
+                log.debug("trigger %s: task %s already exists", self.name, item[1])
+            else:
+                retry.append(item)
+        if retry:
+            await asyncio.gather(
+                *(self.submit_held(payload, task_id=task_id, lineage=lineage) for payload, task_id, lineage in retry)
+            )
 
     async def wait_stopping(self, timeout: float) -> bool:
         """Sleep up to `timeout`; True when the trigger is being stopped."""

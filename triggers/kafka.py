@@ -21,7 +21,7 @@ from aiokafka.helpers import create_ssl_context
 from pydantic import Field, field_validator, model_validator
 
 from gateway.config import TriggerConfig
-from gateway.invocation import lineage_from_headers
+from gateway.invocation import BatchItem, lineage_from_headers
 
 from .base import RETRY_MAX, BaseTrigger, TriggerContext, TriggerOptions, parse_options, stable_id, text_or_base64
 
@@ -158,9 +158,10 @@ class KafkaTrigger(BaseTrigger):
             if not batches:
                 continue
             messages = [message for records in batches.values() for message in records]
-            # Submitted concurrently (one JetStream write each); while NATS is down they are
-            # held here, and nothing further is fetched or committed.
-            await asyncio.gather(*(self._deliver(message) for message in messages))
+            # Submitted as one batch (one JetStream write each, all sent before any ack is
+            # awaited); while NATS is down they are held here, and nothing further is fetched
+            # or committed.
+            await self.submit_batch([self._event(message) for message in messages])
             if self._stopping.is_set():
                 return  # some may be unfinished: leave them uncommitted, to be consumed again
             offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
@@ -179,7 +180,8 @@ class KafkaTrigger(BaseTrigger):
             except TimeoutError:
                 raise KafkaTimeoutError(f"offset commit not done after {timeout:.1f}s") from None
 
-    async def _deliver(self, message: ConsumerRecord[bytes, bytes]) -> None:
+    def _event(self, message: ConsumerRecord[bytes, bytes]) -> BatchItem:
+        """The message as a CloudEvent with its stable task id, and the lineage it carries."""
         self.count_event()
         value = message.value or b""
         key = message.key
@@ -207,4 +209,4 @@ class KafkaTrigger(BaseTrigger):
                 "group_id": self.group_id,
             },
         )
-        await self.submit_held(event, task_id=task_id, lineage=lineage_from_headers(headers))
+        return event, task_id, lineage_from_headers(headers)

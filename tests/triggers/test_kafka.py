@@ -121,3 +121,41 @@ async def test_gateway_killed_mid_stream_loses_no_message(
     # A message enqueued but not committed before the kill is consumed again, and its task id
     # (derived from topic, partition, offset and content) makes that copy a duplicate.
     assert max(seen.values()) == 1
+
+
+async def test_a_batch_is_held_while_nats_is_down_and_enqueued_once_after(
+    kafka: Tansu,
+    producer: AIOKafkaProducer,
+    gateway_factory: GatewayFactory,
+    http: aiohttp.ClientSession,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    nats_server = NatsServer(tmp_path / "own-nats")
+    nats_server.start()
+    try:
+        fn = unique("held")
+        topic = unique("topic-held")
+        await producer.send_and_wait(topic, b'{"warm": true}')
+        gw = gateway_factory(trigger_config(nats_server.url, tmp_path / "data", fn, [kafka_trigger(fn, kafka, topic)]))
+        api = Api(http, gw.url)
+        await wait_tasks(api, fn, 1, timeout=30)  # consuming: the group has its partitions
+        nats_server.stop()
+        for seq in range(20):
+            await producer.send(topic, json.dumps({"seq": seq}).encode())
+        await producer.flush()
+
+        async def holding() -> dict[str, Any] | None:
+            health = await trigger_health(api, fn)
+            return health if health["state"] == "holding" else None
+
+        health = await wait_until(holding, timeout=15)
+        assert health["invocations"] == 1 and health["errors"] >= 1
+        nats_server.start()
+
+        await wait_tasks(api, fn, 21, timeout=60)
+        seen = Counter(event_of(t)["data"].get("seq") for t in await tasks_of(api, fn))
+        assert seen == Counter({None: 1, **dict.fromkeys(range(20), 1)})
+        assert (await trigger_health(api, fn))["invocations"] == 21
+    finally:
+        nats_server.stop()
