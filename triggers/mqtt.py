@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections import deque
@@ -25,7 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BeforeValidator, Field, field_validator
 
 from gateway.config import Duration, TriggerConfig
-from gateway.invocation import lineage_from_headers, new_task_id
+from gateway.invocation import BatchItem, lineage_from_headers, new_task_id
 
 from .base import BaseTrigger, TriggerContext, TriggerOptions, parse_options
 
@@ -97,7 +98,7 @@ class MqttTrigger(BaseTrigger):
         # self-pipe, which cost more than a tenth of the gateway's time at a few thousand/s).
         self._arrivals: deque[Incoming] = deque()
         self._wakeup_pending = False
-        self._in_order: asyncio.Queue[tuple[Incoming, asyncio.Task[bool]]] = asyncio.Queue()
+        self._in_order: asyncio.Queue[tuple[list[Incoming], asyncio.Task[bool]]] = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.options.max_inflight)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -222,25 +223,40 @@ class MqttTrigger(BaseTrigger):
     # --- the event loop ---------------------------------------------------------------
 
     async def _pump(self) -> None:
-        """Start a submit per message, up to max_inflight at once; acks follow in arrival order."""
+        """Submit what has arrived as one batch, up to max_inflight messages in flight in all;
+        acks follow in arrival order."""
         while True:
-            incoming = await self.inbox.get()
+            batch = [await self.inbox.get()]
             await self._slots.acquire()
-            task = asyncio.get_running_loop().create_task(self._deliver(incoming))
-            task.add_done_callback(lambda _done: self._slots.release())
-            await self._in_order.put((incoming, task))
+            while not self.inbox.empty() and not self._slots.locked():
+                await self._slots.acquire()
+                batch.append(self.inbox.get_nowait())
+            task = asyncio.get_running_loop().create_task(self._deliver(batch))
+            task.add_done_callback(functools.partial(self._release, len(batch)))
+            await self._in_order.put((batch, task))
+
+    def _release(self, count: int, _done: asyncio.Task[bool]) -> None:
+        for _ in range(count):
+            self._slots.release()
 
     async def _acknowledge(self) -> None:
         while True:
-            incoming, task = await self._in_order.get()
-            settled = await task
-            # An ack is only meaningful on the connection that delivered the message: after a
-            # reconnect the broker sends unacknowledged messages again.
-            if settled and incoming.qos > 0 and incoming.session == self.session and self.client is not None:
-                self.client.ack(incoming.mid, incoming.qos)
+            batch, task = await self._in_order.get()
+            if not await task:
+                continue
+            for incoming in batch:
+                # An ack is only meaningful on the connection that delivered the message:
+                # after a reconnect the broker sends unacknowledged messages again.
+                if incoming.qos > 0 and incoming.session == self.session and self.client is not None:
+                    self.client.ack(incoming.mid, incoming.qos)
 
-    async def _deliver(self, incoming: Incoming) -> bool:
-        """True once the message is done with (enqueued, or refused for good); False when stopping."""
+    async def _deliver(self, batch: list[Incoming]) -> bool:
+        """True once the batch is done with (enqueued, or refused for good); False when stopping."""
+        await self.submit_batch([self._event(incoming) for incoming in batch])
+        return not self._stopping.is_set()
+
+    def _event(self, incoming: Incoming) -> BatchItem:
+        """The message as a CloudEvent with a new task id, and the lineage it carries."""
         self.count_event()
         task_id = new_task_id()
         event = self.cloud_event(
@@ -257,6 +273,4 @@ class MqttTrigger(BaseTrigger):
                 "shared_group": self.options.shared_group,
             },
         )
-        lineage = lineage_from_headers(incoming.properties)
-        await self.submit_held(event, task_id=task_id, lineage=lineage)
-        return not self._stopping.is_set()
+        return event, task_id, lineage_from_headers(incoming.properties)
