@@ -63,3 +63,14 @@ def assert_cloud_event(event: dict[str, Any], type_: str, name: str, kind: str) 
     assert event["type"] == f"fngate.{type_}.{kind}"
     assert event["trigger"] == {"type": type_, "name": name}
     assert event["id"] and event["time"].endswith("Z") and "subject" in event
+
+
+async def wait_holding(api: Api, name: str, timeout: float = 15.0) -> dict[str, Any]:
+    """Wait until trigger `name` reports that it holds events back (NATS unreachable)."""
+
+    async def holding() -> dict[str, Any] | None:
+        health = await trigger_health(api, name)
+        return health if health["state"] == "holding" else None
+
+    found: dict[str, Any] = await wait_until(holding, timeout=timeout)
+    return found

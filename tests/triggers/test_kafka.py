@@ -15,7 +15,15 @@ from aiokafka import AIOKafkaProducer
 
 from tests.conftest import Api, GatewayFactory, wait_until
 from tests.services import NatsServer, Tansu
-from tests.triggers.conftest import assert_cloud_event, event_of, tasks_of, trigger_config, trigger_health, wait_tasks
+from tests.triggers.conftest import (
+    assert_cloud_event,
+    event_of,
+    tasks_of,
+    trigger_config,
+    trigger_health,
+    wait_holding,
+    wait_tasks,
+)
 
 
 @pytest.fixture
@@ -145,11 +153,7 @@ async def test_a_batch_is_held_while_nats_is_down_and_enqueued_once_after(
             await producer.send(topic, json.dumps({"seq": seq}).encode())
         await producer.flush()
 
-        async def holding() -> dict[str, Any] | None:
-            health = await trigger_health(api, fn)
-            return health if health["state"] == "holding" else None
-
-        health = await wait_until(holding, timeout=15)
+        health = await wait_holding(api, fn)
         assert health["invocations"] == 1 and health["errors"] >= 1
         nats_server.start()
 

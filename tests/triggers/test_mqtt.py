@@ -18,7 +18,15 @@ from paho.mqtt.properties import Properties
 
 from tests.conftest import Api, GatewayFactory, wait_until
 from tests.services import Mosquitto, NatsServer
-from tests.triggers.conftest import assert_cloud_event, event_of, tasks_of, trigger_config, trigger_health, wait_tasks
+from tests.triggers.conftest import (
+    assert_cloud_event,
+    event_of,
+    tasks_of,
+    trigger_config,
+    trigger_health,
+    wait_holding,
+    wait_tasks,
+)
 
 Message = tuple[str, bytes, dict[str, str]]
 
@@ -151,11 +159,7 @@ async def test_messages_are_held_while_nats_is_down_and_enqueued_after(
         nats_server.stop()
         await publish(mosquitto, [(topic, json.dumps({"n": n}).encode(), {}) for n in range(3)])
 
-        async def holding() -> dict[str, Any] | None:
-            health = await trigger_health(api, fn)
-            return health if health["state"] == "holding" else None
-
-        health = await wait_until(holding, timeout=15)
+        health = await wait_holding(api, fn)
         assert health["invocations"] == 0 and health["errors"] >= 1
         nats_server.start()
 
