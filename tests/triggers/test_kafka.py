@@ -138,28 +138,24 @@ async def test_a_batch_is_held_while_nats_is_down_and_enqueued_once_after(
     http: aiohttp.ClientSession,
     unique: Callable[[str], str],
     tmp_path: Path,
+    own_nats: NatsServer,
 ) -> None:
-    nats_server = NatsServer(tmp_path / "own-nats")
-    nats_server.start()
-    try:
-        fn = unique("held")
-        topic = unique("topic-held")
-        await producer.send_and_wait(topic, b'{"warm": true}')
-        gw = gateway_factory(trigger_config(nats_server.url, tmp_path / "data", fn, [kafka_trigger(fn, kafka, topic)]))
-        api = Api(http, gw.url)
-        await wait_tasks(api, fn, 1, timeout=30)  # consuming: the group has its partitions
-        nats_server.stop()
-        for seq in range(20):
-            await producer.send(topic, json.dumps({"seq": seq}).encode())
-        await producer.flush()
+    fn = unique("held")
+    topic = unique("topic-held")
+    await producer.send_and_wait(topic, b'{"warm": true}')
+    gw = gateway_factory(trigger_config(own_nats.url, tmp_path / "data", fn, [kafka_trigger(fn, kafka, topic)]))
+    api = Api(http, gw.url)
+    await wait_tasks(api, fn, 1, timeout=30)  # consuming: the group has its partitions
+    own_nats.stop()
+    for seq in range(20):
+        await producer.send(topic, json.dumps({"seq": seq}).encode())
+    await producer.flush()
 
-        health = await wait_holding(api, fn)
-        assert health["invocations"] == 1 and health["errors"] >= 1
-        nats_server.start()
+    health = await wait_holding(api, fn)
+    assert health["invocations"] == 1 and health["errors"] >= 1
+    own_nats.start()
 
-        await wait_tasks(api, fn, 21, timeout=60)
-        seen = Counter(event_of(t)["data"].get("seq") for t in await tasks_of(api, fn))
-        assert seen == Counter({None: 1, **dict.fromkeys(range(20), 1)})
-        assert (await trigger_health(api, fn))["invocations"] == 21
-    finally:
-        nats_server.stop()
+    await wait_tasks(api, fn, 21, timeout=60)
+    seen = Counter(event_of(t)["data"].get("seq") for t in await tasks_of(api, fn))
+    assert seen == Counter({None: 1, **dict.fromkeys(range(20), 1)})
+    assert (await trigger_health(api, fn))["invocations"] == 21

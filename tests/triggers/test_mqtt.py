@@ -145,29 +145,23 @@ async def test_messages_are_held_while_nats_is_down_and_enqueued_after(
     http: aiohttp.ClientSession,
     unique: Callable[[str], str],
     tmp_path: Path,
+    own_nats: NatsServer,
 ) -> None:
-    nats_server = NatsServer(tmp_path / "own-nats")
-    nats_server.start()
-    try:
-        fn = unique("held")
-        topic = unique("held") + "/in"
-        gw = gateway_factory(
-            trigger_config(nats_server.url, tmp_path / "data", fn, [mqtt_trigger(fn, mosquitto, topic)])
-        )
-        api = Api(http, gw.url)
-        await wait_subscribed(api, fn)
-        nats_server.stop()
-        await publish(mosquitto, [(topic, json.dumps({"n": n}).encode(), {}) for n in range(3)])
+    fn = unique("held")
+    topic = unique("held") + "/in"
+    gw = gateway_factory(trigger_config(own_nats.url, tmp_path / "data", fn, [mqtt_trigger(fn, mosquitto, topic)]))
+    api = Api(http, gw.url)
+    await wait_subscribed(api, fn)
+    own_nats.stop()
+    await publish(mosquitto, [(topic, json.dumps({"n": n}).encode(), {}) for n in range(3)])
 
-        health = await wait_holding(api, fn)
-        assert health["invocations"] == 0 and health["errors"] >= 1
-        nats_server.start()
+    health = await wait_holding(api, fn)
+    assert health["invocations"] == 0 and health["errors"] >= 1
+    own_nats.start()
 
-        async def all_enqueued() -> bool:
-            health = await trigger_health(api, fn)
-            return bool(health["invocations"] == 3 and health["state"] == "running")
+    async def all_enqueued() -> bool:
+        health = await trigger_health(api, fn)
+        return bool(health["invocations"] == 3 and health["state"] == "running")
 
-        await wait_until(all_enqueued, timeout=30)
-        assert (await trigger_health(api, fn))["events_received"] == 3
-    finally:
-        nats_server.stop()
+    await wait_until(all_enqueued, timeout=30)
+    assert (await trigger_health(api, fn))["events_received"] == 3
