@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway import metrics
 from gateway.config import TriggerConfig
-from gateway.errors import ConfigError, DuplicateTask, FngateError, ServiceUnavailable
+from gateway.errors import ConfigError, DuplicateTask, FngateError
 from gateway.invocation import BatchItem, Lineage, Source, iso, new_task_id
 
 
@@ -347,8 +347,8 @@ class BaseTrigger:
         that did not enqueue goes through `submit_held`, one by one, with its retries."""
         try:
             outcomes: list[Exception | None] = await self.context.submit_many(self.function, items, source=self.source)
-        except FngateError:
-            outcomes = [ServiceUnavailable("NATS is unreachable")] * len(items)
+        except FngateError as exc:  # the whole batch (NATS unreachable): each item as it failed
+            outcomes = [exc] * len(items)
         retry = []
         for item, outcome in zip(items, outcomes, strict=True):
             if outcome is None:
