@@ -2,18 +2,26 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# What running needs (the package and its dependencies), and on top of it the test tools.
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint typecheck check bench setup services clean
+.PHONY: run test lint typecheck check bench setup setup-test services clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e .
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
+
 setup: $(STAMP)
+
+setup-test: $(TEST_STAMP)
 
 # nats-server (for tests also mosquitto and chromium; for benchmarks wrk) from Debian's
 # packages when missing.
@@ -33,13 +41,13 @@ services:
 run: setup services
 	$(BIN)/fngate serve -c examples/fngate.yaml
 
-test: setup
+test: setup-test
 	$(MAKE) services WITH_TEST_TOOLS=1
 	$(BIN)/ruff check .
 	$(BIN)/mypy gateway triggers sinks
 	$(BIN)/pytest -p no:cacheprovider -q
 
-lint: setup
+lint: setup-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy gateway triggers sinks
 
