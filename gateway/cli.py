@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, load_config
+from .datadir import hold
 from .embedded import find_nats_server
 from .errors import ConfigError, FngateError
 from .logs import setup_logging
@@ -70,6 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .api import is_loopback
     from .app import create_app
+    from .listener import announce, bind_listener
 
     config, errors, warnings = full_check(args.config)
     for warning in warnings:
@@ -94,9 +96,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         if config.nats.embedded:
             find_nats_server()
+            # Before anything starts: a second gateway on this store must not harm the first.
+            hold(config.nats.data_dir)
+        sock = bind_listener(api.host, api.port)
         app = create_app(config)
         web.run_app(
-            app, host=api.host, port=api.port, print=None, access_log=None, shutdown_timeout=10, loop=new_event_loop()
+            app,
+            sock=sock,
+            print=lambda _banner: announce(sock),
+            access_log=None,
+            shutdown_timeout=10,
+            loop=new_event_loop(),
         )
     except FngateError as exc:
         print(f"fngate: {exc.message}", file=sys.stderr)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from .datadir import hold
 from .errors import NatsServerNotFound
 
 log = logging.getLogger(__name__)
@@ -58,23 +59,46 @@ def die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def stop_stale_server(pid_file: Path) -> None:
-    """A server left over from a gateway that died without cleaning up must not share the store."""
+def stop_stale_server(pid_file: Path, store: Path) -> None:
+    """A server left over from a gateway that died without cleaning up must not share the store.
+
+    Called only with the data_dir's lock held, so no live gateway owns that server; and only
+    a nats-server serving this very store is stopped (a pid may have been reused)."""
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return
-    if b"nats-server" in cmdline:
-        log.warning("stopping a stale nats-server (pid %d) left on %s", pid, pid_file.parent)
+    if argv and argv[0].endswith(b"nats-server") and str(store).encode() in argv:
+        log.warning("stopping a stale nats-server (pid %d) left on %s by a gateway that is gone", pid, store)
         os.kill(pid, signal.SIGTERM)
         for _ in range(100):
             if not Path(f"/proc/{pid}").exists():
                 break
             time.sleep(0.05)
+
+
+def _log_size(log_file: Path) -> int:
+    try:
+        return log_file.stat().st_size
+    except OSError:
+        return 0
+
+
+def _log_since(log_file: Path, offset: int) -> bytes:
+    try:
+        with log_file.open("rb") as f:
+            f.seek(offset)
+            return f.read()
+    except OSError:
+        return b""
+
+
+class PortTaken(Exception):
+    """The chosen port was bound by someone else before nats-server could."""
 
 
 class EmbeddedNats:
@@ -95,15 +119,30 @@ class EmbeddedNats:
 
     async def start(self, timeout: float = 10.0) -> str:
         binary = find_nats_server()
-        store = self.data_dir / "jetstream"
+        hold(self.data_dir)  # refuses (DataDirInUse) while another live gateway owns this store
+        # Absolute, so a stale server is recognised by its argv whatever the working directory.
+        store = (self.data_dir / "jetstream").resolve()
         store.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
         log_file = self.data_dir / "nats-server.log"
-        stop_stale_server(self.pid_file)
+        stop_stale_server(self.pid_file, store)
         # The default api.max_request_body (6MiB) must fit in one message (NATS defaults to 1MB).
         conf = self.data_dir / "nats-server.conf"
         conf.write_text(f"max_payload: {EMBEDDED_MAX_PAYLOAD}\n")
+        # The free port may be taken between choosing it and the server binding it: try again.
+        for attempt in range(3):
+            self.port = free_port()
+            try:
+                await self._spawn(binary, conf, store, log_file, timeout)
+                break
+            except PortTaken:
+                if attempt == 2:
+                    raise NatsServerNotFound(f"nats-server found no free port; see {log_file}") from None
+        log.info("embedded nats-server on %s, store %s", self.url, store)
+        return self.url
+
+    async def _spawn(self, binary: str, conf: Path, store: Path, log_file: Path, timeout: float) -> None:
         argv = ["-c", str(conf), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(store), "-l", str(log_file)]
+        log_start = _log_size(log_file)
         self.process = await asyncio.create_subprocess_exec(
             binary, *argv, stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent
         )
@@ -111,17 +150,17 @@ class EmbeddedNats:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             if self.process.returncode is not None:
+                if _log_since(log_file, log_start).find(b"address already in use") >= 0:
+                    raise PortTaken(self.port)
                 raise NatsServerNotFound(f"nats-server exited with {self.process.returncode}; see {log_file}")
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
                 writer.close()
-                break
+                return
             except OSError:
                 if asyncio.get_running_loop().time() > deadline:
                     raise NatsServerNotFound(f"nats-server did not listen within {timeout}s; see {log_file}") from None
                 await asyncio.sleep(0.05)
-        log.info("embedded nats-server on %s, store %s", self.url, store)
-        return self.url
 
     async def stop(self) -> None:
         if self.process is None or self.process.returncode is not None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -10,9 +12,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+import yaml
 
 from tests.conftest import Api, GatewayFactory
-from tests.services import ROOT
+from tests.services import ROOT, binary, free_port, wait_for_port
 
 
 def port_open(port: int) -> bool:
@@ -99,3 +102,85 @@ async def test_default_body_limit_fits_the_embedded_server(
         assert resp.status == 202, body
     record = await api.wait_status(body["task_id"], "Succeeded")
     assert record["result"] == size
+
+
+def serve(config_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "-c", str(config_path)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+async def test_a_second_gateway_on_the_same_data_dir_refuses_and_leaves_the_first_alone(
+    gateway_factory: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    config = {
+        "nats": {"url": "embedded", "data_dir": str(data_dir)},
+        "functions": {"echo": {"handler": "python:examples.functions:echo"}},
+    }
+    first = gateway_factory(config)
+    assert first.proc is not None
+    assert f"listening on {first.url} (console at /)" in first.log()
+    nats_port = embedded_port(data_dir)
+
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump({**config, "api": {"listen": f"127.0.0.1:{free_port()}"}}))
+    result = await asyncio.to_thread(serve, second)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"fngate: nats.data_dir {data_dir} is in use by another gateway (pid {first.proc.pid}); "
+        "stop that one first, or give this one its own nats.data_dir"
+    )
+
+    # The first gateway did not notice: same NATS server, ready, and it still runs tasks.
+    assert port_open(nats_port) and embedded_port(data_dir) == nats_port
+    assert "stale" not in first.log()
+    api = Api(http, first.url)
+    status, body = await api.get("/readyz")
+    assert status == 200 and body["ready"], body
+    record = await api.wait_status(await api.submit("echo", {"still": "here"}), "Succeeded")
+    assert record["result"]["echo"] == {"still": "here"}
+
+
+def test_an_api_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "fngate.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {"nats": {"url": "embedded", "data_dir": str(tmp_path / "d")}, "api": {"listen": f"127.0.0.1:{port}"}}
+            )
+        )
+        result = serve(config)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"fngate: api.listen: cannot listen on 127.0.0.1:{port}: address already in use"
+    assert not (tmp_path / "d" / "nats-server.pid").exists(), "a nats-server was started for nothing"
+
+
+def test_a_stale_server_whose_gateway_is_gone_is_stopped(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    store = (data_dir / "jetstream").resolve()
+    store.mkdir(parents=True)
+    port = free_port()
+    stale = subprocess.Popen(
+        [binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc=stale)
+        (data_dir / "nats-server.pid").write_text(str(stale.pid))
+        gw = gateway_factory({"nats": {"url": "embedded", "data_dir": str(data_dir)}, "functions": {}})
+        assert stale.wait(10) is not None
+        assert f"stopping a stale nats-server (pid {stale.pid})" in gw.log()
+    finally:
+        stale.kill()
+        stale.wait()
