@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .cli_table import task_table
 from .config import Config, load_config
 from .datadir import hold
 from .embedded import find_nats_server
@@ -19,6 +20,8 @@ from .logs import setup_logging
 from .tuning import new_event_loop
 
 DEFAULT_CONFIG = "fngate.yaml"
+URL_HELP = "the gateway's URL (default $FNGATE_URL or http://127.0.0.1:8080)"
+TOKEN_HELP = "API token (default $FNGATE_TOKEN)"
 
 
 def full_check(path: str) -> tuple[Config | None, list[str], list[str]]:
@@ -150,8 +153,13 @@ def print_response(status: int, body: bytes) -> int:
 def read_data(data: str | None) -> bytes:
     if data is None:
         return b""
+    if data == "@-":
+        return sys.stdin.buffer.read()
     if data.startswith("@"):
-        return Path(data[1:]).read_bytes() if data != "@-" else sys.stdin.buffer.read()
+        try:
+            return Path(data[1:]).read_bytes()
+        except OSError as exc:
+            raise SystemExit(f"fngate: -d {data}: cannot read {data[1:]} ({exc.strerror})") from None
     return data.encode()
 
 
@@ -175,14 +183,19 @@ def cmd_tasks(args: argparse.Namespace) -> int:
                 ("function", args.function),
                 ("status", args.status),
                 ("since", args.since),
+                ("until", args.until),
                 ("limit", args.limit),
+                ("cursor", args.cursor),
             )
             if v
         }
         from urllib.parse import urlencode
 
         status, _, body = client.call("GET", "/v1/tasks" + (f"?{urlencode(query)}" if query else ""))
-        return print_response(status, body)
+        if args.json or status >= 400:
+            return print_response(status, body)
+        print(task_table(json.loads(body)))
+        return 0
     if args.tasks_command == "get":
         status, _, body = client.call("GET", f"/v1/tasks/{args.id}")
     else:
@@ -203,9 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", default=default_config)
     check.set_defaults(func=cmd_check)
 
+    # Accepted before the subcommand and after it: the subcommands' copies default to
+    # SUPPRESS, so they override the global value only when given.
+    parser.add_argument("--url", default=os.environ.get("FNGATE_URL", "http://127.0.0.1:8080"), help=URL_HELP)
+    parser.add_argument("--token", default=os.environ.get("FNGATE_TOKEN"), help=TOKEN_HELP)
+
     def client_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", default=os.environ.get("FNGATE_URL", "http://127.0.0.1:8080"))
-        p.add_argument("--token", default=os.environ.get("FNGATE_TOKEN"))
+        p.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
+        p.add_argument("--token", default=argparse.SUPPRESS, help=TOKEN_HELP)
 
     invoke = sub.add_parser("invoke", help="invoke a function through the API")
     invoke.add_argument("function")
@@ -222,8 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing = tasks_sub.add_parser("list")
     listing.add_argument("--function")
     listing.add_argument("--status")
-    listing.add_argument("--since")
+    listing.add_argument("--since", help="ISO 8601 time or epoch seconds")
+    listing.add_argument("--until", help="ISO 8601 time or epoch seconds")
     listing.add_argument("--limit", type=int)
+    listing.add_argument("--cursor", help="the next_cursor of the previous page")
+    listing.add_argument("--json", action="store_true", help="the API's JSON answer instead of a table")
     client_options(listing)
     for name in ("get", "stop", "rerun"):
         one = tasks_sub.add_parser(name)

@@ -14,14 +14,14 @@ from tests.conftest import Api, GatewayFactory
 from tests.services import ROOT, NatsServer
 
 
-def fngate(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+def fngate(*args: str, url: str | None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "FNGATE_URL": url},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **({"FNGATE_URL": url} if url else {})},
     )
 
 
@@ -69,7 +69,9 @@ async def test_invoke_and_tasks_commands(
     assert json.loads(result.stdout)["status"] == "Stopped"
 
     async def listed() -> list[str] | None:
-        out = await asyncio.to_thread(fngate, "tasks", "list", "--function", "echo", "--limit", "10", url=gw.url)
+        out = await asyncio.to_thread(
+            fngate, "tasks", "list", "--json", "--function", "echo", "--limit", "10", url=gw.url
+        )
         ids = [t["task_id"] for t in json.loads(out.stdout)["tasks"]]
         return ids if rerun_id in ids else None
 
@@ -82,3 +84,54 @@ async def test_invoke_and_tasks_commands(
 
     result = await asyncio.to_thread(fngate, "tasks", "get", "nope", url=gw.url)
     assert result.returncode == 1 and "TaskNotFound" in result.stderr
+
+
+async def test_global_options_table_paging_and_clear_errors(
+    nats_server: NatsServer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path, unique: str
+) -> None:
+    token = "cli-token-0123456789"
+    fn = unique("table")
+    gw = gateway_factory(
+        {
+            "nats": {"url": nats_server.url},
+            "api": {"tokens": [{"name": "ops", "token": token, "scopes": ["admin"]}]},
+            "functions": {fn: {"handler": "python:examples.functions:echo"}},
+        }
+    )
+    api = Api(http, gw.url, token=token)
+    ids = [await api.submit(fn, {"n": n}, X_Task_Id=unique("cli")) for n in range(3)]
+    for task_id in ids:
+        await api.wait_status(task_id, "Succeeded")
+
+    # --url and --token before the subcommand, as well as after it.
+    before = await asyncio.to_thread(fngate, "--url", gw.url, "--token", token, "tasks", "get", ids[0], url=None)
+    assert before.returncode == 0, before.stderr
+    after = await asyncio.to_thread(fngate, "tasks", "get", ids[0], "--url", gw.url, "--token", token, url=None)
+    assert json.loads(before.stdout) == json.loads(after.stdout)
+
+    # A table by default, one line per task, newest first; paged with --cursor.
+    listing = await asyncio.to_thread(
+        fngate, "--token", token, "tasks", "list", "--function", fn, "--limit", "2", url=gw.url
+    )
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].split() == ["TASK", "ID", "FUNCTION", "STATUS", "ATTEMPTS", "SUBMITTED", "FINISHED"]
+    assert [line.split()[0] for line in lines[1:3]] == [ids[2], ids[1]]
+    assert all(line.split()[1:4] == [fn, "Succeeded", "1"] for line in lines[1:3])
+    assert lines[3].startswith("more: --cursor ")
+    cursor = lines[3].split()[-1]
+    page2 = await asyncio.to_thread(
+        fngate, "--token", token, "tasks", "list", "--function", fn, "--limit", "2", "--cursor", cursor, url=gw.url
+    )
+    assert [line.split()[0] for line in page2.stdout.splitlines()[1:]] == [ids[0]]
+
+    # --until before the first task: nothing; --json gives the API's answer.
+    empty = await asyncio.to_thread(
+        fngate, "--token", token, "tasks", "list", "--json", "--until", "2000-01-01T00:00:00Z", url=gw.url
+    )
+    assert json.loads(empty.stdout)["tasks"] == []
+
+    missing = tmp_path / "no-such-payload.json"
+    result = await asyncio.to_thread(fngate, "--token", token, "invoke", fn, "-d", f"@{missing}", url=gw.url)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"fngate: -d @{missing}: cannot read {missing} (No such file or directory)"
