@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from .cli_table import task_table
-from .config import Config, load_config
+from .config import Config
+from .configcheck import check_file
 from .datadir import hold
 from .embedded import find_nats_server
-from .errors import ConfigError, FngateError
+from .errors import FngateError
 from .logs import setup_logging
 from .tuning import new_event_loop
 
@@ -25,37 +26,20 @@ TOKEN_HELP = "API token (default $FNGATE_TOKEN)"
 
 
 def full_check(path: str) -> tuple[Config | None, list[str], list[str]]:
-    """Load a config and ask every trigger and destination type to check its own options."""
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        return None, exc.errors, []
-    errors: list[str] = []
-    warnings: list[str] = []
-    from triggers.base import trigger_class
+    """Every problem of a config in one pass (see configcheck), with its path."""
+    result = check_file(path)
+    return result.config, result.errors, result.warnings
 
-    for index, trigger in enumerate(config.triggers):
-        where = f"triggers.{trigger.name or index}"
-        try:
-            cls = trigger_class(trigger.type, where)
-        except ConfigError as exc:
-            errors.extend(exc.errors)
-            continue
-        check = getattr(cls, "check_config", None)
-        if check is not None:
-            errors.extend(check(trigger, where))
-    try:
-        from sinks.base import check_destinations
-    except ImportError:
-        pass
-    else:
-        dest_errors, dest_warnings = check_destinations(config)
-        errors.extend(dest_errors)
-        warnings.extend(dest_warnings)
-    return (config if not errors else None), errors, warnings
+
+def handlers_from_cwd() -> None:
+    """Handlers named python:module:attr are looked up from the working directory, as the
+    config's relative paths are."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    handlers_from_cwd()
     config, errors, warnings = full_check(args.config)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -76,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .listener import announce, bind_listener
 
+    handlers_from_cwd()
     config, errors, warnings = full_check(args.config)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -92,10 +77,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    # Handlers named python:module:attr are looked up from the working directory, as the
-    # config's relative paths are.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
         if config.nats.embedded:
             find_nats_server()

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -23,6 +22,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .redact import redact_loose
 from .units import parse_duration, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -59,7 +59,7 @@ class NatsConfig(_Model):
             raise ValueError("must name at least one server")
         for url in urls:
             if url != "embedded" and not re.match(r"^(nats|tls)://", url):
-                raise ValueError(f"must be 'embedded' or nats://host:port (got {url!r})")
+                raise ValueError(f"must be 'embedded' or nats://host:port (got {redact_loose(url)!r})")
         if isinstance(value, list) and "embedded" in value:
             raise ValueError("'embedded' cannot be part of a list")
         return value
@@ -131,7 +131,7 @@ class FunctionConfig(_Model):
         if self.handler and not re.match(r"^python:[\w.]+:[\w.]+$", self.handler):
             raise ValueError(f"handler must look like python:module:attr (got {self.handler!r})")
         if self.url and not re.match(r"^https?://", self.url):
-            raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
+            raise ValueError(f"url must start with http:// or https:// (got {redact_loose(self.url)!r})")
         return self
 
     @property
@@ -176,22 +176,30 @@ class Config(_Model):
 
 def interpolate(text: str, env: dict[str, str] | None = None) -> str:
     """Replace ${NAME} and ${NAME:-default}; an unset variable without default is an error."""
+    result, missing, _used = substitute(text, env)
+    if missing:
+        raise ConfigError([f"environment variable {name} is not set" for name in missing])
+    return result
+
+
+def substitute(text: str, env: dict[str, str] | None = None) -> tuple[str, list[str], dict[str, str]]:
+    """The text with ${NAME} and ${NAME:-default} replaced (an unset one by ""), the names
+    that were unset without a default, and the values taken from the environment."""
     env = dict(os.environ) if env is None else env
     missing: list[str] = []
+    used: dict[str, str] = {}
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in env:
+            used[name] = env[name]
             return env[name]
         if default is not None:
             return default
         missing.append(name)
         return ""
 
-    result = _ENV.sub(replace, text)
-    if missing:
-        raise ConfigError([f"environment variable {name} is not set" for name in missing])
-    return result
+    return _ENV.sub(replace, text), missing, used
 
 
 def _format_path(loc: tuple[Any, ...], data: Any) -> str:
@@ -288,10 +296,13 @@ def parse_config(data: Any) -> Config:
     return config
 
 
-def _cross_checks(config: Config) -> list[str]:
+def _cross_checks(config: Config, known: set[str] | None = None) -> list[str]:
+    """References between sections; `known` names every function the document declares
+    (also those that did not validate, whose own errors are reported already)."""
+    known = set(config.functions) if known is None else known
     problems = []
     for index, trigger in enumerate(config.triggers):
-        if trigger.function not in config.functions:
+        if trigger.function not in known:
             problems.append(f"triggers.{trigger.name or index}.function: unknown function {trigger.function!r}")
     names = [t.name for t in config.triggers]
     for name in sorted({n for n in names if names.count(n) > 1}):
@@ -301,21 +312,17 @@ def _cross_checks(config: Config) -> list[str]:
             dest = getattr(function.async_, key)
             if dest is not None and dest.type == "function":
                 target = (dest.model_extra or {}).get("function")
-                if target not in config.functions:
+                if target not in known:
                     problems.append(f"functions.{fname}.async.{key}.function: unknown function {target!r}")
     return problems
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
-    """Read, interpolate and validate a YAML config file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
-    text = interpolate(text, env)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
-    return parse_config(data)
+    """Read, interpolate and validate a YAML config file (the model only: `fngate check`
+    also asks triggers, destinations and handlers; see configcheck)."""
+    from .configcheck import check_file
+
+    result = check_file(path, env, load_code=False)
+    if result.config is None:
+        raise ConfigError(result.errors)
+    return result.config

@@ -122,7 +122,77 @@ def test_secrets_from_env_never_printed(tmp_path: Path) -> None:
 
 def test_serve_refuses_public_listen_without_tokens(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text("api: {listen: 0.0.0.0:0}\nfunctions: {f: {handler: 'python:m:f'}}\n")
+    config.write_text("api: {listen: 0.0.0.0:0}\nfunctions: {f: {handler: 'python:examples.functions:echo'}}\n")
     result = run_cli("serve", "-c", str(config))
     assert result.returncode == 2
     assert "allow_unauthenticated" in result.stderr
+
+
+def test_check_reports_every_problem_of_every_stage_in_one_pass(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "functions:\n"
+        "  bad: {handler: 'python:examples.functions:echo', async: {max_retries: 12}}\n"
+        "  nomodule: {handler: 'python:no_such_module_here:f'}\n"
+        "  noattr: {handler: 'python:examples.functions:no_such_function'}\n"
+        "  noprogram: {command: [no-such-program-fngate, -x]}\n"
+        "  slow: {handler: 'python:examples.functions:echo', timeout: '${SLOW_TIMEOUT}'}\n"
+        "  notify:\n"
+        "    handler: python:examples.functions:echo\n"
+        "    concurrency: 2\n"
+        "    concurrency: 3\n"
+        "    async: {on_success: {type: function, function: nowhere}, on_failure: {type: quuee}}\n"
+        "triggers:\n"
+        "  - {name: t1, type: timer, function: missing, every: 1s}\n"
+        "  - {name: t2, type: timer, function: notify, cron: '* * *'}\n"
+        "  - {name: t3, type: timr, function: notify}\n"
+        "  - {name: t4, type: timer, function: bad, every: 1s}\n"
+        "  - {name: t5, type: mqtt, function: notify, url: 'mqtt://${BROKER_HOST}:1883', topic: a}\n"
+        "  - {name: t2, type: timer, function: notify, every: 1s}\n"
+    )
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 2
+    errors = result.stderr.splitlines()
+    expected = [
+        "functions.bad.async.max_retries: must be 0..8 (got 12)",
+        "functions.nomodule.handler: module 'no_such_module_here' not found",
+        "functions.noattr.handler: examples.functions has no attribute 'no_such_function'",
+        "functions.noprogram.command: program 'no-such-program-fngate' not found on PATH",
+        "functions.slow.timeout: environment variable SLOW_TIMEOUT is not set",
+        "functions.notify.concurrency: duplicate key (lines 9 and 10)",
+        "functions.notify.async.on_success.function: unknown function 'nowhere'",
+        "triggers.t1.function: unknown function 'missing'",
+        "triggers.t2.cron: cron needs 6 fields (with seconds) or 5, got 3: '* * *'",
+        "triggers.t5.url: environment variable BROKER_HOST is not set",
+        "triggers.t2.name: duplicate trigger name",
+    ]
+    for line in expected:
+        assert line in errors, f"{line!r} missing from:\n{result.stderr}"
+    assert any(e.startswith("triggers.t3.type: unknown trigger type 'timr'") for e in errors), errors
+    assert any(e.startswith("functions.notify.async.on_failure.type: unknown destination type") for e in errors)
+    # t4's function exists (with an error of its own): not also "unknown"; the unset
+    # variable's path gets its one error, not the validation errors of an empty value.
+    assert not any(e.startswith(("triggers.t4", "functions.slow.timeout: must")) for e in errors), errors
+    assert errors[-1] == f"{config}: {len(errors) - 1} error(s)"
+
+
+def test_serve_reports_the_same_errors_before_starting(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "functions:\n"
+        "  a: {handler: 'python:no_such_module_here:f'}\n"
+        "triggers:\n"
+        "  - {name: t1, type: timer, function: missing, every: 1s}\n"
+    )
+    result = run_cli("serve", "-c", str(config))
+    assert result.returncode == 2
+    assert "functions.a.handler: module 'no_such_module_here' not found" in result.stderr
+    assert "triggers.t1.function: unknown function 'missing'" in result.stderr
+
+
+def test_duplicate_keys_are_errors_with_their_path(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("api: {listen: '127.0.0.1:1'}\napi: {listen: '127.0.0.1:2'}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.errors == ["api: duplicate key (lines 1 and 2)"]

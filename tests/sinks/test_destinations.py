@@ -395,16 +395,16 @@ def test_check_reports_destination_errors_and_cycles(tmp_path: Path) -> None:
 
     result = check(
         "functions:\n"
-        "  a: {handler: 'python:m:f', async: {on_success: {type: function, function: b}}}\n"
-        "  b: {handler: 'python:m:f', async: {on_failure: {type: function, function: a}}}\n"
+        "  a: {handler: 'python:examples.functions:echo', async: {on_success: {type: function, function: b}}}\n"
+        "  b: {handler: 'python:examples.functions:echo', async: {on_failure: {type: function, function: a}}}\n"
     )
     assert result.returncode == 0, result.stderr
     assert "cycle a -> b -> a" in result.stderr
     result = check(
         "functions:\n"
-        "  a: {handler: 'python:m:f', async: {on_success: {type: queue, backend: nats}, "
+        "  a: {handler: 'python:examples.functions:echo', async: {on_success: {type: queue, backend: nats}, "
         "on_failure: {type: event_bus, url: 'http://x', bogus: 1}}}\n"
-        "  c: {handler: 'python:m:f', async: {on_success: {type: quuee}}}\n"
+        "  c: {handler: 'python:examples.functions:echo', async: {on_success: {type: quuee}}}\n"
     )
     assert result.returncode == 2
     assert "functions.a.async.on_success: backend nats needs a subject" in result.stderr
