@@ -14,6 +14,8 @@ from aiohttp import web
 from .config import Config
 from .errors import BadRequest, FngateError, Forbidden, PayloadTooLarge, Unauthorized
 from .invocation import Source, lineage_from_headers, parse_iso, valid_traceparent
+from .redact import redact_text
+from .scopes import ADMIN, Access, access_for
 from .service import TaskService, check_task_id
 from .status import TaskStatus
 from .store import TaskStore
@@ -27,10 +29,6 @@ EXTRA_HEALTH = web.AppKey("extra_health", dict)
 # Paths that triggers registered: they authenticate their callers themselves (signatures).
 TRIGGER_PATHS = web.AppKey("trigger_paths", set)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# The dashboard's page and files load without a token (it asks for one and sends it on
-# every API call); so does the API description.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/openapi.json"})
-PUBLIC_PREFIXES = ("/static/",)
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -64,14 +62,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, "InternalError", "internal error; see the gateway log")
 
 
-def required_scope(request: web.Request) -> str:
-    if request.method == "POST" and request.path.startswith("/v1/functions/"):
-        return "invoke"
-    if request.method == "POST" and request.path.endswith("/rerun"):
-        return "invoke"
-    if request.method in ("GET", "HEAD"):
-        return "read"
-    return "admin"
+def required_access(request: web.Request) -> Access:
+    """The route's declared access (gateway/scopes.py); an undeclared route needs admin."""
+    resource = request.match_info.route.resource
+    if resource is None:  # no such route: a valid token first, then the 404 or 405
+        return Access("read")
+    return access_for(request.method, resource.canonical) or ADMIN
 
 
 def auth_middleware(config: Config) -> Any:
@@ -81,13 +77,18 @@ def auth_middleware(config: Config) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = request.match_info.route.resource
         trigger_route = route is not None and route.canonical in request.app.get(TRIGGER_PATHS, ())
-        public = request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES)
-        if not tokens or public or trigger_route:
+        access = required_access(request)
+        if not tokens or access.scope is None or trigger_route:
             return await handler(request)
         header = request.headers.get("Authorization", "")
         presented = header[7:].encode() if header.startswith("Bearer ") else b""
-        if not presented:
-            presented = request.query.get("token", "").encode()
+        if not presented and "token" in request.query:
+            if not access.query_token:
+                raise Unauthorized(
+                    "a token in the query string is accepted only on the streaming routes "
+                    "(GET /v1/tasks/{id}/logs and /events); send Authorization: Bearer <token>"
+                )
+            presented = request.query["token"].encode()
         scopes: frozenset[str] | None = None
         # Compare against every token in constant time, so timing tells nothing of a prefix.
         for secret, token_scopes, _name in tokens:
@@ -95,9 +96,8 @@ def auth_middleware(config: Config) -> Any:
                 scopes = token_scopes
         if scopes is None:
             raise Unauthorized("missing or invalid bearer token")
-        needed = required_scope(request)
-        if needed not in scopes and "admin" not in scopes:
-            raise Forbidden(f"token lacks the {needed!r} scope")
+        if access.scope not in scopes and "admin" not in scopes:
+            raise Forbidden(f"token lacks the {access.scope!r} scope")
         return await handler(request)
 
     return middleware
@@ -283,7 +283,9 @@ async def readyz(request: web.Request) -> web.Response:
 async def list_triggers(request: web.Request) -> web.Response:
     from .app import GATEWAY  # app.py imports this module, so its key is looked up late
 
-    return web.json_response({"triggers": [trigger.health() for trigger in request.app[GATEWAY].triggers]})
+    body = json.dumps({"triggers": [trigger.health() for trigger in request.app[GATEWAY].triggers]})
+    # A trigger's last error may quote a broker URL as its library wrote it, credentials too.
+    return web.Response(text=redact_text(body), content_type="application/json")
 
 
 def add_routes(app: web.Application) -> None:

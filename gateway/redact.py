@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 # scheme://userinfo@ — the userinfo runs to the *last* @ before the host, so a password
@@ -38,3 +39,19 @@ def redact_loose(value: str) -> str:
         return value.split("?", 1)[0]
     scheme = head.split("://", 1)[0] + "://" if "://" in head else ""
     return f"{scheme}***@{tail}".split("?", 1)[0]
+
+
+class RedactingFilter(logging.Filter):
+    """On the log handler: no log line shows a URL's credentials, whoever logged it (a
+    broker URL in a reconnect warning, a library's exception text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        return True

@@ -15,7 +15,6 @@ import inspect
 import json
 import logging
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ import aiohttp
 from .config import FunctionConfig
 from .errors import FunctionError, FunctionTimeout, TransientError
 from .invocation import Invocation
+from .redact import redact_url as redact_url  # service.py imports it from here
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +107,6 @@ class PythonRuntime:
 
     async def close(self) -> None:
         return None
-
-
-def redact_url(url: str) -> str:
-    """Drop credentials and query strings, which often carry secrets."""
-    return re.sub(r"//[^/@]*@", "//", url).split("?", 1)[0]
 
 
 class HttpRuntime:

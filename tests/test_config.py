@@ -196,3 +196,23 @@ def test_duplicate_keys_are_errors_with_their_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.errors == ["api: duplicate key (lines 1 and 2)"]
+
+
+def test_check_and_serve_never_show_credentials(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "nats: {url: 'nats:/admin:hunter2-nats@h:4222'}\n"
+        "functions:\n"
+        "  a: {url: 'htp://user:${FN_PASSWORD}@h/x'}\n"
+        "  b: {url: 'ftp://user:p@ss-at-sign@h/x', timeout: 0}\n"
+        "triggers:\n"
+        "  - {name: m, type: mqtt, function: a, url: 'http://u:trigger-secret-1@x', topic: a}\n"
+    )
+    secrets = ["hunter2-nats", "env-password-123", "ss-at-sign", "trigger-secret-1"]
+    for command in ("check", "serve"):
+        result = run_cli(command, "-c", str(config), env={"FN_PASSWORD": "env-password-123"})
+        assert result.returncode == 2
+        shown = result.stdout + result.stderr
+        assert "nats.url: must be 'embedded' or nats://host:port (got '***@h:4222')" in shown
+        assert "functions.a: url must start with http:// or https:// (got 'htp://***@h/x')" in shown
+        assert all(secret not in shown for secret in secrets), shown
