@@ -184,3 +184,36 @@ def test_a_stale_server_whose_gateway_is_gone_is_stopped(gateway_factory: Gatewa
     finally:
         stale.kill()
         stale.wait()
+
+
+def test_a_nats_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    # A stand-in nats-server that finds every port taken, as a real one logs it.
+    fake = tmp_path / "nats-server"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'while [ $# -gt 0 ]; do [ "$1" = -l ] && log="$2"; shift; done\n'
+        'echo "[FTL] Error listening on port: 127.0.0.1:1, bind: address already in use" >> "$log"\n'
+        "exit 1\n"
+    )
+    fake.chmod(0o755)
+    data_dir = tmp_path / "d"
+    config = tmp_path / "fngate.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"nats": {"url": "embedded", "data_dir": str(data_dir)}, "api": {"listen": f"127.0.0.1:{free_port()}"}}
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "-c", str(config)],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "FNGATE_NATS_SERVER": str(fake)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"fngate: nats-server found no free port; see {data_dir / 'nats-server.log'}"
+    )
+    assert (data_dir / "nats-server.log").read_text().count("address already in use") == 3
