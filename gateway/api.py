@@ -48,7 +48,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except FngateError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, redact_text(exc.message))
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CONFIG].api.max_request_body
         return error_response(413, "PayloadTooLarge", f"request body over the limit of {format_size(limit)}")

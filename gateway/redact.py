@@ -46,7 +46,10 @@ class RedactingFilter(logging.Filter):
     broker URL in a reconnect warning, a library's exception text)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: the handler reports it as logging does
+            return True
         redacted = redact_text(message)
         if redacted != message:
             record.msg, record.args = redacted, None
