@@ -18,11 +18,11 @@ class ListenError(FngateError):
 
 def bind_listener(host: str, port: int, where: str = "api.listen") -> socket.socket:
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise ListenError(f"{where}: cannot resolve {host!r} ({exc.strerror})") from None
+    # One socket: for a name with both (localhost), the IPv4 address, which clients try first.
+    family, kind, proto, _, address = sorted(found, key=lambda info: info[0] != socket.AF_INET)[0]
     sock = socket.socket(family, kind, proto)
     # As aiohttp does for its own sockets: a restarted gateway rebinds at once (TIME_WAIT),
     # while a port another process listens on still fails.
