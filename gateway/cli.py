@@ -67,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if errors or config is None:
         for error in errors:
             print(error, file=sys.stderr)
+        print(f"{args.config}: {len(errors)} error(s); not starting", file=sys.stderr)
         return 2
     setup_logging(config.logging.level, config.logging.format)
     api = config.api
