@@ -29,6 +29,7 @@ def new_record(inv: Invocation) -> Record:
         "timeline": [{"status": TaskStatus.ENQUEUED.value, "at": iso(inv.submitted_at)}],
         "result": None,
         "error": None,
+        "errors": [],  # one entry per failed attempt, oldest first (lifecycle.failed_attempt)
         "destinations": [],
     }
 
