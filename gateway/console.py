@@ -58,6 +58,12 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def task_payload(request: web.Request) -> web.Response:
+    """The payload as submitted, with its content type (within the task stream's retention)."""
+    inv = await request.app[SERVICE].payload_of(check_task_id(request.match_info["id"]))
+    return web.Response(body=inv.payload, headers={"Content-Type": inv.content_type, "X-Task-Id": inv.task_id})
+
+
 async def dashboard(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
@@ -66,5 +72,6 @@ def add_console_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/tasks/{id}/logs", task_logs)
+    app.router.add_get("/v1/tasks/{id}/payload", task_payload)
     app.router.add_get("/", dashboard)
     app.router.add_static("/static/", STATIC, name="static")

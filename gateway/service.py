@@ -21,7 +21,7 @@ from .errors import (
 )
 from .index import TaskIndex
 from .invocation import BatchItem, Invocation, Lineage, Source, new_task_id
-from .records import Record, new_record, status_of
+from .records import RERUN_SOURCE, Record, new_record, status_of
 from .runtimes import Context, Runtime, redact_url, run_with_timeout, task_logger
 from .status import TaskStatus
 from .store import StateConflict, TaskStore
@@ -252,7 +252,9 @@ class TaskService:
     async def rerun(self, task_id: str) -> str:
         inv = await self.payload_of(check_task_id(task_id))
         self.function(inv.function)
-        return await self.submit(inv.function, inv.payload, source=inv.source, content_type=inv.content_type)
+        # The new task names the one it repeats (its record's `rerun_of`, see new_record).
+        source = Source(RERUN_SOURCE, inv.task_id)
+        return await self.submit(inv.function, inv.payload, source=source, content_type=inv.content_type)
 
     def function_summary(self, name: str) -> dict[str, Any]:
         config = self.function(name)
