@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from . import metrics
 from .api import SERVICE
 from .index import QUEUED
+from .live import task_events
 from .openapi import openapi_document
 from .service import check_task_id
 from .status import TaskStatus
@@ -73,5 +74,6 @@ def add_console_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/tasks/{id}/logs", task_logs)
     app.router.add_get("/v1/tasks/{id}/payload", task_payload)
+    app.router.add_get("/v1/tasks/{id}/events", task_events)
     app.router.add_get("/", dashboard)
     app.router.add_static("/static/", STATIC, name="static")
