@@ -77,7 +77,7 @@ async def test_event_stream_on_another_replica(replicas: Any, http: aiohttp.Clie
         assert resp.status == 404
 
 
-async def test_many_clients_share_one_subscription_and_leave_nothing(replicas: Any, http: aiohttp.ClientSession) -> None:
+async def test_clients_share_one_subscription_and_leave_nothing(replicas: Any, http: aiohttp.ClientSession) -> None:
     name, runner, watcher = replicas
     task_id = await Api(http, runner.url).submit(name, {"seconds": 0}, X_Delay="3600")
     url = f"{watcher.url}/v1/tasks/{task_id}/events"
