@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import lifecycle, metrics
+from . import attemptlog, lifecycle, metrics
 from .config import Config, FunctionConfig
 from .errors import (
     BadRequest,
@@ -240,6 +240,7 @@ class TaskService:
                 await self.store.put_state(record, expected)
             except StateConflict:
                 continue
+            attemptlog.stop_requested(record)
             if status_of(record) is TaskStatus.STOPPING:
                 await self._signal_stop(task_id)
             return record
