@@ -44,7 +44,8 @@ async def test_only_stored_writes_are_shown_in_order(nats_server: NatsServer, un
         live = LiveStatus(nc, read)
         subject = f"{c.STATE_SUBJECT}.{task_id}"
         async with live.watch(task_id) as watcher:
-            assert (await watcher.next(1))["status"] == "Enqueued"  # the current record first
+            first = await watcher.next(1)
+            assert first is not None and first["status"] == "Enqueued"  # the current record first
             # A write published but never stored (it lost its compare-and-set): not shown.
             lost = record(task_id, "Enqueued", "Stopped")
             await nc.publish(subject, json.dumps(lost).encode())
