@@ -48,7 +48,8 @@ QUEUE_LIMIT = 32  # records buffered per client before the oldest are dropped
 MAX_WATCHERS = 20_000  # clients watching at once on one replica
 MAX_CANDIDATES = 16
 # An idle SSE stream gets a comment line this often: it keeps proxies from closing it, and
-# it is how a client that went away is noticed (aiohttp does not cancel the handler).
+# it is how a client that went away is noticed (aiohttp does not cancel the handler). One
+# timer per replica pokes all streams, rather than a timer per client.
 KEEPALIVE = float(os.environ.get("FNGATE_SSE_KEEPALIVE", "15"))
 
 WATCHERS = Gauge("fngate_live_watchers", "Clients waiting on a task's status (long-polls and SSE streams)")
@@ -75,13 +76,22 @@ class Watcher:
         self.records.append(record)
         self._ready.set()
 
+    def poke(self) -> None:
+        """Wake the client's handler with nothing to send: the keep-alive round."""
+        self._ready.set()
+
     async def next(self, timeout: float | None) -> Record | None:
-        """The next record, or None when `timeout` passed first."""
+        """The next record; None when `timeout` passed first, or when poked."""
         if not self.records:
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
+                if timeout is None:
+                    await self._ready.wait()  # no timer per client: idle streams cost nothing
+                else:
+                    await asyncio.wait_for(self._ready.wait(), timeout)
             except TimeoutError:
+                return None
+            if not self.records:
                 return None
         return self.records.popleft()
 
@@ -111,6 +121,23 @@ class LiveStatus:
         self.watched: dict[str, Watched] = {}
         self.count = 0
         self._background: set[asyncio.Future[Any]] = set()
+        self.streams: set[Watcher] = set()  # SSE clients, poked every KEEPALIVE seconds
+        self._keepalive: asyncio.Task[None] | None = None
+
+    def add_stream(self, watcher: Watcher) -> None:
+        self.streams.add(watcher)
+        if self._keepalive is None or self._keepalive.done():
+            self._keepalive = asyncio.create_task(self._keepalives())
+
+    def remove_stream(self, watcher: Watcher) -> None:
+        self.streams.discard(watcher)
+
+    async def _keepalives(self) -> None:
+        """One timer for all streams of this replica, running only while there are any."""
+        while self.streams:
+            await asyncio.sleep(KEEPALIVE)
+            for watcher in list(self.streams):
+                watcher.poke()
 
     @contextlib.asynccontextmanager
     async def watch(self, task_id: str) -> AsyncIterator[Watcher]:
@@ -249,11 +276,13 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
-    async with request.app[LIVE].watch(task_id) as watcher:  # TaskNotFound (404) before any byte
+    live = request.app[LIVE]
+    async with live.watch(task_id) as watcher:  # TaskNotFound (404) before any byte
         await response.prepare(request)
+        live.add_stream(watcher)
         try:
             while True:
-                record = await watcher.next(KEEPALIVE)
+                record = await watcher.next(None)
                 if record is None:
                     if request.transport is None or request.transport.is_closing():
                         return response  # the client went away
@@ -266,4 +295,6 @@ async def task_events(request: web.Request) -> web.StreamResponse:
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
             pass  # the client went away mid-write
+        finally:
+            live.remove_stream(watcher)
     return response
