@@ -149,8 +149,8 @@ export function mount(view, params, ctx, id) {
       } catch (error) {
         if (abort.signal.aborted) return;
         if (error.status === 404) { ctx.say(error.message, true); return; }
-        await new Promise((resolve) => setTimeout(resolve, 2000));
       }
+      if (!(latest && TERMINAL.includes(latest.status))) await new Promise((resolve) => setTimeout(resolve, 2000));
     }
   }
 
