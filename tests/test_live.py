@@ -143,3 +143,34 @@ async def test_long_poll_on_another_replica(replicas: Any, http: aiohttp.ClientS
 
 async def _watching(gateway: GatewayProcess, http: aiohttp.ClientSession) -> bool:
     return (await live_watchers(gateway, http))[0] >= 1
+
+
+async def test_stream_survives_a_nats_restart(
+    gateway_factory: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Any, unique: Any
+) -> None:
+    nats = NatsServer(tmp_path / "nats")
+    nats.start()
+    try:
+        name = unique("livern")
+        gw = gateway_factory(
+            {"nats": {"url": nats.url}, "functions": {name: {"handler": "python:examples.functions:sleepy"}}},
+            env={"FNGATE_SSE_KEEPALIVE": "0.5"},
+        )
+        api = Api(http, gw.url)
+        task_id = await api.submit(name, {"seconds": 0}, X_Delay="3600")
+        async with http.get(f"{gw.url}/v1/tasks/{task_id}/events") as stream:
+            assert b'"status":"Enqueued"' in await stream.content.readuntil(b"\n\n")
+            nats.stop()
+            nats.start()
+            await wait_until(lambda: _ready(api))
+            status, _ = await api.post(f"/v1/tasks/{task_id}/stop")
+            assert status == 202
+            tail = (await stream.content.read()).decode()
+        assert '"status":"Stopped"' in tail
+    finally:
+        nats.stop()
+
+
+async def _ready(api: Api) -> bool:
+    status, body = await api.get("/readyz")
+    return status == 200 and body["ready"] is True
