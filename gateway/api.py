@@ -202,7 +202,13 @@ def parse_delay(value: str | None) -> float:
 
 
 async def get_task(request: web.Request) -> web.Response:
-    record = await request.app[SERVICE].get_task(request.match_info["id"])
+    service = request.app[SERVICE]
+    if "wait" in request.query:  # long-poll until terminal (gateway/live.py)
+        from .live import wait_for_task
+
+        task_id = check_task_id(request.match_info["id"])
+        return web.json_response(await wait_for_task(request, task_id, service.get_task))
+    record = await service.get_task(request.match_info["id"])
     return web.json_response(record)
 
 

@@ -22,6 +22,7 @@ from .embedded import EmbeddedNats
 from .errors import ConfigError, ServiceUnavailable
 from .index import TaskIndex
 from .invocation import BatchItem, Invocation, Source
+from .live import LIVE, LiveStatus
 from .records import Record
 from .runtimes import Runtime, build_runtime
 from .service import TaskService
@@ -54,6 +55,7 @@ class Gateway:
         self.task_logs: TaskLogs | None = None
         self.servers: list[str] = []
         self._index_loop: asyncio.Task[None] | None = None
+        self.live: LiveStatus | None = None
 
     async def start(self) -> None:
         servers = self.config.nats.servers
@@ -74,6 +76,7 @@ class Gateway:
         self.index = TaskIndex(store, self.config.max_retention)
         self.service = TaskService(self.config, store, self.index, self.runtimes)
         self._index_loop = self._spawn("index", self.index.run)
+        self.live = LiveStatus(self.nc, self.service.get_task)
         for name, function in self.config.functions.items():
             worker = FunctionWorker(
                 name,
@@ -115,6 +118,8 @@ class Gateway:
     async def _on_reconnect(self) -> None:
         """Rebuild the task view: its ordered consumers may not have survived the outage
         (a restarted server forgets them), and waiting for their heartbeats to notice is slow."""
+        if self.live is not None:
+            self.live.refresh_all()  # changes made while away reach the waiting clients
         if self.index is None or self._index_loop is None:
             return
         self._index_loop.cancel()
@@ -227,6 +232,8 @@ def create_app(config: Config) -> web.Application:
         app[STORE] = gateway.store
         assert gateway.task_logs is not None
         app[TASK_LOGS] = gateway.task_logs
+        assert gateway.live is not None
+        app[LIVE] = gateway.live
         app[EXTRA_HEALTH] = {}
         tune_gc()
         yield

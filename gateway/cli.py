@@ -146,6 +146,9 @@ def read_data(data: str | None) -> bytes:
 
 
 def cmd_invoke(args: argparse.Namespace) -> int:
+    if args.wait and not args.async_:
+        print("fngate invoke: --wait needs --async", file=sys.stderr)
+        return 2
     client = ApiClient(args.url, args.token)
     headers = {"Content-Type": args.content_type, "X-Invocation-Type": "async" if args.async_ else "sync"}
     if args.task_id:
@@ -153,6 +156,10 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     if args.delay is not None:
         headers["X-Delay"] = str(args.delay)
     status, _, body = client.call("POST", f"/v1/functions/{args.function}/invocations", read_data(args.data), headers)
+    if args.wait and status == 202:
+        from .cliwait import wait_for_end
+
+        return wait_for_end(client, json.loads(body)["task_id"], args.timeout)
     return print_response(status, body)
 
 
@@ -214,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.add_argument("--delay", type=float)
     invoke.add_argument("-d", "--data", help="JSON payload, or @file, or @- for stdin")
     invoke.add_argument("--content-type", default="application/json")
+    invoke.add_argument("--wait", action="store_true", help="with --async: wait for the end and print the record")
+    invoke.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds (exit 3)")
     client_options(invoke)
     invoke.set_defaults(func=cmd_invoke)
 

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from . import metrics
 from .api import SERVICE
 from .index import QUEUED
+from .live import task_events
 from .openapi import openapi_document
 from .service import check_task_id
 from .status import TaskStatus
@@ -58,6 +59,12 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def task_payload(request: web.Request) -> web.Response:
+    """The payload as submitted, with its content type (within the task stream's retention)."""
+    inv = await request.app[SERVICE].payload_of(check_task_id(request.match_info["id"]))
+    return web.Response(body=inv.payload, headers={"Content-Type": inv.content_type, "X-Task-Id": inv.task_id})
+
+
 async def dashboard(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
@@ -66,5 +73,7 @@ def add_console_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/tasks/{id}/logs", task_logs)
+    app.router.add_get("/v1/tasks/{id}/payload", task_payload)
+    app.router.add_get("/v1/tasks/{id}/events", task_events)
     app.router.add_get("/", dashboard)
     app.router.add_static("/static/", STATIC, name="static")

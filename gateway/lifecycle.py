@@ -11,10 +11,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import TaskNotStoppable
+from .invocation import iso
 from .records import Record, stamp, status_of
 from .status import TaskStatus
 
 MAX_TRANSIENT_BACKOFF = 300.0
+# A task retried on transient failures until max_event_age may fail hundreds of times: the
+# record keeps the first failures and the latest ones, so it stays small.
+MAX_ERRORS = 50
+MAX_ERROR_MESSAGE = 2048
+
+
+def failed_attempt(record: Record, *, attempt: int, at: float, error: dict[str, str]) -> list[dict[str, Any]]:
+    """The record's `errors` with one more entry for a failed attempt, oldest first."""
+    entry = {"attempt": attempt, "at": iso(at), "type": error["type"], "message": error["message"][:MAX_ERROR_MESSAGE]}
+    errors = [*(record.get("errors") or []), entry]
+    if len(errors) > MAX_ERRORS:
+        keep = MAX_ERRORS // 2
+        errors = errors[:keep] + errors[-(MAX_ERRORS - keep) :]
+    return errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +99,21 @@ def settle(
         return Settlement(stamp(stamp(running, TaskStatus.STOPPING, now), TaskStatus.STOPPED, now))
     if outcome == "transient":
         info = {"type": "TransientError", "message": message}
+        errors = failed_attempt(running, attempt=attempt, at=now, error=info)
         backoff = min(0.5 * 2**transient_count, MAX_TRANSIENT_BACKOFF)
         if now + backoff - scheduled_at > max_event_age:
-            return Settlement(stamp(running, TaskStatus.EXPIRED, now, error=info, condition="Expired"))
-        return Settlement(stamp(running, TaskStatus.RETRYING, now, error=info), now + backoff, transient=True)
+            return Settlement(stamp(running, TaskStatus.EXPIRED, now, error=info, errors=errors, condition="Expired"))
+        return Settlement(
+            stamp(running, TaskStatus.RETRYING, now, error=info, errors=errors), now + backoff, transient=True
+        )
     kind = "Timeout" if outcome == "timeout" else "FunctionError"
     info = {"type": kind, "message": message}
+    errors = failed_attempt(running, attempt=attempt, at=now, error=info)
     if attempt <= max_retries:
         backoff = retry_delay * 2 ** (attempt - 1)
-        return Settlement(stamp(running, TaskStatus.RETRYING, now, error=info), now + backoff)
+        return Settlement(stamp(running, TaskStatus.RETRYING, now, error=info, errors=errors), now + backoff)
     condition = "RetriesExhausted" if max_retries > 0 else kind
-    return Settlement(stamp(running, TaskStatus.FAILED, now, error=info, condition=condition))
+    return Settlement(stamp(running, TaskStatus.FAILED, now, error=info, errors=errors, condition=condition))
 
 
 def rebase(ours: Record, latest: Record, now: float) -> Record | None:

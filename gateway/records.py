@@ -11,10 +11,11 @@ from .status import TaskStatus, can_transition
 
 Record = dict[str, Any]
 MAX_INLINE_RESULT = 256 * 1024
+RERUN_SOURCE = "rerun"  # source {type: rerun, name: <original task id>} of a task made by a rerun
 
 
 def new_record(inv: Invocation) -> Record:
-    return {
+    record = {
         "task_id": inv.task_id,
         "function": inv.function,
         "status": TaskStatus.ENQUEUED.value,
@@ -29,8 +30,12 @@ def new_record(inv: Invocation) -> Record:
         "timeline": [{"status": TaskStatus.ENQUEUED.value, "at": iso(inv.submitted_at)}],
         "result": None,
         "error": None,
+        "errors": [],  # one entry per failed attempt, oldest first (lifecycle.failed_attempt)
         "destinations": [],
     }
+    if inv.source.type == RERUN_SOURCE:
+        record["rerun_of"] = inv.source.name
+    return record
 
 
 class IllegalTransition(RuntimeError):

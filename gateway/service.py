@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import lifecycle, metrics
+from . import attemptlog, lifecycle, metrics
 from .config import Config, FunctionConfig
 from .errors import (
     BadRequest,
@@ -21,7 +21,7 @@ from .errors import (
 )
 from .index import TaskIndex
 from .invocation import BatchItem, Invocation, Lineage, Source, new_task_id
-from .records import Record, new_record, status_of
+from .records import RERUN_SOURCE, Record, new_record, status_of
 from .runtimes import Context, Runtime, redact_url, run_with_timeout, task_logger
 from .status import TaskStatus
 from .store import StateConflict, TaskStore
@@ -240,6 +240,7 @@ class TaskService:
                 await self.store.put_state(record, expected)
             except StateConflict:
                 continue
+            attemptlog.stop_requested(record)
             if status_of(record) is TaskStatus.STOPPING:
                 await self._signal_stop(task_id)
             return record
@@ -252,7 +253,9 @@ class TaskService:
     async def rerun(self, task_id: str) -> str:
         inv = await self.payload_of(check_task_id(task_id))
         self.function(inv.function)
-        return await self.submit(inv.function, inv.payload, source=inv.source, content_type=inv.content_type)
+        # The new task names the one it repeats (its record's `rerun_of`, see new_record).
+        source = Source(RERUN_SOURCE, inv.task_id)
+        return await self.submit(inv.function, inv.payload, source=source, content_type=inv.content_type)
 
     def function_summary(self, name: str) -> dict[str, Any]:
         config = self.function(name)

@@ -22,8 +22,8 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
+from . import attemptlog, lifecycle, metrics
 from . import constants as c
-from . import lifecycle, metrics
 from .config import FunctionConfig
 from .errors import FunctionError, FunctionTimeout, TransientError
 from .invocation import Invocation
@@ -207,6 +207,7 @@ class FunctionWorker:
                 continue
             if decision.run:
                 return decision.record, seq
+            attemptlog.ended_unrun(decision.record, inv.attempt + 1)
             await self.on_terminal(decision.record, inv)
             return None
 
@@ -248,6 +249,8 @@ class FunctionWorker:
             metrics.TASKS_RUNNING.labels(self.name).dec()
             metrics.EXECUTION_SECONDS.labels(self.name, outcome_kind(error)).observe(time.monotonic() - started)
             if self.task_logs is not None:
+                if error is not None and not isinstance(error, StopRequested):
+                    attemptlog.to_task_log(self.task_logs, inv.task_id, self.name, attempt, error)
                 self.task_logs.finish(inv.task_id)
         await asyncio.shield(self._settle(inv, msg, record, seq, attempt, outcome, error))
 
@@ -277,6 +280,8 @@ class FunctionWorker:
             message=error_message(error),
         )
         written = await self._write(inv, settlement.record, seq)
+        if written is not None:
+            attemptlog.settled(written, attempt, kind, settlement.retry_at)
         if written is not None and status_of(written).terminal:
             await self.on_terminal(written, inv)
         elif written is not None and settlement.retry_at is not None:

@@ -219,6 +219,29 @@ async def test_rerun_submits_same_payload(api: Api) -> None:
     assert status == 202 and body["task_id"] != task_id
     record = await api.wait_status(body["task_id"], "Succeeded")
     assert record["result"]["echo"] == {"again": 1}
+    assert record["rerun_of"] == task_id and record["source"] == {"type": "rerun", "name": task_id}
+    assert "rerun_of" not in await api.task(task_id)
+
+
+async def payload_of(api: Api, task_id: str) -> tuple[int, str, bytes]:
+    async with api.session.get(f"{api.url}/v1/tasks/{task_id}/payload", headers=api.headers) as resp:
+        return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
+
+
+async def test_payload_as_submitted(api: Api) -> None:
+    raw = b'{"b": 2,  "a": [1, 2]}'  # bytes as sent: spacing and key order kept
+    status, body, _ = await api.invoke("echo", raw=raw)
+    assert status == 202
+    assert await payload_of(api, body["task_id"]) == (200, "application/json", raw)
+    binary = bytes(range(256))
+    status, body, _ = await api.invoke("wc", raw=binary, headers={"Content-Type": "application/octet-stream"})
+    assert status == 202
+    assert await payload_of(api, body["task_id"]) == (200, "application/octet-stream", binary)
+    await api.wait_status(body["task_id"], "Succeeded")
+    status, rerun = await api.post(f"/v1/tasks/{body['task_id']}/rerun")
+    assert await payload_of(api, rerun["task_id"]) == (200, "application/octet-stream", binary)
+    status, _, error = await payload_of(api, "no-such-task")
+    assert status == 404 and json.loads(error)["error"]["code"] == "TaskNotFound"
 
 
 async def test_functions_with_live_counts(api: Api) -> None:

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -135,3 +136,32 @@ async def test_global_options_table_paging_and_clear_errors(
     result = await asyncio.to_thread(fngate, "--token", token, "invoke", fn, "-d", f"@{missing}", url=gw.url)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"fngate: -d @{missing}: cannot read {missing} (No such file or directory)"
+
+
+async def test_invoke_async_wait(nats_server: NatsServer, gateway_factory: GatewayFactory, unique: Any) -> None:
+    fn, failing = unique("waitfn"), unique("waitfail")
+    gw = gateway_factory(
+        {
+            "nats": {"url": nats_server.url},
+            "functions": {
+                fn: {"handler": "python:examples.functions:sleepy", "timeout": "60s"},
+                failing: {"handler": "python:examples.functions:fail", "async": {"max_retries": 0}},
+            },
+        }
+    )
+    result = await asyncio.to_thread(fngate, "invoke", fn, "--async", "--wait", "-d", '{"seconds": 0.5}', url=gw.url)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["status"] == "Succeeded" and record["result"] == {"slept": 0.5}
+
+    result = await asyncio.to_thread(fngate, "invoke", failing, "--async", "--wait", "-d", "{}", url=gw.url)
+    assert result.returncode == 1 and json.loads(result.stdout)["status"] == "Failed"
+
+    args = ("invoke", fn, "--async", "--wait", "--timeout", "0.5", "--delay", "3600", "-d", '{"seconds": 0}')
+    result = await asyncio.to_thread(fngate, *args, url=gw.url)
+    assert result.returncode == 3 and json.loads(result.stdout)["status"] == "Enqueued"
+    assert "still Enqueued" in result.stderr
+    await asyncio.to_thread(fngate, "tasks", "stop", json.loads(result.stdout)["task_id"], url=gw.url)
+
+    result = await asyncio.to_thread(fngate, "invoke", fn, "--wait", "-d", "{}", url=gw.url)
+    assert result.returncode == 2 and "--async" in result.stderr

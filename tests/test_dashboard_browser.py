@@ -1,4 +1,7 @@
-"""The dashboard in headless Chromium: sign in, watch tasks appear, filter, open one, stop one.
+"""The console in headless Chromium: sign in; overview counts that add up; the task list
+with filters and times in the browser's time zone; a task page with its error per attempt,
+result, payload, durations and logs, updated live without moving the reader; triggers; the
+invoke form; search by id; the banner while NATS is away.
 
 With FNGATE_SCREENSHOTS=1 the main views are saved to docs/images/ for the README.
 """
@@ -8,12 +11,17 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from gateway.invocation import parse_iso
 from tests.conftest import Api, GatewayFactory
 from tests.services import ROOT, NatsServer
 
@@ -29,6 +37,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+ZONE = "Asia/Kolkata"  # +05:30: an offset that is not a whole hour shows every mistake
+SCREENSHOTS = ("overview", "tasks", "task", "task-failed", "triggers", "invoke")
 
 
 @pytest.fixture
@@ -45,15 +55,31 @@ async def shot(page: Page, name: str) -> None:
         await page.screenshot(path=str(IMAGES / f"{name}.png"), full_page=True)
 
 
+async def sign_in(page: Page, url: str) -> None:
+    await page.goto(url + "/")
+    await expect(page.locator("#login")).to_be_visible()
+    await page.fill("#token", TOKEN)
+    await page.click("#login-form button")
+    await expect(page.locator("#login")).to_be_hidden()
+
+
+def admin_api(nats_url: str, functions: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "nats": {"url": nats_url},
+        "api": {"tokens": [{"name": "ops", "token": TOKEN, "scopes": ["admin"]}]},
+        "functions": functions,
+        **extra,
+    }
+
+
 async def test_dashboard_end_to_end(
     nats_server: NatsServer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, browser: Browser, unique: Any
 ) -> None:
     work, slow, fail = unique("resize"), unique("report"), unique("notify")
     gw = gateway_factory(
-        {
-            "nats": {"url": nats_server.url},
-            "api": {"tokens": [{"name": "ops", "token": TOKEN, "scopes": ["admin"]}]},
-            "functions": {
+        admin_api(
+            nats_server.url,
+            {
                 work: {"handler": "python:examples.functions:chatty"},
                 slow: {"handler": "python:examples.functions:sleepy", "timeout": "120s"},
                 fail: {
@@ -61,22 +87,31 @@ async def test_dashboard_end_to_end(
                     "async": {"max_retries": 1, "retry_delay": "100ms"},
                 },
             },
-        }
+        )
     )
     api = Api(http, gw.url, token=TOKEN)
     done = [await api.submit(work, {"lines": 3}) for _ in range(3)]
-    failed = await api.submit(fail, {})
+    failed = await api.submit(fail, {"image": "cat.png"})
     for task_id in done:
         await api.wait_status(task_id, "Succeeded")
     await api.wait_status(failed, "Failed")
+    stopped = await api.submit(slow, {"seconds": 0}, X_Delay="3600")
+    await api.post(f"/v1/tasks/{stopped}/stop")
+    queued = await api.submit(slow, {"seconds": 0}, X_Delay="3600")
 
     page = await browser.new_page(viewport={"width": 1280, "height": 800})
-    await page.goto(gw.url + "/")
-    await expect(page.locator("#login")).to_be_visible()
-    await page.fill("#token", TOKEN)
-    await page.click("#login-form button")
+    await sign_in(page, gw.url)
+    # Overview: per function, the states add up to the total submitted.
     card = page.locator(f'.card[data-function="{work}"]')
-    await expect(card.locator('[data-count="completed"]')).to_have_text("3")
+    await expect(card.locator('[data-count="succeeded"]')).to_have_text("3")
+    await expect(card.locator('[data-count="total"]')).to_have_text("3")
+    slow_card = page.locator(f'.card[data-function="{slow}"]')
+    await expect(slow_card.locator('[data-count="stopped"]')).to_have_text("1")
+    await expect(slow_card.locator('[data-count="queued"]')).to_have_text("1")
+    await expect(page.locator(f'.card[data-function="{fail}"] [data-count="failed"]')).to_have_text("1")
+    for name in (work, slow, fail):
+        total = page.locator(f'.card[data-function="{name}"] [data-count="total"]')
+        assert await total.get_attribute("data-sum") == await total.text_content(), name
     await shot(page, "overview")
 
     await page.goto(gw.url + "/#/tasks")
@@ -84,6 +119,9 @@ async def test_dashboard_end_to_end(
         await expect(page.locator(f'tr[data-task="{task_id}"]')).to_be_visible()
     late = await api.submit(work, {"lines": 1})
     await expect(page.locator(f'tr[data-task="{late}"]')).to_be_visible(timeout=10_000)
+    await expect(page.locator(f'tr[data-task="{done[0]}"] td[data-duration]')).not_to_have_attribute(
+        "data-duration", ""
+    )
     await shot(page, "tasks")
     # The session's nats-server holds other tests' tasks too: filter by function, then status.
     await page.select_option("#filter-function", work)
@@ -93,23 +131,169 @@ async def test_dashboard_end_to_end(
     await expect(page.locator(f'tr[data-task="{failed}"]')).to_be_visible()
     await expect(page.locator("#tasks tbody tr")).to_have_count(1)
 
+    # A failed task: its error up top, one error per attempt, payload, traceback in the logs.
     await page.click(f'tr[data-task="{failed}"] a.task')
+    await expect(page.locator("#task-error .type")).to_contain_text("FunctionError")
+    await expect(page.locator("#task-error .message")).to_contain_text("failing on purpose (attempt 2)")
+    await expect(page.locator("#attempts tbody tr")).to_have_count(2)
+    await expect(page.locator('#attempts [data-attempt="1"] .attempt-error')).to_contain_text("(attempt 1)")
+    await expect(page.locator('#attempts [data-attempt="1"] [data-status="Retrying"]')).to_be_visible()
+    await expect(page.locator("#payload")).to_contain_text('"image": "cat.png"')
+    await expect(page.locator("#logs")).to_contain_text("Traceback (most recent call last)")
     await expect(page.locator('#timeline [data-phase="Retrying"]')).to_be_visible()
     await expect(page.locator("#stop")).to_be_disabled()
+    await shot(page, "task-failed")
 
     running = await api.submit(slow, {"seconds": 60})
     await api.wait_status(running, "Running")
     await page.goto(f"{gw.url}/#/task/{running}")
-    await expect(page.locator('h2 [data-status="Running"]')).to_be_visible()
+    await expect(page.locator('#task-status [data-status="Running"]')).to_be_visible()
     await page.click("#stop")
-    await expect(page.locator('h2 [data-status="Stopped"]')).to_be_visible(timeout=15_000)
+    await expect(page.locator('#task-status [data-status="Stopped"]')).to_be_visible(timeout=15_000)
     assert (await api.task(running))["status"] == "Stopped"
     await page.goto(f"{gw.url}/#/task/{done[0]}")
     await expect(page.locator("#logs")).to_contain_text("line 3 of 3")
+    await expect(page.locator("#task-result")).to_contain_text('"lines": 3')
     await shot(page, "task")
+
+    # Search by id: a known id opens the task.
+    await page.fill("#search-id", failed)
+    await page.press("#search-id", "Enter")
+    await expect(page.locator("#task-title code")).to_have_text(failed)
+    await api.post(f"/v1/tasks/{queued}/stop")
     await page.close()
 
 
+async def test_task_page_updates_live_and_keeps_the_scroll_position(
+    nats_server: NatsServer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, browser: Browser, unique: Any
+) -> None:
+    slow = unique("live")
+    gw = gateway_factory(admin_api(nats_server.url, {slow: {"handler": "python:examples.functions:sleepy"}}))
+    api = Api(http, gw.url, token=TOKEN)
+    page = await browser.new_page(viewport={"width": 1000, "height": 420})
+    await sign_in(page, gw.url)
+    task_id = await api.submit(slow, {"seconds": 3, "items": [f"item {i}" for i in range(40)]})
+    await page.goto(f"{gw.url}/#/task/{task_id}")
+    await expect(page.locator('#task-status [data-status="Running"]')).to_be_visible()
+    await expect(page.locator("#payload")).to_contain_text("item 39")
+    await page.evaluate("document.getElementById('payload').dataset.mark = 'kept'")
+    # The reader scrolled down to the payload and logs, below the parts that will change.
+    await page.evaluate("document.querySelector('.detail').scrollIntoView()")
+    before = await page.evaluate("window.scrollY")
+    anchor = await page.locator("#logs").bounding_box()
+    assert before > 0 and anchor is not None
+    # The stream brings the end: the page changes in place, the reader stays where they were.
+    await expect(page.locator('#task-status [data-status="Succeeded"]')).to_be_visible(timeout=15_000)
+    await expect(page.locator("#task-result")).to_contain_text('"slept": 3')
+    assert await page.evaluate("document.getElementById('payload').dataset.mark") == "kept"
+    after = await page.locator("#logs").bounding_box()
+    assert after is not None and abs(after["y"] - anchor["y"]) < 2, (anchor, after)
+    await page.close()
+
+
+def local_text(iso: str, zone: str) -> str:
+    return datetime.fromtimestamp(parse_iso(iso), ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def test_list_times_round_trip_in_the_browser_time_zone(
+    nats_server: NatsServer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, browser: Browser, unique: Any
+) -> None:
+    fn = unique("tz")
+    gw = gateway_factory(admin_api(nats_server.url, {fn: {"handler": "python:examples.functions:echo"}}))
+    api = Api(http, gw.url, token=TOKEN)
+    ids = [await api.submit(fn, {"i": i}) for i in range(2)]
+    records = [await api.wait_status(task_id, "Succeeded") for task_id in ids]
+    context = await browser.new_context(timezone_id=ZONE, viewport={"width": 1400, "height": 800})
+    page = await context.new_page()
+    assert await page.evaluate("Intl.DateTimeFormat().resolvedOptions().timeZone") in (ZONE, "Asia/Calcutta")
+    await sign_in(page, gw.url)
+    await page.goto(f"{gw.url}/#/tasks?function={fn}")
+    first = page.locator(f'tr[data-task="{ids[0]}"]')
+    await expect(first.locator("td.time").first).to_have_text(local_text(records[0]["submitted_at"], ZONE))
+
+    # "since" one second before the first task, typed as a wall time of the browser's zone.
+    moment = datetime.fromtimestamp(int(parse_iso(records[0]["submitted_at"])) - 1, ZoneInfo(ZONE))
+    typed = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    await page.fill("#filter-since", typed)
+    await page.dispatch_event("#filter-since", "change")
+    await expect(page.locator(f'tr[data-task="{ids[1]}"]')).to_be_visible()
+    await expect(first).to_be_visible()
+    since = parse_qs(unquote(page.url.split("?", 1)[1]))["since"][0]
+    assert parse_iso(since) == moment.timestamp(), since
+    await page.reload()
+    await expect(page.locator("#filter-since")).to_have_value(typed)  # round trip through the URL
+    await expect(first).to_be_visible()
+
+    # "until" before the first task: nothing; shifting by the zone's offset would show them.
+    until = (moment - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    await page.fill("#filter-until", until)
+    await page.dispatch_event("#filter-until", "change")
+    await expect(page.locator("#tasks tbody td.muted")).to_have_text("no tasks")
+    await context.close()
+
+
+async def test_triggers_page_and_invoke_form(
+    nats_server: NatsServer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, browser: Browser, unique: Any
+) -> None:
+    fn, tick = unique("inv"), unique("tick")
+    gw = gateway_factory(
+        admin_api(
+            nats_server.url,
+            {fn: {"handler": "python:examples.functions:echo"}},
+            triggers=[{"name": tick, "type": "timer", "every": "1s", "function": fn, "payload": {"tick": True}}],
+        )
+    )
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    await sign_in(page, gw.url)
+    await page.click("#nav-triggers")
+    row = page.locator(f'tr[data-trigger="{tick}"]')
+    await expect(row.locator('[data-status="running"]')).to_be_visible()
+    await expect(row.locator('[data-counter="invocations"]')).not_to_have_text("0", timeout=10_000)
+    await shot(page, "triggers")
+
+    await page.click("#nav-invoke")
+    await page.select_option("#invoke-function", fn)
+    await page.fill("#invoke-payload", '{"from": "the form"}')
+    await shot(page, "invoke")
+    await page.click("#invoke-send")
+    await expect(page.locator('#task-status [data-status="Succeeded"]')).to_be_visible(timeout=15_000)
+    await expect(page.locator("#task-result")).to_contain_text('"from": "the form"')
+    await expect(page.locator("#payload")).to_contain_text('"from": "the form"')
+
+    await page.click("#nav-invoke")
+    await page.select_option("#invoke-function", fn)
+    await page.select_option("#invoke-mode", "sync")
+    await page.fill("#invoke-payload", '{"sync": 1}')
+    await page.click("#invoke-send")
+    await expect(page.locator("#invoke-result")).to_contain_text("200")
+    await expect(page.locator("#invoke-result")).to_contain_text('"sync": 1')
+    await page.close()
+
+
+async def test_banner_instead_of_stale_data_while_nats_is_away(
+    gateway_factory: GatewayFactory, browser: Browser, tmp_path: Path, unique: Any
+) -> None:
+    nats = NatsServer(tmp_path / "nats")
+    nats.start()
+    try:
+        fn = unique("banner")
+        gw = gateway_factory(admin_api(nats.url, {fn: {"handler": "python:examples.functions:echo"}}))
+        page = await browser.new_page(viewport={"width": 1280, "height": 800})
+        await sign_in(page, gw.url)
+        card = page.locator(f'.card[data-function="{fn}"]')
+        await expect(card).to_be_visible()
+        await expect(page.locator("#banner")).to_be_hidden()
+        nats.stop()
+        await expect(page.locator("#banner")).to_contain_text("cannot reach NATS", timeout=15_000)
+        await expect(card).to_be_hidden()
+        nats.start()
+        await expect(page.locator("#banner")).to_be_hidden(timeout=20_000)
+        await expect(card).to_be_visible()
+        await page.close()
+    finally:
+        nats.stop()
+
+
 def test_screenshots_are_committed() -> None:
-    for name in ("overview", "tasks", "task"):
+    for name in SCREENSHOTS:
         assert (IMAGES / f"{name}.png").stat().st_size > 10_000, name

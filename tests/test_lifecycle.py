@@ -43,9 +43,15 @@ async def test_retrying_then_succeeded_and_retries_exhausted(
         "Running",
         "Succeeded",
     ]
+    assert [(e["attempt"], e["type"]) for e in record["errors"]] == [(1, "FunctionError"), (2, "FunctionError")]
+    assert "attempt 1 fails" in record["errors"][0]["message"] and record["errors"][0]["at"].endswith("Z")
     record = await api.wait_status(failing, "Failed")
     assert record["attempts"] == 3 and record["condition"] == "RetriesExhausted"
     assert statuses(record).count("Retrying") == 2
+    # One entry per failed attempt, oldest first; the last one is also the record's error.
+    assert [e["attempt"] for e in record["errors"]] == [1, 2, 3]
+    assert ["(attempt 1)" in record["errors"][0]["message"], "(attempt 3)" in record["error"]["message"]] == [True] * 2
+    assert {k: record["errors"][-1][k] for k in ("type", "message")} == record["error"]
 
 
 async def test_expired_when_queued_past_max_event_age(

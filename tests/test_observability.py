@@ -185,5 +185,9 @@ async def test_traceparent_reaches_http_function_and_record(api: Api, traced_end
 async def test_dashboard_is_served(gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
     async with http.get(f"{gateway.url}/") as resp:
         assert resp.status == 200 and "fngate" in await resp.text()
-    async with http.get(f"{gateway.url}/static/app.js") as resp:
-        assert resp.status == 200 and "taskDetail" in await resp.text()
+    for module in ("app", "api", "dom", "overview", "tasks", "task", "triggers", "invoke"):
+        async with http.get(f"{gateway.url}/static/js/{module}.js") as resp:
+            # Module scripts load only when served with a JavaScript type.
+            assert resp.status == 200 and "javascript" in resp.headers["Content-Type"], module
+            text = await resp.text()
+            assert "export " in text or "import " in text, module

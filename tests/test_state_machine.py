@@ -2,7 +2,8 @@
 functions (gateway.lifecycle) through any interleaving of deliveries, duplicate deliveries,
 outcomes, crashes, stop requests and expiry, with the store's compare-and-set modelled
 exactly. No sequence may produce an illegal transition, a second terminal status, or a
-second terminal hook (a destination delivered twice)."""
+second terminal hook (a destination delivered twice); and every failed attempt leaves one
+entry in the record's `errors`, oldest first, the last one the record's `error`."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ MAX_RETRIES = 2
 MAX_EVENT_AGE = 100.0
 MAX_DEPTH = 3
 OUTCOMES = ["succeeded", "function_error", "timeout", "transient", "stopped"]
+FAILURES = {"function_error": "FunctionError", "timeout": "Timeout", "transient": "TransientError"}
+# Statuses whose `error` was set by a failed attempt (and not by a claim: Expired before a
+# run, a chain too deep).
+RUN_FAILURE_CONDITIONS = {"RetriesExhausted", "FunctionError", "Timeout"}
 
 
 @dataclass
@@ -124,6 +129,14 @@ class TaskLifecycle(RuleBasedStateMachine):
             message="boom",
         )
         record: Record | None = settlement.record
+        if outcome in FAILURES:
+            assert settlement.record["errors"][:-1] == run.record.get("errors", [])[: lifecycle.MAX_ERRORS - 1] or (
+                len(run.record.get("errors", [])) >= lifecycle.MAX_ERRORS
+            )
+            last = settlement.record["errors"][-1]
+            assert last["attempt"] == run.message.attempt + 1 and last["type"] == FAILURES[outcome]
+        else:
+            assert settlement.record.get("errors", []) == run.record.get("errors", [])
         seq = run.seq
         while record is not None:
             if self.store.put(record, seq) is not None:
@@ -172,6 +185,23 @@ class TaskLifecycle(RuleBasedStateMachine):
             ends = [s for s in statuses if s in TERMINAL]
             assert len(ends) <= 1 and (not ends or statuses[-1] is ends[0]), statuses
             assert record["status"] == statuses[-1].value
+
+    @invariant()
+    def errors_follow_attempts(self) -> None:
+        for record in self.store.writes:
+            errors = record.get("errors", [])
+            assert len(errors) <= [t["status"] for t in record["timeline"]].count("Running")
+            attempts = [e["attempt"] for e in errors]
+            assert attempts == sorted(attempts) and all(1 <= a <= record["attempts"] for a in attempts)
+            for entry in errors:
+                assert set(entry) == {"attempt", "at", "type", "message"}
+            status = status_of(record)
+            from_run = status is TaskStatus.RETRYING or (
+                status is TaskStatus.FAILED and record.get("condition") in RUN_FAILURE_CONDITIONS
+            )
+            from_run = from_run or (status is TaskStatus.EXPIRED and record["error"]["type"] == "TransientError")
+            if from_run:
+                assert errors and {k: errors[-1][k] for k in ("type", "message")} == record["error"]
 
     @invariant()
     def terminal_is_final(self) -> None:
