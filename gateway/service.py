@@ -143,8 +143,10 @@ class TaskService:
         source: Source = API_SOURCE,
         content_type: str = "application/json",
         traceparent: str | None = None,
+        task_id: str | None = None,
     ) -> tuple[bytes, str]:
-        """Run a function now in this process; 429 when its concurrency is used up here."""
+        """Run a function now in this process; 429 when its concurrency is used up here.
+        `task_id`: the id the run goes by (a trigger's event id), else a new one."""
         config = self.function(function)
         slots = self._sync_slots[function]
         if slots.locked():
@@ -153,7 +155,9 @@ class TaskService:
             self.sync_running[function] += 1
             try:
                 loop = asyncio.get_running_loop()
-                inv = Invocation(new_task_id(), function, payload, content_type, source=source, traceparent=traceparent)
+                inv = Invocation(
+                    task_id or new_task_id(), function, payload, content_type, source=source, traceparent=traceparent
+                )
                 context = Context(
                     task_id=inv.task_id,
                     function=function,
