@@ -127,7 +127,11 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     check_json(payload, content_type)
     if kind == "sync":
         body, result_type = await service.invoke_sync(
-            name, payload, content_type=content_type, traceparent=valid_traceparent(request.headers.get("traceparent"))
+            name,
+            payload,
+            content_type=content_type,
+            traceparent=valid_traceparent(request.headers.get("traceparent")),
+            lineage=lineage_from_headers(request.headers),
         )
         return web.Response(body=body, status=200, content_type=result_type.split(";")[0])
     task_id = request.headers.get("X-Task-Id")

@@ -23,7 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
 from . import constants as c
-from . import lifecycle, metrics
+from . import lifecycle, metrics, tracing
 from .config import FunctionConfig
 from .errors import FunctionError, FunctionTimeout, TransientError
 from .invocation import Invocation
@@ -213,6 +213,7 @@ class FunctionWorker:
     async def _execute(self, inv: Invocation, msg: Msg, record: Record, seq: int) -> None:
         attempt = inv.attempt + 1
         loop = asyncio.get_running_loop()
+        trace = tracing.task_trace(inv.task_id, inv.traceparent, inv.tracestate)
         context = Context(
             task_id=inv.task_id,
             function=self.name,
@@ -221,7 +222,9 @@ class FunctionWorker:
             source=inv.source.as_dict(),
             logger=task_logger(self.name, inv.task_id, attempt),
             chain={"id": inv.lineage.chain_id, "depth": inv.lineage.depth},
+            trace=tracing.attempt_trace(inv.task_id, attempt, trace, inv.transient),
         )
+        started_at = time.time()
         run = asyncio.create_task(run_with_timeout(self.runtime, inv, context, self.config.timeout))
         self.running[inv.task_id] = run
         metrics.TASK_ATTEMPTS.labels(self.name).inc()
@@ -249,6 +252,7 @@ class FunctionWorker:
             metrics.EXECUTION_SECONDS.labels(self.name, outcome_kind(error)).observe(time.monotonic() - started)
             if self.task_logs is not None:
                 self.task_logs.finish(inv.task_id)
+        tracing.emit_attempt(inv, attempt, trace, context.trace, started_at, outcome_kind(error), error_message(error))
         await asyncio.shield(self._settle(inv, msg, record, seq, attempt, outcome, error))
 
     async def _settle(

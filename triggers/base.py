@@ -67,9 +67,10 @@ class InvokeSync(Protocol):
         source: Source,
         content_type: str = "application/json",
         task_id: str | None = None,
+        lineage: Lineage | None = None,
     ) -> tuple[bytes, str]:
-        """Run a function now under `task_id` (the event's id; else a new one); returns
-        (body, content type). Raises FngateError subclasses."""
+        """Run a function now under `task_id` (the event's id; else a new one), in the trace
+        `lineage` carries; returns (body, content type). Raises FngateError subclasses."""
         ...
 
 
