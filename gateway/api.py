@@ -11,9 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
+from . import schemas
 from .config import Config
 from .errors import BadRequest, FngateError, Forbidden, PayloadTooLarge, Unauthorized
 from .invocation import Source, lineage_from_headers, parse_iso, valid_traceparent
+from .schemas import shape
 from .service import TaskService, check_task_id
 from .status import TaskStatus
 from .store import TaskStore
@@ -207,7 +209,7 @@ def parse_delay(value: str | None) -> float:
 
 async def get_task(request: web.Request) -> web.Response:
     record = await request.app[SERVICE].get_task(request.match_info["id"])
-    return web.json_response(record)
+    return web.json_response(shape(schemas.Task, record))
 
 
 def parse_time(value: str | None, name: str) -> float | None:
@@ -248,12 +250,13 @@ async def list_tasks(request: web.Request) -> web.Response:
         limit=limit,
         cursor=cursor,
     )
-    return web.json_response({"tasks": tasks, "next_cursor": str(next_cursor) if next_cursor else None})
+    page = {"tasks": tasks, "next_cursor": str(next_cursor) if next_cursor else None}
+    return web.json_response(shape(schemas.TaskPage, page))
 
 
 async def stop_task(request: web.Request) -> web.Response:
     record = await request.app[SERVICE].stop_task(request.match_info["id"])
-    return web.json_response(record, status=202)
+    return web.json_response(shape(schemas.Task, record), status=202)
 
 
 async def rerun_task(request: web.Request) -> web.Response:
@@ -263,15 +266,16 @@ async def rerun_task(request: web.Request) -> web.Response:
 
 async def list_functions(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    return web.json_response({"functions": [service.function_summary(n) for n in service.config.functions]})
+    functions = {"functions": [service.function_summary(n) for n in service.config.functions]}
+    return web.json_response(shape(schemas.FunctionList, functions))
 
 
 async def get_function(request: web.Request) -> web.Response:
-    return web.json_response(request.app[SERVICE].function_summary(request.match_info["fn"]))
+    return web.json_response(shape(schemas.Function, request.app[SERVICE].function_summary(request.match_info["fn"])))
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response(shape(schemas.Health, {"status": "ok"}))
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -281,13 +285,14 @@ async def readyz(request: web.Request) -> web.Response:
     for name, probe in extra.items():
         checks[name] = probe()
     ready = bool(checks["nats"] and checks["streams"])
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    return web.json_response(shape(schemas.Readiness, {"ready": ready, "checks": checks}), status=200 if ready else 503)
 
 
 async def list_triggers(request: web.Request) -> web.Response:
     from .app import GATEWAY  # app.py imports this module, so its key is looked up late
 
-    return web.json_response({"triggers": [trigger.health() for trigger in request.app[GATEWAY].triggers]})
+    triggers = {"triggers": [trigger.health() for trigger in request.app[GATEWAY].triggers]}
+    return web.json_response(shape(schemas.TriggerList, triggers))
 
 
 def add_routes(app: web.Application) -> None:

@@ -184,13 +184,15 @@ def lineage_from_headers(headers: Mapping[str, str]) -> Lineage | None:
     carries neither."""
     trace = tracing.from_headers(headers)
     chain_id = headers.get(c.H_CHAIN_ID)
-    if not chain_id:
+    if not chain_id or not _CHAIN_ID.fullmatch(chain_id):
+        # A chain id that is not one of ours (it rides in the `|`-separated invocation
+        # header) starts a new chain rather than corrupting the task.
         return Lineage(trace=trace) if trace else None
     try:
         depth = int(headers.get(c.H_CHAIN_DEPTH, "0"))
     except ValueError:
         depth = 0
-    return Lineage(chain_id[:64], max(depth, 0) + 1, trace)
+    return Lineage(chain_id, max(depth, 0) + 1, trace)
 
 
 def lineage_headers(lineage: Lineage) -> dict[str, str]:
@@ -198,6 +200,7 @@ def lineage_headers(lineage: Lineage) -> dict[str, str]:
     return {c.H_CHAIN_ID: lineage.chain_id, c.H_CHAIN_DEPTH: str(lineage.depth)}
 
 
+_CHAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
