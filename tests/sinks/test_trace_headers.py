@@ -106,3 +106,54 @@ async def test_trace_headers_reach_every_destination(
         await nc.close()
         client.loop_stop()
         client.disconnect()
+
+
+async def test_triggers_on_kafka_and_mqtt_continue_the_trace(
+    nats_server: NatsServer,
+    mosquitto: Mosquitto,
+    kafka: Tansu,
+    gateway_factory: GatewayFactory,
+    http: aiohttp.ClientSession,
+    unique: Any,
+) -> None:
+    to_kafka, from_kafka, to_mqtt, from_mqtt = unique("tk"), unique("fk"), unique("tm"), unique("fm")
+    topic, mqtt_topic = unique("tt"), f"tt/{to_mqtt}"
+    gw = gateway_factory(
+        {
+            "nats": {"url": nats_server.url},
+            "functions": {
+                to_kafka: {"handler": TRACED, "async": {"on_success": {
+                    "type": "queue", "backend": "kafka", "topic": topic, "bootstrap_servers": kafka.bootstrap}}},
+                to_mqtt: {"handler": TRACED, "async": {"on_success": {
+                    "type": "queue", "backend": "mqtt", "url": mosquitto.url, "topic": mqtt_topic}}},
+                from_kafka: {"handler": TRACED},
+                from_mqtt: {"handler": TRACED},
+            },
+            "triggers": [
+                {"name": from_kafka, "type": "kafka", "bootstrap_servers": kafka.bootstrap, "topics": [topic],
+                 "group_id": f"g-{from_kafka}", "auto_offset_reset": "earliest", "session_timeout_ms": 1500,
+                 "function": from_kafka},
+                {"name": from_mqtt, "type": "mqtt", "url": mosquitto.url, "topic": mqtt_topic, "qos": 1,
+                 "protocol": 5, "function": from_mqtt},
+            ],
+        }
+    )  # fmt: skip
+    api = Api(http, gw.url)
+
+    async def triggers_running() -> bool:
+        _, body = await api.get("/v1/triggers")
+        return all(t["state"] == "running" for t in body["triggers"])
+
+    await wait_until(triggers_running, timeout=30)
+    for name in (to_kafka, to_mqtt):
+        await api.submit(name, {}, traceparent=TRACEPARENT, tracestate=TRACESTATE)
+    for name in (from_kafka, from_mqtt):
+
+        async def made(name: str = name) -> dict[str, Any] | None:
+            _, body = await api.get(f"/v1/tasks?function={name}")
+            return body["tasks"][0] if body["tasks"] else None
+
+        record = await wait_until(made, timeout=40)
+        trace_id, span_id = parts(record["trace"]["traceparent"])
+        assert trace_id == TRACE_ID and span_id != CALLER_SPAN, name
+        assert record["trace"]["tracestate"] == TRACESTATE, name
