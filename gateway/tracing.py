@@ -83,17 +83,17 @@ def parse(traceparent: str | None, tracestate: str | None = None) -> TraceContex
     return TraceContext(trace_id, span_id, flags, state if state and _TRACESTATE.match(state) else None)
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is None and isinstance(headers, dict):
-        # Plain dicts (NATS headers, MQTT user properties) are case-sensitive; header names are not.
-        value = next((v for k, v in headers.items() if k.lower() == name), None)
-    return value
-
-
 def from_headers(headers: Mapping[str, str]) -> TraceContext | None:
-    """The trace context an HTTP request or a NATS, Kafka or MQTT message carries."""
-    return parse(_header(headers, H_TRACEPARENT), _header(headers, H_TRACESTATE))
+    """The trace context an HTTP request or a NATS, Kafka or MQTT message carries. Plain
+    dicts (NATS headers, MQTT user properties) are case-sensitive: the lower-case names the
+    W3C spec and the OpenTelemetry propagators use, and the capitalised ones, are looked up.
+    On every trigger event: a miss costs a lookup or two, nothing more."""
+    plain = isinstance(headers, dict)
+    traceparent = headers.get(H_TRACEPARENT) or (headers.get("Traceparent") if plain else None)
+    if not traceparent:
+        return None
+    tracestate = headers.get(H_TRACESTATE) or (headers.get("Tracestate") if plain else None)
+    return parse(traceparent, tracestate)
 
 
 def derived_id(digits: int, *parts: object) -> str:
