@@ -11,10 +11,12 @@ from typing import Any
 
 from aiohttp import web
 
+from . import schemas
 from .config import Config
 from .errors import BadRequest, FngateError, Forbidden, PayloadTooLarge, Unauthorized
 from .invocation import Source, lineage_from_headers, parse_iso, valid_traceparent
 from .redact import redact_text
+from .schemas import shape
 from .scopes import ADMIN, Access, access_for
 from .service import TaskService, check_task_id
 from .status import TaskStatus
@@ -127,7 +129,11 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     check_json(payload, content_type)
     if kind == "sync":
         body, result_type = await service.invoke_sync(
-            name, payload, content_type=content_type, traceparent=valid_traceparent(request.headers.get("traceparent"))
+            name,
+            payload,
+            content_type=content_type,
+            traceparent=valid_traceparent(request.headers.get("traceparent")),
+            lineage=lineage_from_headers(request.headers),
         )
         return web.Response(body=body, status=200, content_type=result_type.split(";")[0])
     task_id = request.headers.get("X-Task-Id")
@@ -207,9 +213,9 @@ async def get_task(request: web.Request) -> web.Response:
         from .live import wait_for_task
 
         task_id = check_task_id(request.match_info["id"])
-        return web.json_response(await wait_for_task(request, task_id, service.get_task))
+        return web.json_response(shape(schemas.Task, await wait_for_task(request, task_id, service.get_task)))
     record = await service.get_task(request.match_info["id"])
-    return web.json_response(record)
+    return web.json_response(shape(schemas.Task, record))
 
 
 def parse_time(value: str | None, name: str) -> float | None:
@@ -250,12 +256,13 @@ async def list_tasks(request: web.Request) -> web.Response:
         limit=limit,
         cursor=cursor,
     )
-    return web.json_response({"tasks": tasks, "next_cursor": str(next_cursor) if next_cursor else None})
+    page = {"tasks": tasks, "next_cursor": str(next_cursor) if next_cursor else None}
+    return web.json_response(shape(schemas.TaskPage, page))
 
 
 async def stop_task(request: web.Request) -> web.Response:
     record = await request.app[SERVICE].stop_task(request.match_info["id"])
-    return web.json_response(record, status=202)
+    return web.json_response(shape(schemas.Task, record), status=202)
 
 
 async def rerun_task(request: web.Request) -> web.Response:
@@ -265,15 +272,16 @@ async def rerun_task(request: web.Request) -> web.Response:
 
 async def list_functions(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    return web.json_response({"functions": [service.function_summary(n) for n in service.config.functions]})
+    functions = {"functions": [service.function_summary(n) for n in service.config.functions]}
+    return web.json_response(shape(schemas.FunctionList, functions))
 
 
 async def get_function(request: web.Request) -> web.Response:
-    return web.json_response(request.app[SERVICE].function_summary(request.match_info["fn"]))
+    return web.json_response(shape(schemas.Function, request.app[SERVICE].function_summary(request.match_info["fn"])))
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response(shape(schemas.Health, {"status": "ok"}))
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -283,15 +291,15 @@ async def readyz(request: web.Request) -> web.Response:
     for name, probe in extra.items():
         checks[name] = probe()
     ready = bool(checks["nats"] and checks["streams"])
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    return web.json_response(shape(schemas.Readiness, {"ready": ready, "checks": checks}), status=200 if ready else 503)
 
 
 async def list_triggers(request: web.Request) -> web.Response:
     from .app import GATEWAY  # app.py imports this module, so its key is looked up late
 
-    body = json.dumps({"triggers": [trigger.health() for trigger in request.app[GATEWAY].triggers]})
+    triggers = shape(schemas.TriggerList, {"triggers": [trigger.health() for trigger in request.app[GATEWAY].triggers]})
     # A trigger's last error may quote a broker URL as its library wrote it, credentials too.
-    return web.Response(text=redact_text(body), content_type="application/json")
+    return web.Response(text=redact_text(json.dumps(triggers)), content_type="application/json")
 
 
 def add_routes(app: web.Application) -> None:

@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from . import constants as c
+from . import tracing
 from .api import CONFIG, EXTRA_HEALTH, SERVICE, STORE, TRIGGER_PATHS, add_routes, auth_middleware, errors_middleware
 from .config import Config
 from .console import TASK_LOGS, add_console_routes
@@ -58,6 +59,7 @@ class Gateway:
         self.live: LiveStatus | None = None
 
     async def start(self) -> None:
+        tracing.configure(self.config.tracing)
         servers = self.config.nats.servers
         if self.config.nats.embedded:
             self.embedded = EmbeddedNats(self.config.nats.data_dir)
@@ -206,6 +208,7 @@ class Gateway:
                 await self.nc.close()
         if self.embedded is not None:
             await self.embedded.stop()
+        await asyncio.to_thread(tracing.shutdown)  # sends the spans still buffered
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -6,6 +6,7 @@ so `fngate check` can print them all at once.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -153,10 +154,34 @@ class LoggingConfig(_Model):
     format: Literal["text", "json"] = "text"
 
 
+class TracingConfig(_Model):
+    """Span export (docs/tracing.md); trace context is carried whether or not it is set."""
+
+    otlp_endpoint: str | None = None  # an OTLP/HTTP collector: http://host:4318
+    service_name: str = Field(default="fngate", min_length=1)
+    headers: dict[str, str] = Field(default={}, repr=False)  # e.g. a collector's auth header
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+            raise ValueError(f"must be http(s)://host:port (got {value!r})")
+        try:
+            found = importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+        except ImportError:
+            found = False
+        if not found:
+            raise ValueError("needs the otel extra: pip install 'fngate[otel]'")
+        return value
+
+
 class Config(_Model):
     nats: NatsConfig = NatsConfig()
     api: ApiConfig = ApiConfig()
     logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
     max_chain_depth: int = Field(default=16, ge=1, le=1000)
     functions: dict[str, FunctionConfig] = {}
     triggers: list[TriggerConfig] = []

@@ -16,6 +16,7 @@ H_CHAIN_ID = "Fngate-Chain-Id"
 H_CHAIN_DEPTH = "Fngate-Chain-Depth"
 H_CONTENT_TYPE = "Content-Type"
 H_TRACEPARENT = "traceparent"
+H_TRACESTATE = "tracestate"
 H_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 H_MSG_ID = "Nats-Msg-Id"
 

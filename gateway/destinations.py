@@ -37,7 +37,7 @@ from sinks.base import (
 )
 
 from . import constants as c
-from . import metrics
+from . import metrics, tracing
 from .config import Config
 from .invocation import Invocation, Lineage, iso
 from .records import Record
@@ -133,7 +133,8 @@ class Dispatcher:
             c.H_CHAIN_ID: lineage.chain_id,
             c.H_CHAIN_DEPTH: str(lineage.depth),
             "Fngate-Condition": str(record.get("condition") or status.value),
-            **({c.H_TRACEPARENT: inv.traceparent} if inv.traceparent else {}),
+            # The span that produced the record (the last attempt): the deliveries' parent.
+            **tracing.result_headers(inv, int(record.get("attempts") or 0), status is TaskStatus.EXPIRED),
             c.H_MSG_ID: f"{inv.task_id}.{on}",
         }
         await self.store.js.publish(
@@ -219,6 +220,7 @@ class Dispatcher:
             await msg.term()
             return
         attempt = msg.metadata.num_delivered
+        parent = tracing.from_headers(headers)
         delivery = Delivery(
             task_id=task_id,
             function=function,
@@ -226,11 +228,11 @@ class Dispatcher:
             condition=headers.get("Fngate-Condition", ""),
             body=msg.data,
             lineage=Lineage(headers.get(c.H_CHAIN_ID, "unknown"), int(headers.get(c.H_CHAIN_DEPTH, "1"))),
-            traceparent=headers.get(c.H_TRACEPARENT),
+            trace=tracing.delivery_trace(task_id, on, attempt, parent),
         )
         outcome = "delivered"
         try:
-            await asyncio.wait_for(destination.sink.deliver(delivery), SEND_TIMEOUT)
+            await self._send(destination, delivery, attempt, parent)
         except (TimeoutError, TransientDeliveryError) as exc:
             message = str(exc) or "timed out"
             backoff = min(FIRST_BACKOFF * 2 ** (attempt - 1), MAX_BACKOFF)
@@ -249,6 +251,20 @@ class Dispatcher:
             await self.update_entry(task_id, destination.entry("delivered", attempt))
         metrics.DESTINATION_DELIVERIES.labels(function, destination.type, outcome).inc()
         await msg.ack()
+
+    async def _send(
+        self, destination: Destination, delivery: Delivery, attempt: int, parent: tracing.TraceContext | None
+    ) -> None:
+        """One delivery attempt, reported as a span."""
+        started = time.time()
+        error: BaseException | None = None
+        try:
+            await asyncio.wait_for(destination.sink.deliver(delivery), SEND_TIMEOUT)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            tracing.emit_delivery(delivery, destination.type, destination.sink.target, attempt, parent, started, error)
 
     async def close(self) -> None:
         for destination in self.destinations.values():

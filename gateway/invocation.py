@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from . import constants as c
+from . import tracing
+from .tracing import TraceContext
 
 META_VERSION = "1"
 # Unique per process (64 random bits, drawn once) plus a counter: ids never collide across
@@ -81,9 +83,12 @@ class Lineage:
 
     chain_id: str = field(default_factory=lambda: new_chain_id())
     depth: int = 1
+    # The trace context an outside message carried in (or a delivery hands on); the task
+    # keeps it as its traceparent/tracestate.
+    trace: TraceContext | None = None
 
-    def next_hop(self) -> Lineage:
-        return Lineage(self.chain_id, self.depth + 1)
+    def next_hop(self, trace: TraceContext | None = None) -> Lineage:
+        return Lineage(self.chain_id, self.depth + 1, trace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +104,8 @@ class Invocation:
     transient: int = 0  # transient failures so far: sets the next backoff, not counted as attempts
     source: Source = Source()
     lineage: Lineage = field(default_factory=Lineage)
-    traceparent: str | None = None  # W3C trace context, carried to HTTP functions and destinations
+    traceparent: str | None = None  # W3C trace context the task came with (tracing.py)
+    tracestate: str | None = None
 
     @property
     def subject(self) -> str:
@@ -131,6 +137,8 @@ class Invocation:
         headers = {c.H_INVOCATION: meta, c.H_CONTENT_TYPE: self.content_type}
         if self.traceparent:
             headers[c.H_TRACEPARENT] = self.traceparent
+            if self.tracestate:
+                headers[c.H_TRACESTATE] = self.tracestate
         return headers
 
     @classmethod
@@ -153,6 +161,7 @@ class Invocation:
             source=Source(unquote(fields[8]), unquote(fields[9])),
             lineage=Lineage(fields[10] or "unknown", int(fields[11])),
             traceparent=h.get(c.H_TRACEPARENT),
+            tracestate=h.get(c.H_TRACESTATE),
         )
 
     @staticmethod
@@ -171,15 +180,19 @@ BatchItem = tuple[bytes, str, Lineage | None]
 
 def lineage_from_headers(headers: Mapping[str, str]) -> Lineage | None:
     """The lineage an outside message carries (HTTP/NATS/Kafka headers, MQTT 5 user
-    properties), advanced by one hop; None when it carries none."""
+    properties), advanced by one hop, with the trace context it carries; None when it
+    carries neither."""
+    trace = tracing.from_headers(headers)
     chain_id = headers.get(c.H_CHAIN_ID)
-    if not chain_id:
-        return None
+    if not chain_id or not _CHAIN_ID.fullmatch(chain_id):
+        # A chain id that is not one of ours (it rides in the `|`-separated invocation
+        # header) starts a new chain rather than corrupting the task.
+        return Lineage(trace=trace) if trace else None
     try:
         depth = int(headers.get(c.H_CHAIN_DEPTH, "0"))
     except ValueError:
         depth = 0
-    return Lineage(chain_id[:64], max(depth, 0) + 1)
+    return Lineage(chain_id, max(depth, 0) + 1, trace)
 
 
 def lineage_headers(lineage: Lineage) -> dict[str, str]:
@@ -187,6 +200,7 @@ def lineage_headers(lineage: Lineage) -> dict[str, str]:
     return {c.H_CHAIN_ID: lineage.chain_id, c.H_CHAIN_DEPTH: str(lineage.depth)}
 
 
+_CHAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 

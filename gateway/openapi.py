@@ -1,18 +1,36 @@
-"""The OpenAPI 3 document of the HTTP API (served at /openapi.json)."""
+"""The OpenAPI 3.1 document of the HTTP API (served at /openapi.json).
+
+Response schemas are generated from the models the handlers shape their answers with
+(schemas.py); this module adds the paths, parameters and status codes around them.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
-from . import __version__
+from . import __version__, schemas
 from .service import MAX_TASK_ID, TASK_ID_PATTERN
 from .status import TaskStatus
 
-ERROR = {"$ref": "#/components/schemas/Error"}
-TASK = {"$ref": "#/components/schemas/Task"}
+
+def ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+ERROR = ref(schemas.Error)
+TASK = ref(schemas.Task)
+ACCEPTED = ref(schemas.Accepted)
 TASK_ID_SCHEMA = {"type": "string", "pattern": TASK_ID_PATTERN, "maxLength": MAX_TASK_ID}
+# The result of a sync run, as the function returned it: JSON, bytes or text.
+RESULT_CONTENT = {
+    "application/json": {"schema": {}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    "text/plain": {"schema": {"type": "string"}},
+}
 
 
 def error_responses(*codes: int) -> dict[str, Any]:
@@ -53,78 +71,29 @@ def json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
 TASK_ID_PARAM = path_param("id", "task id", TASK_ID_SCHEMA)
 FN_PARAM = path_param("fn", "function name")
 
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-            }
-        },
-    },
-    "Accepted": {
-        "type": "object",
-        "required": ["task_id", "status"],
-        "properties": {"task_id": {"type": "string"}, "status": {"type": "string", "enum": ["Enqueued"]}},
-    },
-    "TimelineEntry": {
-        "type": "object",
-        "properties": {"status": {"type": "string"}, "at": {"type": "string", "format": "date-time"}},
-    },
-    "Destination": {
-        "type": "object",
-        "properties": {
-            "on": {"type": "string", "enum": ["success", "failure"]},
-            "type": {"type": "string"},
-            "target": {"type": "string"},
-            "status": {"type": "string", "enum": ["pending", "delivered", "failed", "skipped"]},
-            "attempts": {"type": "integer"},
-            "error": {"type": "string", "nullable": True},
-            "last_attempt_at": {"type": "string", "nullable": True},
-        },
-    },
-    "Task": {
-        "type": "object",
-        "required": ["task_id", "function", "status", "timeline"],
-        "properties": {
-            "task_id": {"type": "string"},
-            "function": {"type": "string"},
-            "status": {"type": "string", "enum": [s.value for s in TaskStatus]},
-            "attempts": {"type": "integer"},
-            "submitted_at": {"type": "string", "format": "date-time"},
-            "started_at": {"type": "string", "format": "date-time", "nullable": True},
-            "finished_at": {"type": "string", "format": "date-time", "nullable": True},
-            "source": {"type": "object", "properties": {"type": {"type": "string"}, "name": {"type": "string"}}},
-            "timeline": {"type": "array", "items": {"$ref": "#/components/schemas/TimelineEntry"}},
-            "result": {"nullable": True},
-            "error": {"type": "object", "nullable": True},
-            "condition": {"type": "string"},
-            "chain": {"type": "object"},
-            "trace": {"type": "object", "nullable": True},
-            "destinations": {"type": "array", "items": {"$ref": "#/components/schemas/Destination"}},
-        },
-    },
-    "TaskPage": {
-        "type": "object",
-        "properties": {
-            "tasks": {"type": "array", "items": TASK},
-            "next_cursor": {"type": "string", "nullable": True},
-        },
-    },
-    "Function": {"type": "object", "properties": {"name": {"type": "string"}, "counts": {"type": "object"}}},
-    "LogLine": {
-        "type": "object",
-        "properties": {
-            "at": {"type": "string"},
-            "level": {"type": "string"},
-            "message": {"type": "string"},
-            "attempt": {"type": "integer", "nullable": True},
-        },
-    },
-}
+
+def component_schemas() -> dict[str, Any]:
+    """The components, generated from the response models (gateway/schemas.py)."""
+    _, document = models_json_schema(
+        [(model, "serialization") for model in schemas.RESPONSE_MODELS],
+        ref_template="#/components/schemas/{model}",
+    )
+    generated: dict[str, Any] = document["$defs"]
+    return generated
+
+
+def lineage_headers() -> list[dict[str, Any]]:
+    """The request headers that carry a chain and a trace in from outside."""
+    return [
+        header("traceparent", "W3C trace context, kept on the task (docs/tracing.md)", {"type": "string"}),
+        header("tracestate", "W3C vendor trace state, kept with traceparent", {"type": "string"}),
+        header(
+            "Fngate-Chain-Id",
+            "the invocation chain this call continues (loop detection); set on fngate's own deliveries",
+            {"type": "string"},
+        ),
+        header("Fngate-Chain-Depth", "the depth of the call that made this one", {"type": "string"}),
+    ]
 
 
 def base_paths() -> dict[str, Any]:
@@ -144,7 +113,7 @@ def base_paths() -> dict[str, Any]:
                         "async: seconds before the task may run",
                         {"type": "number", "minimum": 0, "maximum": 86400},
                     ),
-                    header("traceparent", "W3C trace context, carried through the task", {"type": "string"}),
+                    *lineage_headers(),
                 ],
                 "requestBody": {
                     "description": "the payload: any bytes; a body sent as application/json must parse",
@@ -155,15 +124,8 @@ def base_paths() -> dict[str, Any]:
                     },
                 },
                 "responses": {
-                    "200": {
-                        "description": "sync: the function's result",
-                        "content": {
-                            "application/json": {"schema": {}},
-                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                            "text/plain": {"schema": {"type": "string"}},
-                        },
-                    },
-                    "202": json_body({"$ref": "#/components/schemas/Accepted"}, "async: durably enqueued"),
+                    "200": {"description": "sync: the function's result", "content": RESULT_CONTENT},
+                    "202": json_body(ACCEPTED, "async: durably enqueued"),
                     **error_responses(400, 401, 403, 404, 409, 413, 429, 502, 503, 504),
                 },
             }
@@ -173,15 +135,7 @@ def base_paths() -> dict[str, Any]:
                 "summary": "Configured functions with live counts",
                 "operationId": "listFunctions",
                 "responses": {
-                    "200": json_body(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "functions": {"type": "array", "items": {"$ref": "#/components/schemas/Function"}}
-                            },
-                        },
-                        "functions",
-                    ),
+                    "200": json_body(ref(schemas.FunctionList), "functions"),
                     **error_responses(401, 403),
                 },
             }
@@ -192,7 +146,7 @@ def base_paths() -> dict[str, Any]:
                 "operationId": "getFunction",
                 "parameters": [FN_PARAM],
                 "responses": {
-                    "200": json_body({"$ref": "#/components/schemas/Function"}, "the function"),
+                    "200": json_body(ref(schemas.Function), "the function"),
                     **error_responses(401, 403, 404),
                 },
             }
@@ -212,7 +166,7 @@ def base_paths() -> dict[str, Any]:
                     query("cursor", "next_cursor of the previous page", {"type": "string", "pattern": "^[0-9]+$"}),
                 ],
                 "responses": {
-                    "200": json_body({"$ref": "#/components/schemas/TaskPage"}, "a page of tasks"),
+                    "200": json_body(ref(schemas.TaskPage), "a page of tasks"),
                     **error_responses(400, 401, 403),
                 },
             }
@@ -242,7 +196,7 @@ def base_paths() -> dict[str, Any]:
                 "operationId": "rerunTask",
                 "parameters": [TASK_ID_PARAM],
                 "responses": {
-                    "202": json_body({"$ref": "#/components/schemas/Accepted"}, "the new task"),
+                    "202": json_body(ACCEPTED, "the new task"),
                     **error_responses(400, 401, 403, 404, 503),
                 },
             }
@@ -256,16 +210,7 @@ def base_paths() -> dict[str, Any]:
                     "200": {
                         "description": "log lines",
                         "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "task_id": {"type": "string"},
-                                        "lines": {"type": "array", "items": {"$ref": "#/components/schemas/LogLine"}},
-                                        "truncated": {"type": "boolean"},
-                                    },
-                                }
-                            },
+                            "application/json": {"schema": ref(schemas.TaskLogs)},
                             "text/event-stream": {"schema": {"type": "string"}},
                         },
                     },
@@ -278,10 +223,7 @@ def base_paths() -> dict[str, Any]:
                 "summary": "Every trigger's state and counters",
                 "operationId": "listTriggers",
                 "responses": {
-                    "200": json_body(
-                        {"type": "object", "properties": {"triggers": {"type": "array", "items": {"type": "object"}}}},
-                        "triggers",
-                    ),
+                    "200": json_body(ref(schemas.TriggerList), "triggers"),
                     **error_responses(401, 403),
                 },
             }
@@ -291,7 +233,7 @@ def base_paths() -> dict[str, Any]:
                 "summary": "This document",
                 "operationId": "openapi",
                 "security": [],
-                "responses": {"200": json_body({"type": "object"}, "OpenAPI 3")},
+                "responses": {"200": json_body({"type": "object", "required": ["openapi", "paths"]}, "OpenAPI 3.1")},
             }
         },
         "/metrics": {
@@ -312,7 +254,7 @@ def base_paths() -> dict[str, Any]:
                 "summary": "Liveness",
                 "operationId": "healthz",
                 "security": [],
-                "responses": {"200": json_body({"type": "object"}, "alive")},
+                "responses": {"200": json_body(ref(schemas.Health), "alive")},
             }
         },
         "/readyz": {
@@ -321,8 +263,8 @@ def base_paths() -> dict[str, Any]:
                 "operationId": "readyz",
                 "security": [],
                 "responses": {
-                    "200": json_body({"type": "object"}, "ready"),
-                    "503": json_body({"type": "object"}, "not ready"),
+                    "200": json_body(ref(schemas.Readiness), "ready"),
+                    "503": json_body(ref(schemas.Readiness), "not ready"),
                 },
             }
         },
@@ -343,9 +285,10 @@ def trigger_operation(path: str, method: str) -> dict[str, Any]:
         "summary": "A webhook route of an http trigger (authenticated by the trigger)",
         "operationId": operation_id,
         "security": [],
+        "parameters": lineage_headers(),
         "responses": {
-            "200": {"description": "sync trigger: the function's result"},
-            "202": json_body({"$ref": "#/components/schemas/Accepted"}, "async trigger: enqueued"),
+            "200": {"description": "sync trigger: the function's result", "content": RESULT_CONTENT},
+            "202": json_body(ACCEPTED, "async trigger: enqueued"),
             # a sync trigger answers with the function's errors, as a sync invocation does
             **error_responses(400, 401, 413, 429, 502, 503, 504),
         },
@@ -365,7 +308,7 @@ def openapi_document(app: web.Application) -> dict[str, Any]:
         methods = {route.method.lower() for r in app.router.resources() if r.canonical == path for route in r}
         paths[path] = {method: trigger_operation(path, method) for method in sorted(methods or {"post"})}
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "fngate",
             "version": __version__,
@@ -373,7 +316,7 @@ def openapi_document(app: web.Application) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": component_schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],

@@ -8,6 +8,7 @@ from typing import Any
 
 from .invocation import Invocation, iso
 from .status import TaskStatus, can_transition
+from .tracing import record_of
 
 Record = dict[str, Any]
 MAX_INLINE_RESULT = 256 * 1024
@@ -26,7 +27,7 @@ def new_record(inv: Invocation) -> Record:
         "finished_at": None,
         "source": inv.source.as_dict(),
         "chain": {"id": inv.lineage.chain_id, "depth": inv.lineage.depth},
-        "trace": {"traceparent": inv.traceparent} if inv.traceparent else None,
+        "trace": record_of(inv.traceparent, inv.tracestate),
         "timeline": [{"status": TaskStatus.ENQUEUED.value, "at": iso(inv.submitted_at)}],
         "result": None,
         "error": None,

@@ -25,6 +25,7 @@ from .config import FunctionConfig
 from .errors import FunctionError, FunctionTimeout, TransientError
 from .invocation import Invocation
 from .redact import redact_url as redact_url  # service.py imports it from here
+from .tracing import TraceContext
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ class Context:
     source: dict[str, str]
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = field(repr=False)
     chain: dict[str, Any] = field(default_factory=dict)
+    # This execution's span in the caller's trace (tracing.py): the parent of whatever the
+    # function does; None when the task came without a trace and none is exported.
+    trace: TraceContext | None = None
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - asyncio.get_running_loop().time())
@@ -128,8 +132,8 @@ class HttpRuntime:
             "X-Attempt": str(context.attempt),
             "Content-Type": inv.content_type or "application/octet-stream",
         }
-        if inv.traceparent:
-            headers["traceparent"] = inv.traceparent
+        if context.trace is not None:
+            headers.update(context.trace.headers())
         try:
             async with self.session().post(self.url, data=inv.payload, headers=headers) as resp:
                 body = await resp.read()
@@ -184,6 +188,8 @@ class CommandRuntime:
             "FNGATE_TASK_ID": inv.task_id,
             "FNGATE_FUNCTION": inv.function,
             "FNGATE_ATTEMPT": str(context.attempt),
+            # The environment-variable carriers OpenTelemetry SDKs read.
+            **{name.upper(): value for name, value in (context.trace.headers() if context.trace else {}).items()},
         }
         try:
             proc = await asyncio.create_subprocess_exec(

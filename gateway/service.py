@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import attemptlog, lifecycle, metrics
+from . import attemptlog, lifecycle, metrics, tracing
 from .config import Config, FunctionConfig
 from .errors import (
     BadRequest,
@@ -114,6 +114,7 @@ class TaskService:
         delay: float = 0.0,
         lineage: Lineage | None = None,
         traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> Invocation:
         """A new invocation, its inputs checked (BadRequest, FunctionNotFound)."""
         self.function(function)
@@ -122,6 +123,9 @@ class TaskService:
         if not 0 <= delay <= MAX_DELAY:
             raise BadRequest(f"delay must be 0..{MAX_DELAY:g} seconds")
         now = time.time()
+        if lineage is not None and lineage.trace is not None:  # the trace context of a trigger's message
+            traceparent = traceparent or lineage.trace.traceparent
+            tracestate = tracestate or lineage.trace.tracestate
         return Invocation(
             task_id=task_id or new_task_id(),
             function=function,
@@ -133,6 +137,7 @@ class TaskService:
             source=source,
             lineage=lineage or Lineage(),
             traceparent=traceparent,
+            tracestate=tracestate,
         )
 
     async def invoke_sync(
@@ -143,8 +148,12 @@ class TaskService:
         source: Source = API_SOURCE,
         content_type: str = "application/json",
         traceparent: str | None = None,
+        task_id: str | None = None,
+        lineage: Lineage | None = None,
     ) -> tuple[bytes, str]:
-        """Run a function now in this process; 429 when its concurrency is used up here."""
+        """Run a function now in this process; 429 when its concurrency is used up here.
+        `task_id`: the id the run goes by (a trigger's event id), else a new one; the trace
+        context is `traceparent`, else the one `lineage` carries."""
         config = self.function(function)
         slots = self._sync_slots[function]
         if slots.locked():
@@ -153,7 +162,16 @@ class TaskService:
             self.sync_running[function] += 1
             try:
                 loop = asyncio.get_running_loop()
-                inv = Invocation(new_task_id(), function, payload, content_type, source=source, traceparent=traceparent)
+                inv = self.invocation(
+                    function,
+                    payload,
+                    source=source,
+                    content_type=content_type,
+                    task_id=task_id,
+                    lineage=lineage,
+                    traceparent=traceparent,
+                )
+                trace = tracing.task_trace(inv.task_id, inv.traceparent, inv.tracestate)
                 context = Context(
                     task_id=inv.task_id,
                     function=function,
@@ -161,13 +179,17 @@ class TaskService:
                     deadline=loop.time() + config.timeout,
                     source=source.as_dict(),
                     logger=task_logger(function, inv.task_id),
+                    trace=tracing.attempt_trace(inv.task_id, 1, trace),
                 )
+                started = time.time()
                 try:
                     result = await run_with_timeout(self.runtimes[function], inv, context, config.timeout)
                 except FngateError as exc:
                     metrics.SYNC_INVOCATIONS.labels(function, exc.code).inc()
+                    tracing.emit_attempt(inv, 1, trace, context.trace, started, exc.code, exc.message)
                     raise
                 metrics.SYNC_INVOCATIONS.labels(function, "Succeeded").inc()
+                tracing.emit_attempt(inv, 1, trace, context.trace, started, "succeeded", None)
             finally:
                 self.sync_running[function] -= 1
         return encode_result(result)

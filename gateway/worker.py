@@ -22,7 +22,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
-from . import attemptlog, lifecycle, metrics
+from . import attemptlog, lifecycle, metrics, tracing
 from . import constants as c
 from .config import FunctionConfig
 from .errors import FunctionError, FunctionTimeout, TransientError
@@ -214,6 +214,7 @@ class FunctionWorker:
     async def _execute(self, inv: Invocation, msg: Msg, record: Record, seq: int) -> None:
         attempt = inv.attempt + 1
         loop = asyncio.get_running_loop()
+        trace = tracing.task_trace(inv.task_id, inv.traceparent, inv.tracestate)
         context = Context(
             task_id=inv.task_id,
             function=self.name,
@@ -222,7 +223,9 @@ class FunctionWorker:
             source=inv.source.as_dict(),
             logger=task_logger(self.name, inv.task_id, attempt),
             chain={"id": inv.lineage.chain_id, "depth": inv.lineage.depth},
+            trace=tracing.attempt_trace(inv.task_id, attempt, trace, inv.transient),
         )
+        started_at = time.time()
         run = asyncio.create_task(run_with_timeout(self.runtime, inv, context, self.config.timeout))
         self.running[inv.task_id] = run
         metrics.TASK_ATTEMPTS.labels(self.name).inc()
@@ -252,6 +255,7 @@ class FunctionWorker:
                 if error is not None and not isinstance(error, StopRequested):
                     attemptlog.to_task_log(self.task_logs, inv.task_id, self.name, attempt, error)
                 self.task_logs.finish(inv.task_id)
+        tracing.emit_attempt(inv, attempt, trace, context.trace, started_at, outcome_kind(error), error_message(error))
         await asyncio.shield(self._settle(inv, msg, record, seq, attempt, outcome, error))
 
     async def _settle(

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from gateway.config import Config, DestinationConfig
 from gateway.invocation import Invocation, Lineage, iso
 from gateway.records import Record
+from gateway.tracing import TraceContext
 from gateway.units import parse_duration, parse_size
 
 KiB = 1024
@@ -42,10 +43,10 @@ class Delivery:
     condition: str
     body: bytes  # the result record, JSON
     lineage: Lineage  # of the task that produced the record; a consumer advances it by one hop
-    traceparent: str | None = None
+    trace: TraceContext | None = None  # this delivery's span: the parent of what the destination does
 
     def trace_headers(self) -> dict[str, str]:
-        return {"traceparent": self.traceparent} if self.traceparent else {}
+        return self.trace.headers() if self.trace is not None else {}
 
 
 class SinkOptions(BaseModel):

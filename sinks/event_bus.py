@@ -1,7 +1,8 @@
 """The event_bus destination: the record as a CloudEvents 1.0 event, over HTTP or NATS.
 
-HTTP uses the binary content mode by default (ce-* headers, the record as the body) or the
-structured mode (`mode: structured`, application/cloudevents+json). The event's type is
+Both transports take the binary content mode (the default: ce-* headers, the record as the
+body) or the structured mode (`mode: structured`: application/cloudevents+json), as the
+HTTP and NATS protocol bindings define them (see cloudevent.py). The event's type is
 fngate.task.succeeded or fngate.task.failed, its source names the function and its
 subject is the task id. 2xx is delivered; 429, 5xx and connection errors are retried;
 other 4xx are permanent.
@@ -9,15 +10,14 @@ other 4xx are permanent.
 
 from __future__ import annotations
 
-import json
-import time
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import aiohttp
 from pydantic import model_validator
 
-from gateway.invocation import iso, lineage_headers
+from gateway.invocation import lineage_headers
 
+from . import cloudevent
 from .base import Delivery, KiB, PermanentDeliveryError, SinkContext, SinkOptions, TransientDeliveryError
 from .queue import NatsBackend
 
@@ -39,19 +39,6 @@ class EventBusOptions(SinkOptions):
         return self
 
 
-def cloud_event_attributes(delivery: Delivery) -> dict[str, str]:
-    kind = "succeeded" if delivery.on == "success" else "failed"
-    return {
-        "specversion": "1.0",
-        "id": f"{delivery.task_id}.{delivery.on}",
-        "source": f"fngate/functions/{delivery.function}",
-        "type": f"fngate.task.{kind}",
-        "subject": delivery.task_id,
-        "time": iso(time.time()) or "",
-        "datacontenttype": "application/json",
-    }
-
-
 class EventBusSink:
     Options: ClassVar[type[SinkOptions]] = EventBusOptions
     default_max_payload: ClassVar[int] = 64 * KiB
@@ -67,23 +54,14 @@ class EventBusSink:
         return self.options.subject or (self.options.url or "").split("?", 1)[0]
 
     async def deliver(self, delivery: Delivery) -> None:
-        attributes = cloud_event_attributes(delivery)
+        event_headers, body = cloudevent.encode(delivery, self.options.mode, http=self._nats is None)
+        # Lineage and the W3C trace headers go along in both modes, for consumers that are
+        # not CloudEvents-aware (and fngate's own triggers).
+        headers = {**lineage_headers(delivery.lineage), **delivery.trace_headers(), **event_headers}
         if self._nats is not None:
-            headers = {f"ce-{k}": v for k, v in attributes.items() if k != "datacontenttype"}
-            headers.update({"Content-Type": "application/json", **lineage_headers(delivery.lineage)})
-            await self._nats.send(delivery.body, headers)
+            await self._nats.send(body, headers)
             return
-        assert self.options.url is not None
-        headers = {**self.options.headers, **lineage_headers(delivery.lineage), **delivery.trace_headers()}
-        if self.options.mode == "binary":
-            headers.update({f"ce-{k}": v for k, v in attributes.items() if k != "datacontenttype"})
-            headers["Content-Type"] = "application/json"
-            body = delivery.body
-        else:
-            event: dict[str, Any] = {**attributes, "data": json.loads(delivery.body)}
-            headers["Content-Type"] = "application/cloudevents+json"
-            body = json.dumps(event, separators=(",", ":")).encode()
-        await self._post(body, headers)
+        await self._post(body, {**self.options.headers, **headers})
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> None:
         if self._session is None or self._session.closed:

@@ -42,7 +42,8 @@ class FunctionSink:
                 source=Source("function", delivery.function),
                 content_type="application/json",
                 task_id=task_id,
-                lineage=delivery.lineage.next_hop(),
+                # The new task joins the trace as a child of this delivery's span.
+                lineage=delivery.lineage.next_hop(delivery.trace),
             )
         except DuplicateTask:
             return  # delivered before (a redelivery after a crash)

@@ -62,3 +62,13 @@ def max_overlap(rows: list[tuple[str, str, int, float, int]], killed: dict[int, 
         running += delta
         peak = max(peak, running)
     return peak
+
+
+async def traced(event: Any, context: Any) -> Any:
+    """Returns the trace context it ran in (context.trace)."""
+    trace = context.trace
+    return {
+        "task_id": context.task_id,
+        "traceparent": trace.traceparent if trace else None,
+        "tracestate": trace.tracestate if trace else None,
+    }

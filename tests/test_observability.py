@@ -173,11 +173,14 @@ async def test_openapi_describes_every_route(gateway: GatewayProcess, api: Api) 
 
 
 async def test_traceparent_reaches_http_function_and_record(api: Api, traced_endpoint: list[dict[str, str]]) -> None:
-    task_id = await api.submit("obs_traced", {}, traceparent=TRACEPARENT)
+    task_id = await api.submit("obs_traced", {}, traceparent=TRACEPARENT, tracestate="vendor=1,other=2")
     record = await api.wait_status(task_id, "Succeeded")
-    assert record["trace"] == {"traceparent": TRACEPARENT}
+    assert record["trace"] == {"traceparent": TRACEPARENT, "tracestate": "vendor=1,other=2"}
     call = next(h for h in traced_endpoint if h.get("X-Task-Id") == task_id)
-    assert call["traceparent"] == TRACEPARENT
+    # The same trace; the parent is the attempt's own span, a child of the caller's.
+    version, trace_id, span_id, flags = call["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", TRACEPARENT.split("-")[1], "01")
+    assert span_id != TRACEPARENT.split("-")[2] and call["tracestate"] == "vendor=1,other=2"
     ignored = await api.submit("obs_echo", {}, traceparent="not-a-trace")
     assert (await api.wait_status(ignored, "Succeeded"))["trace"] is None
 

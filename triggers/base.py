@@ -60,9 +60,17 @@ class SubmitMany(Protocol):
 
 class InvokeSync(Protocol):
     async def __call__(
-        self, function: str, payload: bytes, *, source: Source, content_type: str = "application/json"
+        self,
+        function: str,
+        payload: bytes,
+        *,
+        source: Source,
+        content_type: str = "application/json",
+        task_id: str | None = None,
+        lineage: Lineage | None = None,
     ) -> tuple[bytes, str]:
-        """Run a function now; returns (body, content type). Raises FngateError subclasses."""
+        """Run a function now under `task_id` (the event's id; else a new one), in the trace
+        `lineage` carries; returns (body, content type). Raises FngateError subclasses."""
         ...
 
 

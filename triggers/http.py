@@ -112,7 +112,14 @@ class HttpTrigger(BaseTrigger):
         )
         if self.options.invocation == "sync":
             try:
-                result, content_type = await self.context.invoke_sync(self.function, event, source=self.source)
+                # The run goes by the event's id, as an async task would (context.task_id == id).
+                result, content_type = await self.context.invoke_sync(
+                    self.function,
+                    event,
+                    source=self.source,
+                    task_id=task_id,
+                    lineage=lineage_from_headers(request.headers),
+                )
             except FngateError as exc:
                 self.count_error(f"{exc.code}: {exc.message}")
                 raise
