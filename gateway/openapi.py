@@ -175,8 +175,15 @@ def base_paths() -> dict[str, Any]:
             "get": {
                 "summary": "One task record",
                 "operationId": "getTask",
-                "parameters": [TASK_ID_PARAM],
-                "responses": {"200": json_body(TASK, "the task"), **error_responses(400, 401, 403, 404)},
+                "parameters": [
+                    TASK_ID_PARAM,
+                    query(
+                        "wait",
+                        "long-poll: answer once the task is terminal or after this many seconds",
+                        {"type": "number", "minimum": 0, "maximum": 60},
+                    ),
+                ],
+                "responses": {"200": json_body(TASK, "the task"), **error_responses(400, 401, 403, 404, 429, 503)},
             }
         },
         "/v1/tasks/{id}/stop": {
@@ -215,6 +222,31 @@ def base_paths() -> dict[str, Any]:
                         },
                     },
                     **error_responses(400, 401, 403, 404),
+                },
+            }
+        },
+        "/v1/tasks/{id}/payload": {
+            "get": {
+                "summary": "The task's payload as submitted, with its content type",
+                "operationId": "taskPayload",
+                "parameters": [TASK_ID_PARAM],
+                "responses": {
+                    "200": {"description": "the payload", "content": RESULT_CONTENT},
+                    **error_responses(400, 401, 403, 404, 503),
+                },
+            }
+        },
+        "/v1/tasks/{id}/events": {
+            "get": {
+                "summary": "Server-sent events: one `status` event per status change, ending after the terminal one",
+                "operationId": "taskEvents",
+                "parameters": [TASK_ID_PARAM],
+                "responses": {
+                    "200": {
+                        "description": "the event stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **error_responses(400, 401, 403, 404, 429, 503),
                 },
             }
         },

@@ -140,6 +140,10 @@ async def test_every_response_matches_the_document(
     await call("GET", "/v1/tasks", params={"limit": "0"})
     await call("GET", "/v1/tasks/{id}/logs", f"/v1/tasks/{logged['task_id']}/logs")
     await call("GET", "/v1/tasks/{id}/logs", "/v1/tasks/no-such-task/logs")
+    await call("GET", "/v1/tasks/{id}", f"/v1/tasks/{done}", params={"wait": "1"})
+    await call("GET", "/v1/tasks/{id}/payload", f"/v1/tasks/{done}/payload")
+    await call("GET", "/v1/tasks/{id}/payload", "/v1/tasks/no-such-task/payload")
+    await call("GET", "/v1/tasks/{id}/events", f"/v1/tasks/{done}/events", headers={"Accept": "text/event-stream"})
     await call("POST", "/v1/tasks/{id}/stop", f"/v1/tasks/{later['task_id']}/stop")
     await call("POST", "/v1/tasks/{id}/stop", f"/v1/tasks/{done}/stop")  # 409: already ended
     await call("POST", "/v1/tasks/{id}/rerun", f"/v1/tasks/{done}/rerun")
@@ -173,4 +177,4 @@ async def test_every_response_matches_the_document(
     # What the models made of the records: every documented key is there.
     record = await api.task(done)
     assert record["scheduled_at"] and record["trace"] == {"traceparent": TRACEPARENT, "tracestate": None}
-    assert record["destinations"][0]["history"][0]["status"] == "delivered" and record["errors"] is None
+    assert record["destinations"][0]["history"][0]["status"] == "delivered" and record["errors"] == []

@@ -229,7 +229,7 @@ async def test_failed_attempts_are_error_spans(
 def test_check_validates_the_tracing_section(tmp_path: Path) -> None:
     def check(section: str) -> subprocess.CompletedProcess[str]:
         path = tmp_path / "c.yaml"
-        path.write_text(f"tracing: {section}\nfunctions:\n  a: {{handler: 'python:m:f'}}\n")
+        path.write_text(f"tracing: {section}\nfunctions:\n  a: {{handler: 'python:examples.functions:echo'}}\n")
         return subprocess.run(
             [sys.executable, "-m", "gateway", "check", "-c", str(path)],
             capture_output=True,
