@@ -78,6 +78,7 @@ class ApiConfig(_Model):
     listen: str = "127.0.0.1:8080"
     tokens: list[TokenConfig] = []
     max_request_body: Size = Field(default=6 * 1024 * 1024, ge=1, le=64 * 1024 * 1024)
+    body_read_timeout: Duration = Field(default=30.0, ge=0.1, le=3600.0)  # a slower upload gets 408
     allow_unauthenticated: bool = False
 
     @field_validator("listen")

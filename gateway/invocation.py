@@ -17,6 +17,10 @@ from urllib.parse import quote, unquote
 from . import constants as c
 
 META_VERSION = "1"
+# A task id is a token of NATS subjects (fngate.state.{task_id}, …): dots may only separate
+# non-empty parts. The pattern is also the OpenAPI document's.
+TASK_ID_PATTERN = r"^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*$"
+TASK_ID = re.compile(TASK_ID_PATTERN)
 # Unique per process (64 random bits, drawn once) plus a counter: ids never collide across
 # replicas, and no system call is spent per task on randomness.
 _ID_PREFIX = secrets.token_hex(8)
@@ -169,17 +173,25 @@ class Invocation:
 BatchItem = tuple[bytes, str, Lineage | None]
 
 
+# A chain id travels inside the invocation header, whose fields `|` separates: only these
+# characters may enter it (what fngate generates, and what callers reasonably pass on).
+CHAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+MAX_CHAIN_DEPTH_VALUE = 100_000
+
+
 def lineage_from_headers(headers: Mapping[str, str]) -> Lineage | None:
     """The lineage an outside message carries (HTTP/NATS/Kafka headers, MQTT 5 user
-    properties), advanced by one hop; None when it carries none."""
+    properties), advanced by one hop; None when it carries none. A trigger cannot refuse a
+    message for a bad header, so a malformed chain id starts a new chain (the depth, which
+    loop detection needs, is kept) and a malformed depth counts as 0."""
     chain_id = headers.get(c.H_CHAIN_ID)
     if not chain_id:
         return None
-    try:
-        depth = int(headers.get(c.H_CHAIN_DEPTH, "0"))
-    except ValueError:
-        depth = 0
-    return Lineage(chain_id[:64], max(depth, 0) + 1)
+    depth_text = str(headers.get(c.H_CHAIN_DEPTH, "0")).strip()
+    depth = int(depth_text) if depth_text.isascii() and depth_text.isdigit() and len(depth_text) <= 6 else 0
+    if not CHAIN_ID.fullmatch(chain_id):
+        chain_id = new_chain_id()
+    return Lineage(chain_id, min(depth, MAX_CHAIN_DEPTH_VALUE) + 1)
 
 
 def lineage_headers(lineage: Lineage) -> dict[str, str]:

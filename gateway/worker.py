@@ -26,7 +26,7 @@ from . import constants as c
 from . import lifecycle, metrics
 from .config import FunctionConfig
 from .errors import FunctionError, FunctionTimeout, TransientError
-from .invocation import Invocation
+from .invocation import TASK_ID, Invocation
 from .puller import Puller
 from .records import Record, new_record, result_value, stamp, status_of
 from .runtimes import Context, Runtime, run_with_timeout, task_logger
@@ -163,8 +163,10 @@ class FunctionWorker:
         try:
             inv = Invocation.from_message(msg.headers, msg.data)
         except (KeyError, ValueError, IndexError) as exc:
-            # Not ours to run (foreign or corrupt): redelivering it forever helps no one.
+            # Not ours to run (foreign or corrupt): redelivering it forever helps no one. If
+            # it names a task, that task ends Failed rather than staying Enqueued for ever.
             self.log.error("dropping an unreadable message on %s: %s", msg.subject, exc)
+            await self._fail_unreadable(msg, str(exc))
             await msg.term()
             return
         now = time.time()
@@ -178,6 +180,18 @@ class FunctionWorker:
             return
         record, seq = claimed
         await self._execute(inv, msg, record, seq)
+
+    async def _fail_unreadable(self, msg: Msg, reason: str) -> None:
+        try:
+            task_id, function, submitted_at = Invocation.identity(msg.headers or {})
+        except (KeyError, ValueError, IndexError):
+            return
+        if function != self.name or not TASK_ID.fullmatch(task_id):
+            return
+        base = new_record(Invocation(task_id, function, b"", submitted_at=submitted_at))
+        error = {"type": "InvalidInvocation", "message": f"unreadable invocation: {reason}"[:500]}
+        with contextlib.suppress(StateConflict):  # a record exists: leave it as it is
+            await self.store.put_state(stamp(base, TaskStatus.FAILED, error=error, condition="InvalidInvocation"), 0)
 
     async def _claim(self, inv: Invocation, msg: Msg) -> tuple[Record, int] | None:
         """Move the task to Running, unless it is already finished, stopped, expired or looping."""
