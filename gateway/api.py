@@ -61,6 +61,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         # A read that NATS did not answer in time (an outage, a leader election): not ours.
         return error_response(503, "ServiceUnavailable", "NATS did not answer in time; retry later")
     except ClientGone:
+        # Nobody is left to answer: a line, not a traceback (a closed upload is routine).
+        log.info(
+            "client %s went away before its request body arrived (%s %s)", request.remote, request.method, request.path
+        )
         return error_response(400, "BadRequest", "the client went away before its request body arrived")
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CONFIG].api.max_request_body

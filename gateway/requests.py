@@ -86,9 +86,7 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
         async with asyncio.timeout(timeout):
             return await request.read()
     except TimeoutError:
-        # The rest of the body will not be read: the connection cannot be reused.
-        if request.transport is not None:
-            request.transport.close()
+        # aiohttp closes the connection after the answer, as the body was not read to its end.
         raise RequestTimeout(f"request body not received within {timeout:g}s") from None
     except (ConnectionError, asyncio.IncompleteReadError) as exc:
         raise ClientGone(str(exc)) from None
