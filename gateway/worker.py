@@ -388,17 +388,25 @@ class InvalidWorker:
 
 
 class DelayScheduler:
-    """Moves parked invocations back to their function's queue when their time has come."""
+    """Moves parked invocations back to their function's queue when their time has come.
+
+    Each parked message is handled the moment it arrives (the Puller's own pull requests):
+    the client library's `fetch(n)` kept a message that arrived on its lingering request
+    until the batch filled or its 5 s timeout ran out, so a due retry waited 2-5 s.
+    A message not due yet goes back with `nak(delay)`, and the server hands it out again
+    when it is.
+    """
 
     def __init__(self, store: TaskStore) -> None:
         self.store = store
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         js = self.store.js
         config = ConsumerConfig(
             durable_name=c.DELAY_CONSUMER,
             ack_policy=AckPolicy.EXPLICIT,
-            # Short: a fetch answered to a replica that just died is handed out again quickly.
+            # Short: a pull answered to a replica that just died is handed out again quickly.
             ack_wait=5,
             max_ack_pending=200_000,
             max_deliver=-1,
@@ -407,20 +415,35 @@ class DelayScheduler:
             await js.add_consumer(c.DELAY_STREAM, config)
         except APIError as exc:
             log.warning("delay consumer not updated: %s", exc.description)
-        sub = await js.pull_subscribe_bind(durable=c.DELAY_CONSUMER, stream=c.DELAY_STREAM)
-        while not cancel_requested():
-            try:
-                msgs = await sub.fetch(256, timeout=5)
-            except (TimeoutError, NatsTimeout):
-                continue
-            for msg in msgs:
-                inv = Invocation.from_message(msg.headers, msg.data)
-                wait = inv.not_before - time.time()
-                if wait > 0.005:
-                    await msg.nak(delay=wait)
-                    continue
-                await self.store.requeue(inv)
-                await msg.ack()
+        puller = Puller(self.store.nc, c.DELAY_STREAM, c.DELAY_CONSUMER, self._dispatch)
+        await puller.start()
+        try:
+            while not cancel_requested():
+                await puller.pull(256)
+        finally:
+            await puller.close()
+            for task in list(self._tasks):
+                task.cancel()
+
+    def _dispatch(self, msg: Msg, counted: bool) -> None:
+        task = asyncio.create_task(self._move(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _move(self, msg: Msg) -> None:
+        try:
+            inv = Invocation.from_message(msg.headers, msg.data)
+            wait = inv.not_before - time.time()
+            if wait > 0.005:
+                await msg.nak(delay=wait)
+                return
+            await self.store.requeue(inv)
+            await msg.ack()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Left unacked: handed out again after ack_wait.
+            log.warning("delayed task not moved yet (%s); it will be tried again", exc)
 
 
 __all__ = ["DelayScheduler", "FunctionWorker", "InvalidWorker", "supervised"]
