@@ -271,10 +271,12 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     store = request.app[STORE]
     checks: dict[str, Any] = {"nats": store.nc.is_connected, "streams": store.ready}
+    # False while JetStream refuses to store task records (a full store): tasks cannot finish.
+    checks["store_writable"] = store.write_refused is None
     extra = request.app.get(EXTRA_HEALTH) or {}
     for name, probe in extra.items():
         checks[name] = probe()
-    ready = bool(checks["nats"] and checks["streams"])
+    ready = bool(checks["nats"] and checks["streams"] and checks["store_writable"])
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
 

@@ -30,6 +30,7 @@ from nats.js.api import DiscardPolicy, RawStreamMsg, RetentionPolicy, StorageTyp
 from nats.js.errors import APIError, NotFoundError
 
 from . import constants as c
+from . import metrics
 from .errors import DuplicateTask, PayloadTooLarge, ServiceUnavailable
 from .invocation import Invocation
 from .publisher import AckPublisher, DuplicateMessage, PendingAck
@@ -85,6 +86,9 @@ class TaskStore:
         self.timeout = timeout
         self.ready = False
         self.publisher = AckPublisher(nc, timeout)
+        # Why JetStream last refused to store a task record (a full store, a limit), until a
+        # write succeeds again: a /readyz check, a metric and a log line.
+        self.write_refused: str | None = None
 
     async def ensure_streams(self) -> None:
         """Create or update the streams; idempotent, safe for every replica at start-up."""
@@ -241,11 +245,18 @@ class TaskStore:
         if expected_seq is not None:
             headers = {c.H_EXPECTED_LAST_SUBJECT_SEQ: str(expected_seq)}
         try:
-            return await self.publisher.publish(f"{c.STATE_SUBJECT}.{record['task_id']}", encode(record), headers)
+            seq = await self.publisher.publish(f"{c.STATE_SUBJECT}.{record['task_id']}", encode(record), headers)
         except APIError as exc:
             if exc.err_code == c.ERR_WRONG_LAST_SEQUENCE:
                 raise StateConflict(record["task_id"]) from None
+            self.write_refused = exc.description or f"error {exc.err_code}"
+            metrics.STATE_WRITES_REFUSED.inc()
+            metrics.STORE_WRITABLE.set(0)
             raise
+        if self.write_refused is not None:
+            self.write_refused = None
+            metrics.STORE_WRITABLE.set(1)
+        return seq
 
     async def function_consumers(self) -> list[str]:
         """Function names that have a durable consumer on the task stream."""

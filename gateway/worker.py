@@ -251,19 +251,24 @@ class FunctionWorker:
             if current is not None and current.cancelling():
                 # The gateway is shutting down: abandon the run and leave the message
                 # unacked, so another worker (or this one after restart) runs it again.
+                self._claims.pop(inv.task_id, None)
                 run.cancel()
                 raise
             error = StopRequested()
         except Exception as exc:
             error = exc
         finally:
-            self._claims.pop(inv.task_id, None)
             self.running.pop(inv.task_id, None)
             metrics.TASKS_RUNNING.labels(self.name).dec()
             metrics.EXECUTION_SECONDS.labels(self.name, outcome_kind(error)).observe(time.monotonic() - started)
             if self.task_logs is not None:
                 self.task_logs.finish(inv.task_id)
-        await asyncio.shield(self._settle(inv, msg, record, seq, attempt, outcome, error))
+        try:
+            # The claim stays alive until the outcome is stored: a write JetStream refuses is
+            # retried (see _write), and the task must not be handed to another worker meanwhile.
+            await asyncio.shield(self._settle(inv, msg, record, seq, attempt, outcome, error))
+        finally:
+            self._claims.pop(inv.task_id, None)
 
     async def _settle(
         self,
@@ -302,11 +307,27 @@ class FunctionWorker:
         await msg.ack()
 
     async def _write(self, inv: Invocation, record: Record, seq: int) -> Record | None:
-        """Write after running; a stop request may have moved the record to Stopping meanwhile."""
+        """Write after running; a stop request may have moved the record to Stopping meanwhile.
+
+        A write that JetStream refuses (its store full, a limit reached) is retried, with
+        backoff, until it is stored: giving up would leave the task Running for ever."""
+        refused = 0
         while True:
             try:
                 await self.store.put_state(record, seq)
+                if refused:
+                    self.log.warning("task %s: outcome stored after %d refused writes", inv.task_id, refused)
                 return record
+            except APIError as exc:
+                if refused % 20 == 0:
+                    self.log.error(
+                        "task %s: JetStream refused to store its outcome (%s); retrying until it is stored",
+                        inv.task_id,
+                        exc.description or exc.err_code,
+                    )
+                refused += 1
+                await asyncio.sleep(min(0.25 * 2 ** min(refused, 5), 5.0))
+                continue
             except StateConflict:
                 stored = await self.store.get_state(inv.task_id)
                 if stored is None:
