@@ -92,6 +92,10 @@ def settle(
     info = {"type": kind, "message": message}
     if attempt <= max_retries:
         backoff = retry_delay * 2 ** (attempt - 1)
+        if now + backoff - scheduled_at > max_event_age:
+            # The retry would be dequeued past max_event_age, and so end Expired then: end it
+            # now, so the record never waits (unwritten) longer than the retention covers.
+            return Settlement(stamp(running, TaskStatus.EXPIRED, now, error=info, condition="Expired"))
         return Settlement(stamp(running, TaskStatus.RETRYING, now, error=info), now + backoff)
     condition = "RetriesExhausted" if max_retries > 0 else kind
     return Settlement(stamp(running, TaskStatus.FAILED, now, error=info, condition=condition))

@@ -112,11 +112,16 @@ class TaskService:
         traceparent: str | None = None,
     ) -> Invocation:
         """A new invocation, its inputs checked (BadRequest, FunctionNotFound)."""
-        self.function(function)
+        config = self.function(function)
         if task_id is not None:
             check_task_id(task_id)
         if not 0 <= delay <= MAX_DELAY:
             raise BadRequest(f"delay must be 0..{MAX_DELAY:g} seconds")
+        if delay > config.max_delay:
+            raise BadRequest(
+                f"X-Delay of {delay:g}s is over the {config.max_delay:g}s that function {function!r} allows "
+                "(async.retention - async.max_event_age - timeout - 60s): the task would outlive its retention"
+            )
         now = time.time()
         return Invocation(
             task_id=task_id or new_task_id(),
