@@ -23,6 +23,7 @@ from .errors import ConfigError, ServiceUnavailable
 from .index import TaskIndex
 from .invocation import BatchItem, Invocation, Source
 from .records import Record
+from .replicas import ReplicaRegistry
 from .runtimes import Runtime, build_runtime
 from .service import TaskService
 from .store import TaskStore, connect
@@ -54,6 +55,7 @@ class Gateway:
         self.task_logs: TaskLogs | None = None
         self.servers: list[str] = []
         self._index_loop: asyncio.Task[None] | None = None
+        self.registry: ReplicaRegistry | None = None
 
     async def start(self) -> None:
         servers = self.config.nats.servers
@@ -74,6 +76,10 @@ class Gateway:
         self.index = TaskIndex(store, self.config.max_retention)
         self.service = TaskService(self.config, store, self.index, self.runtimes)
         self._index_loop = self._spawn("index", self.index.run)
+        # Announced before any worker starts: no replica may think these functions gone.
+        self.registry = ReplicaRegistry(store.js, self.config.functions, replicas=self.config.nats.replicas)
+        await self.registry.start()
+        self._spawn("replica announcements", self.registry.run)
         for name, function in self.config.functions.items():
             worker = FunctionWorker(
                 name,
@@ -89,8 +95,8 @@ class Gateway:
             self._spawn(f"worker {name}", worker.run)
         for name in await store.function_consumers():
             if name not in self.config.functions:
-                log.warning("function %r left the config; its queued tasks become Invalid", name)
-                self._spawn(f"invalidator {name}", InvalidWorker(name, store, self._on_terminal).run)
+                log.info("function %r is not in this config; its tasks end Invalid once no live replica has it", name)
+                self._spawn(f"invalidator {name}", InvalidWorker(name, store, self._on_terminal, self.registry).run)
         self._spawn("delay scheduler", DelayScheduler(store).run)
         await self.nc.subscribe(f"{c.STOP_SUBJECT}.>", cb=self._on_stop)
         await self._start_triggers()
@@ -185,6 +191,8 @@ class Gateway:
             loop.cancel()
         # Bounded: a stuck loop must not keep the process (and its nats-server child) alive.
         await asyncio.wait(self._loops, timeout=5)
+        if self.registry is not None:
+            await self.registry.close()  # gone at once, rather than after its TTL
         for runtime in self.runtimes.values():
             await runtime.close()
         if self.dispatcher is not None:

@@ -29,6 +29,7 @@ from .errors import FunctionError, FunctionTimeout, TransientError
 from .invocation import TASK_ID, Invocation
 from .puller import Puller
 from .records import Record, new_record, result_value, stamp, status_of
+from .replicas import BEAT, ReplicaRegistry
 from .runtimes import Context, Runtime, run_with_timeout, task_logger
 from .status import TaskStatus
 from .store import UNAVAILABLE, StateConflict, StoredRecord, TaskStore
@@ -373,20 +374,43 @@ class FunctionWorker:
 
 
 class InvalidWorker:
-    """Drains the queue of a function that left the config: its tasks end Invalid."""
+    """Drains the queue of a function that left the config: its tasks end Invalid, but only
+    while no live replica serves the function (see gateway/replicas.py); meanwhile the
+    replicas that have it run its tasks."""
 
-    def __init__(self, name: str, store: TaskStore, on_terminal: TerminalHook) -> None:
+    def __init__(self, name: str, store: TaskStore, on_terminal: TerminalHook, registry: ReplicaRegistry) -> None:
         self.name = name
         self.store = store
         self._on_terminal = on_terminal
+        self.registry = registry
         self.task_logs: Any = None  # TaskLogs, when the gateway keeps function logs
+
+    async def gone(self) -> bool:
+        return self.registry.settled() and not await self.registry.served_elsewhere(self.name)
 
     async def run(self) -> None:
         sub = await self.store.js.pull_subscribe_bind(durable=consumer_name(self.name), stream=c.TASKS_STREAM)
+        state = "waiting"  # waiting (not settled yet), served (elsewhere), gone
         while not cancel_requested():
+            now = "gone" if await self.gone() else "served" if self.registry.settled() else "waiting"
+            if now != state:
+                state = now
+                if state == "served":
+                    log.info("function %r is served by another replica: its tasks are left to it", self.name)
+                elif state == "gone":
+                    log.warning(
+                        "function %r is configured on no live replica: its queued tasks become Invalid", self.name
+                    )
+            if state != "gone":
+                await asyncio.sleep(BEAT)
+                continue
             try:
                 msgs = await sub.fetch(64, timeout=5)
             except (TimeoutError, NatsTimeout):
+                continue
+            if not await self.gone():  # a replica that has it came up meanwhile: hand them back
+                for msg in msgs:
+                    await msg.nak()
                 continue
             for msg in msgs:
                 inv = Invocation.from_message(msg.headers, msg.data)
