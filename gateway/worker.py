@@ -386,7 +386,13 @@ class InvalidWorker:
         self.task_logs: Any = None  # TaskLogs, when the gateway keeps function logs
 
     async def gone(self) -> bool:
-        return self.registry.settled() and not await self.registry.served_elsewhere(self.name)
+        if not self.registry.settled():
+            return False
+        try:
+            return not await self.registry.served_elsewhere(self.name)
+        except Exception as exc:  # cannot tell (NATS away): the safe answer is "not gone"
+            log.warning("cannot read which replicas serve %r (%s); not invalidating its tasks", self.name, exc)
+            return False
 
     async def run(self) -> None:
         sub = await self.store.js.pull_subscribe_bind(durable=consumer_name(self.name), stream=c.TASKS_STREAM)

@@ -99,6 +99,18 @@ async def test_a_good_chain_is_carried_on(api: Api) -> None:
     assert record["chain"] == {"id": "c-abc.1:x", "depth": 3}
 
 
+async def test_a_malformed_chain_id_on_an_http_trigger_starts_a_new_chain(
+    api: Api, http: aiohttp.ClientSession
+) -> None:
+    """A trigger cannot refuse the message for it: the chain id is dropped, the depth kept."""
+    headers = {"Fngate-Chain-Id": "a|b", "Fngate-Chain-Depth": "3"}
+    async with http.post(f"{api.url}/hooks/deep", json={"n": 1}, headers=headers) as resp:
+        assert resp.status == 202, await resp.text()
+        task_id = (await resp.json())["task_id"]
+    record = await api.wait_status(task_id, "Succeeded")
+    assert record["chain"]["id"] != "a|b" and record["chain"]["depth"] == 4
+
+
 async def test_a_poison_message_breaks_neither_get_nor_list(
     api: Api, nats_server: NatsServer, unique: Callable[[str], str]
 ) -> None:
