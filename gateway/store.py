@@ -145,12 +145,25 @@ class TaskStore:
         """Durably enqueue a new task; DuplicateTask when the id is already known."""
         self.check_connected()
         try:
-            return await self.publisher.publish(inv.subject, inv.payload, self._submit_headers(inv))
+            seq = await self.publisher.publish(inv.subject, inv.payload, self._submit_headers(inv))
         except Exception as exc:
+            if isinstance(exc, APIError) and exc.err_code == c.ERR_INSUFFICIENT_RESOURCES:
+                self._refused(exc)
             error = submit_error(inv, exc)
             if isinstance(error, DuplicateTask):
                 error.task = await self.holder(inv, exc.seq if isinstance(exc, DuplicateMessage) else None)
             raise error from None
+        if self.write_refused is not None:
+            self._stored()
+        return seq
+
+    def _refused(self, exc: APIError) -> None:
+        self.write_refused = exc.description or f"error {exc.err_code}"
+        metrics.STORE_WRITABLE.set(0)
+
+    def _stored(self) -> None:
+        self.write_refused = None
+        metrics.STORE_WRITABLE.set(1)
 
     async def holder(self, inv: Invocation, seq: int | None) -> dict[str, Any]:
         """{task_id, function, status} of the task that holds `inv`'s id: its submission is
@@ -249,13 +262,11 @@ class TaskStore:
         except APIError as exc:
             if exc.err_code == c.ERR_WRONG_LAST_SEQUENCE:
                 raise StateConflict(record["task_id"]) from None
-            self.write_refused = exc.description or f"error {exc.err_code}"
+            self._refused(exc)
             metrics.STATE_WRITES_REFUSED.inc()
-            metrics.STORE_WRITABLE.set(0)
             raise
         if self.write_refused is not None:
-            self.write_refused = None
-            metrics.STORE_WRITABLE.set(1)
+            self._stored()
         return seq
 
     async def function_consumers(self) -> list[str]:

@@ -59,6 +59,8 @@ async def test_outcome_written_once_the_store_has_room(
         refusals = [line for line in text.splitlines() if line.startswith("fngate_state_writes_refused_total")]
         assert refusals and float(refusals[0].split()[1]) >= 1
         assert (await api.task(task_id))["status"] == "Running"
+        status, body, _ = await api.invoke("sleepy", {"seconds": 0})
+        assert status == 503 and "nothing was enqueued" in body["error"]["message"], body
         await js.delete_stream("FILLER")
     finally:
         await nc.close()
