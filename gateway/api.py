@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -60,7 +61,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except UNAVAILABLE:
         # A read that NATS did not answer in time (an outage, a leader election): not ours.
         return error_response(503, "ServiceUnavailable", "NATS did not answer in time; retry later")
-    except ClientGone:
+    except (ClientGone, ConnectionError, asyncio.IncompleteReadError):
+        # (ConnectionError: a route that reads its body itself, as the http triggers do.)
         # Nobody is left to answer: a line, not a traceback (a closed upload is routine).
         log.info(
             "client %s went away before its request body arrived (%s %s)", request.remote, request.method, request.path

@@ -180,9 +180,11 @@ async def test_slow_body_gets_408(gateway: GatewayProcess) -> None:
         writer.close()
 
 
-async def test_abandoned_upload_logs_no_traceback(gateway: GatewayProcess) -> None:
+@pytest.mark.parametrize("path", ["/v1/functions/echo/invocations", "/hooks/deep"])
+async def test_abandoned_upload_logs_no_traceback(gateway: GatewayProcess, path: str) -> None:
     before = gateway.log().count("went away before its request body arrived")
-    _, writer = await _raw_request(gateway, HEAD, b'{"a": ')
+    head = HEAD.replace(b"/v1/functions/echo/invocations", path.encode())
+    _, writer = await _raw_request(gateway, head, b'{"a": ')
     writer.close()
 
     async def noted() -> bool:
