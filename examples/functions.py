@@ -9,7 +9,7 @@ from typing import Any
 
 async def echo(event: Any, context: Any) -> Any:
     """Returns its event: the simplest async handler."""
-    return {"echo": event, "task_id": context.task_id, "attempt": context.attempt}
+    return {"echo": event, "attempt": context.attempt}
 
 
 def shout(event: Any, context: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -13,14 +14,15 @@ from aiohttp import web
 
 from . import schemas
 from .config import Config
-from .errors import BadRequest, FngateError, Forbidden, PayloadTooLarge, Unauthorized
-from .invocation import Source, lineage_from_headers, parse_iso, valid_traceparent
+from .errors import BadRequest, DuplicateTask, FngateError, Forbidden, Unauthorized
+from .invocation import Source, parse_iso, valid_traceparent
 from .redact import redact_text
+from .requests import ClientGone, check_content_type, check_sync_headers, parse_delay, read_body, request_lineage
 from .schemas import shape
 from .scopes import ADMIN, Access, access_for
 from .service import TaskService, check_task_id
 from .status import TaskStatus
-from .store import TaskStore
+from .store import UNAVAILABLE, TaskStore
 from .units import format_size
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,23 @@ def enqueued_response(task_id: str) -> web.Response:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except DuplicateTask as exc:
+        body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message}}
+        if exc.task:
+            body["task"] = exc.task  # who holds the id: the caller's first try, or another task
+        return web.json_response(body, status=exc.status)
     except FngateError as exc:
         return error_response(exc.status, exc.code, redact_text(exc.message))
+    except UNAVAILABLE:
+        # A read that NATS did not answer in time (an outage, a leader election): not ours.
+        return error_response(503, "ServiceUnavailable", "NATS did not answer in time; retry later")
+    except (ClientGone, ConnectionError, asyncio.IncompleteReadError):
+        # (ConnectionError: a route that reads its body itself, as the http triggers do.)
+        # Nobody is left to answer: a line, not a traceback (a closed upload is routine).
+        log.info(
+            "client %s went away before its request body arrived (%s %s)", request.remote, request.method, request.path
+        )
+        return error_response(400, "BadRequest", "the client went away before its request body arrived")
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CONFIG].api.max_request_body
         return error_response(413, "PayloadTooLarge", f"request body over the limit of {format_size(limit)}")
@@ -58,7 +75,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         code = exc.reason.replace(" ", "")
-        return error_response(exc.status, code, exc.text or exc.reason)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # 405
+        return error_response(exc.status, code, exc.text or exc.reason, headers=allow)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "InternalError", "internal error; see the gateway log")
@@ -124,8 +142,11 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     kind = request.headers.get("X-Invocation-Type", "sync").lower()
     if kind not in ("sync", "async"):
         raise BadRequest("X-Invocation-Type must be sync or async")
-    payload = await read_body(request)
-    content_type = request.headers.get("Content-Type", "application/json")
+    if kind == "sync":
+        check_sync_headers(request.headers)
+    api_config = request.app[CONFIG].api
+    payload = await read_body(request, api_config.max_request_body, api_config.body_read_timeout)
+    content_type = check_content_type(request.headers.get("Content-Type", "application/json"))
     check_json(payload, content_type)
     if kind == "sync":
         body, result_type = await service.invoke_sync(
@@ -133,7 +154,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
             payload,
             content_type=content_type,
             traceparent=valid_traceparent(request.headers.get("traceparent")),
-            lineage=lineage_from_headers(request.headers),
+            lineage=request_lineage(request.headers),
         )
         return web.Response(body=body, status=200, content_type=result_type.split(";")[0])
     task_id = request.headers.get("X-Task-Id")
@@ -147,19 +168,10 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         task_id=task_id,
         delay=delay,
         source=Source("api", ""),
-        lineage=lineage_from_headers(request.headers),
+        lineage=request_lineage(request.headers),
         traceparent=valid_traceparent(request.headers.get("traceparent")),
     )
     return enqueued_response(task_id)
-
-
-async def read_body(request: web.Request) -> bytes:
-    limit = request.app[CONFIG].api.max_request_body
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(
-            f"request body of {request.content_length} bytes is over the limit of {format_size(limit)}"
-        )
-    return await request.read()
 
 
 MAX_JSON_DEPTH = 64
@@ -193,18 +205,6 @@ def json_depth(document: Any) -> int:
             deepest = max(deepest, depth)
             stack.extend((child, depth + 1) for child in node)
     return deepest
-
-
-def parse_delay(value: str | None) -> float:
-    if value is None:
-        return 0.0
-    try:
-        delay = float(value)
-    except ValueError:
-        raise BadRequest("X-Delay must be a number of seconds 0..86400") from None
-    if not 0 <= delay <= 86400:
-        raise BadRequest("X-Delay must be a number of seconds 0..86400")
-    return delay
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -287,10 +287,12 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     store = request.app[STORE]
     checks: dict[str, Any] = {"nats": store.nc.is_connected, "streams": store.ready}
+    # False while JetStream refuses to store task records (a full store): tasks cannot finish.
+    checks["store_writable"] = store.write_refused is None
     extra = request.app.get(EXTRA_HEALTH) or {}
     for name, probe in extra.items():
         checks[name] = probe()
-    ready = bool(checks["nats"] and checks["streams"])
+    ready = bool(checks["nats"] and checks["streams"] and checks["store_writable"])
     return web.json_response(shape(schemas.Readiness, {"ready": ready, "checks": checks}), status=200 if ready else 503)
 
 

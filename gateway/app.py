@@ -25,6 +25,7 @@ from .index import TaskIndex
 from .invocation import BatchItem, Invocation, Source
 from .live import LIVE, LiveStatus
 from .records import Record
+from .replicas import ReplicaRegistry
 from .runtimes import Runtime, build_runtime
 from .service import TaskService
 from .store import TaskStore, connect
@@ -57,6 +58,7 @@ class Gateway:
         self.servers: list[str] = []
         self._index_loop: asyncio.Task[None] | None = None
         self.live: LiveStatus | None = None
+        self.registry: ReplicaRegistry | None = None
 
     async def start(self) -> None:
         tracing.configure(self.config.tracing)
@@ -79,6 +81,10 @@ class Gateway:
         self.service = TaskService(self.config, store, self.index, self.runtimes)
         self._index_loop = self._spawn("index", self.index.run)
         self.live = LiveStatus(self.nc, self.service.get_task)
+        # Announced before any worker starts: no replica may think these functions gone.
+        self.registry = ReplicaRegistry(store.js, self.config.functions, replicas=self.config.nats.replicas)
+        await self.registry.start()
+        self._spawn("replica announcements", self.registry.run)
         for name, function in self.config.functions.items():
             worker = FunctionWorker(
                 name,
@@ -94,8 +100,8 @@ class Gateway:
             self._spawn(f"worker {name}", worker.run)
         for name in await store.function_consumers():
             if name not in self.config.functions:
-                log.warning("function %r left the config; its queued tasks become Invalid", name)
-                self._spawn(f"invalidator {name}", InvalidWorker(name, store, self._on_terminal).run)
+                log.info("function %r is not in this config; its tasks end Invalid once no live replica has it", name)
+                self._spawn(f"invalidator {name}", InvalidWorker(name, store, self._on_terminal, self.registry).run)
         self._spawn("delay scheduler", DelayScheduler(store).run)
         await self.nc.subscribe(f"{c.STOP_SUBJECT}.>", cb=self._on_stop)
         await self._start_triggers()
@@ -192,6 +198,8 @@ class Gateway:
             loop.cancel()
         # Bounded: a stuck loop must not keep the process (and its nats-server child) alive.
         await asyncio.wait(self._loops, timeout=5)
+        if self.registry is not None:
+            await self.registry.close()  # gone at once, rather than after its TTL
         for runtime in self.runtimes.values():
             await runtime.close()
         if self.dispatcher is not None:

@@ -29,6 +29,8 @@ from .units import parse_duration, parse_size
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+RETENTION_MARGIN = 60.0  # seconds of retention beyond a task's longest life
+MAX_DELAY = 86400.0  # the longest X-Delay of all
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -79,6 +81,7 @@ class ApiConfig(_Model):
     listen: str = "127.0.0.1:8080"
     tokens: list[TokenConfig] = []
     max_request_body: Size = Field(default=6 * 1024 * 1024, ge=1, le=64 * 1024 * 1024)
+    body_read_timeout: Duration = Field(default=30.0, ge=0.1, le=3600.0)  # a slower upload gets 408
     allow_unauthenticated: bool = False
 
     @field_validator("listen")
@@ -134,6 +137,25 @@ class FunctionConfig(_Model):
         if self.url and not re.match(r"^https?://", self.url):
             raise ValueError(f"url must start with http:// or https:// (got {redact_loose(self.url)!r})")
         return self
+
+    @model_validator(mode="after")
+    def _retention_outlives_tasks(self) -> FunctionConfig:
+        # The streams drop what is older than retention: an unfinished task must never be.
+        # Its life before a terminal status is bounded by max_event_age (from its scheduled
+        # time to its last dequeue) plus one run (timeout); X-Delay is capped to what is left.
+        life = self.async_.max_event_age + self.timeout + RETENTION_MARGIN
+        if self.async_.retention < life:
+            raise ValueError(
+                f"async.retention ({self.async_.retention:g}s) must be at least async.max_event_age + timeout "
+                f"+ {RETENTION_MARGIN:g}s ({life:g}s), or tasks still queued or running would vanish"
+            )
+        return self
+
+    @property
+    def max_delay(self) -> float:
+        """The longest X-Delay a task of this function may have within its retention."""
+        room = self.async_.retention - self.async_.max_event_age - self.timeout - RETENTION_MARGIN
+        return max(0.0, min(MAX_DELAY, room))
 
     @property
     def runtime(self) -> str:

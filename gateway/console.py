@@ -16,6 +16,7 @@ from .live import task_events
 from .openapi import openapi_document
 from .service import check_task_id
 from .status import TaskStatus
+from .streams import KEEPALIVE, LIMITER, StreamLimiter, gone
 from .tasklogs import TaskLogs
 
 TASK_LOGS = web.AppKey("task_logs", TaskLogs)
@@ -44,6 +45,13 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
         lines, _, truncated = await logs.read(task_id)
         return web.json_response({"task_id": task_id, "lines": lines, "truncated": truncated})
 
+    with request.app[LIMITER].slot(request):  # bounded per client; 429 over it
+        return await _stream_logs(request, task_id)
+
+
+async def _stream_logs(request: web.Request, task_id: str) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    logs = request.app[TASK_LOGS]
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
 
@@ -51,8 +59,13 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
         record = await service.get_task(task_id)
         return TaskStatus(record["status"]).terminal
 
-    async for line in logs.follow(check_task_id(task_id), finished):
-        await response.write(f"event: line\ndata: {json.dumps(line)}\n\n".encode())
+    try:
+        async for line in logs.follow(check_task_id(task_id), finished, lambda: gone(request)):
+            await response.write(KEEPALIVE if line is None else f"event: line\ndata: {json.dumps(line)}\n\n".encode())
+    except ConnectionError:  # the client went away between two checks
+        return response
+    if gone(request):
+        return response
     record = await service.get_task(task_id)
     await response.write(f"event: end\ndata: {json.dumps({'status': record['status']})}\n\n".encode())
     await response.write_eof()
@@ -70,6 +83,7 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 
 
 def add_console_routes(app: web.Application) -> None:
+    app[LIMITER] = StreamLimiter()
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/tasks/{id}/logs", task_logs)

@@ -53,6 +53,8 @@ class TaskNotFound(NotFound):
 class DuplicateTask(FngateError):
     status = 409
     code = "DuplicateTask"
+    # {task_id, function, status} of the task that holds the id, when known (the 409 body's "task").
+    task: dict[str, object] | None = None
 
 
 class TaskNotStoppable(FngateError):

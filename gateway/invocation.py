@@ -19,6 +19,10 @@ from . import tracing
 from .tracing import TraceContext
 
 META_VERSION = "1"
+# A task id is a token of NATS subjects (fngate.state.{task_id}, …): dots may only separate
+# non-empty parts. The pattern is also the OpenAPI document's.
+TASK_ID_PATTERN = r"^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*$"
+TASK_ID = re.compile(TASK_ID_PATTERN)
 # Unique per process (64 random bits, drawn once) plus a counter: ids never collide across
 # replicas, and no system call is spent per task on randomness.
 _ID_PREFIX = secrets.token_hex(8)
@@ -178,21 +182,27 @@ class Invocation:
 BatchItem = tuple[bytes, str, Lineage | None]
 
 
+# A chain id travels inside the invocation header, whose fields `|` separates: only these
+# characters may enter it (what fngate generates, and what callers reasonably pass on).
+CHAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+MAX_CHAIN_DEPTH_VALUE = 100_000
+
+
 def lineage_from_headers(headers: Mapping[str, str]) -> Lineage | None:
     """The lineage an outside message carries (HTTP/NATS/Kafka headers, MQTT 5 user
     properties), advanced by one hop, with the trace context it carries; None when it
-    carries neither."""
+    carries neither. A trigger cannot refuse a message for a bad header, so a malformed chain
+    id starts a new chain (the depth, which loop detection needs, is kept) and a malformed
+    depth counts as 0."""
     trace = tracing.from_headers(headers)
     chain_id = headers.get(c.H_CHAIN_ID)
-    if not chain_id or not _CHAIN_ID.fullmatch(chain_id):
-        # A chain id that is not one of ours (it rides in the `|`-separated invocation
-        # header) starts a new chain rather than corrupting the task.
+    if not chain_id:
         return Lineage(trace=trace) if trace else None
-    try:
-        depth = int(headers.get(c.H_CHAIN_DEPTH, "0"))
-    except ValueError:
-        depth = 0
-    return Lineage(chain_id, max(depth, 0) + 1, trace)
+    depth_text = str(headers.get(c.H_CHAIN_DEPTH, "0")).strip()
+    depth = int(depth_text) if depth_text.isascii() and depth_text.isdigit() and len(depth_text) <= 6 else 0
+    if not CHAIN_ID.fullmatch(chain_id):
+        chain_id = new_chain_id()
+    return Lineage(chain_id, min(depth, MAX_CHAIN_DEPTH_VALUE) + 1, trace)
 
 
 def lineage_headers(lineage: Lineage) -> dict[str, str]:
@@ -200,7 +210,6 @@ def lineage_headers(lineage: Lineage) -> dict[str, str]:
     return {c.H_CHAIN_ID: lineage.chain_id, c.H_CHAIN_DEPTH: str(lineage.depth)}
 
 
-_CHAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 

@@ -111,6 +111,10 @@ def settle(
     errors = failed_attempt(running, attempt=attempt, at=now, error=info)
     if attempt <= max_retries:
         backoff = retry_delay * 2 ** (attempt - 1)
+        if now + backoff - scheduled_at > max_event_age:
+            # The retry would be dequeued past max_event_age, and so end Expired then: end it
+            # now, so the record never waits (unwritten) longer than the retention covers.
+            return Settlement(stamp(running, TaskStatus.EXPIRED, now, error=info, condition="Expired", errors=errors))
         return Settlement(stamp(running, TaskStatus.RETRYING, now, error=info, errors=errors), now + backoff)
     condition = "RetriesExhausted" if max_retries > 0 else kind
     return Settlement(stamp(running, TaskStatus.FAILED, now, error=info, errors=errors, condition=condition))

@@ -30,3 +30,9 @@ LOOPS_DETECTED = Counter(
 TRIGGER_EVENTS = Counter("fngate_trigger_events_total", "Events received by triggers", ["trigger", "type"])
 TRIGGER_INVOCATIONS = Counter("fngate_trigger_invocations_total", "Invocations made by triggers", ["trigger", "type"])
 TRIGGER_ERRORS = Counter("fngate_trigger_errors_total", "Trigger errors (bad input, NATS down)", ["trigger", "type"])
+STATE_WRITES_REFUSED = Counter(
+    "fngate_state_writes_refused_total",
+    "Task record writes JetStream refused to store (store full, limits); each is retried until stored",
+)
+STORE_WRITABLE = Gauge("fngate_store_writable", "1 while JetStream stores task records, 0 while it refuses them")
+STORE_WRITABLE.set(1)

@@ -92,6 +92,15 @@ class AckPublisher:
                     future.set_exception(NatsTimeout())
 
 
+class DuplicateMessage(Exception):
+    """JetStream already holds a message with this `Nats-Msg-Id` (within the stream's
+    duplicate window): nothing was stored; `seq` is the sequence of the one it holds."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(seq)
+        self.seq = seq
+
+
 def parse_ack(msg: Msg) -> int:
     if msg.headers and msg.headers.get("Status") == "503":
         raise NoRespondersError
@@ -100,4 +109,6 @@ def parse_ack(msg: Msg) -> int:
     if error:
         raise APIError(code=error.get("code"), err_code=error.get("err_code"), description=error.get("description"))
     seq: int = ack["seq"]
+    if ack.get("duplicate"):
+        raise DuplicateMessage(seq)
     return seq

@@ -60,12 +60,12 @@ def task_logger(function: str, task_id: str, attempt: int | None = None) -> logg
 
 
 def decode_event(payload: bytes, content_type: str) -> Any:
-    """The parsed JSON payload, or the bytes when it is not JSON."""
+    """The parsed JSON payload, or the bytes when it is not JSON (or nests too deep to parse)."""
     if not payload:
         return None
     try:
         return json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         return payload
 
 
@@ -144,7 +144,10 @@ class HttpRuntime:
                     raise TransientError(f"{self.shown_url} answered {resp.status}: {detail}")
                 raise FunctionError(f"{self.shown_url} answered {resp.status}: {detail}")
         except aiohttp.ServerDisconnectedError:
-            raise FunctionError(f"{self.shown_url} closed the connection") from None
+            # Closed before any response (the endpoint died or restarted mid-request): whether
+            # the function ran is unknown, and it is the endpoint's failure, not the
+            # function's answer. Transient, like connection refused.
+            raise TransientError(f"{self.shown_url} closed the connection before answering") from None
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
             reason = exc.os_error.strerror if isinstance(exc, aiohttp.ClientConnectorError) else type(exc).__name__
             raise TransientError(f"{self.shown_url} unreachable: {reason}") from None

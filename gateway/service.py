@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -20,17 +19,14 @@ from .errors import (
     TaskNotFound,
 )
 from .index import TaskIndex
-from .invocation import BatchItem, Invocation, Lineage, Source, new_task_id
+from .invocation import TASK_ID, BatchItem, Invocation, Lineage, Source, new_task_id
+from .invocation import TASK_ID_PATTERN as TASK_ID_PATTERN  # re-exported (openapi)
 from .records import RERUN_SOURCE, Record, new_record, status_of
 from .runtimes import Context, Runtime, redact_url, run_with_timeout, task_logger
 from .status import TaskStatus
 from .store import StateConflict, TaskStore
 
 log = logging.getLogger(__name__)
-# A task id is a token of NATS subjects (fngate.state.{task_id}, …): dots may only separate
-# non-empty parts. The pattern is also the OpenAPI document's.
-TASK_ID_PATTERN = r"^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*$"
-TASK_ID = re.compile(TASK_ID_PATTERN)
 MAX_TASK_ID = 128
 MAX_DELAY = 86400.0
 API_SOURCE = Source("api", "")
@@ -117,11 +113,16 @@ class TaskService:
         tracestate: str | None = None,
     ) -> Invocation:
         """A new invocation, its inputs checked (BadRequest, FunctionNotFound)."""
-        self.function(function)
+        config = self.function(function)
         if task_id is not None:
             check_task_id(task_id)
         if not 0 <= delay <= MAX_DELAY:
             raise BadRequest(f"delay must be 0..{MAX_DELAY:g} seconds")
+        if delay > config.max_delay:
+            raise BadRequest(
+                f"X-Delay of {delay:g}s is over the {config.max_delay:g}s that function {function!r} allows "
+                "(async.retention - async.max_event_age - timeout - 60s): the task would outlive its retention"
+            )
         now = time.time()
         if lineage is not None and lineage.trace is not None:  # the trace context of a trigger's message
             traceparent = traceparent or lineage.trace.traceparent

@@ -1,8 +1,10 @@
 """JetStream as the pipeline and the store of tasks.
 
-- FNGATE_TASKS (limits retention, max_age = retention): one message per invocation on
-  `fngate.tasks.{fn}.{id}`. Submitting with `Nats-Expected-Last-Subject-Sequence: 0` makes
-  the durable enqueue and the dedup by task id a single acked write.
+- FNGATE_TASKS (limits retention, max_age = duplicate_window = retention): one message per
+  invocation on `fngate.tasks.{fn}.{id}`. A submit carries `Nats-Msg-Id: {id}`, so the
+  server refuses a task id that any function's task holds within retention: the durable
+  enqueue and the deployment-wide dedup by task id are a single acked write. (Requeues
+  carry no message id: a retry is the same task, not a new one.)
 - FNGATE_STATE (one message per subject): the latest task record on `fngate.state.{id}`.
   Writes are compare-and-set on the subject's last sequence, so a stop request and a worker
   never overwrite each other's status.
@@ -13,9 +15,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -26,9 +30,10 @@ from nats.js.api import DiscardPolicy, RawStreamMsg, RetentionPolicy, StorageTyp
 from nats.js.errors import APIError, NotFoundError
 
 from . import constants as c
+from . import metrics
 from .errors import DuplicateTask, PayloadTooLarge, ServiceUnavailable
 from .invocation import Invocation
-from .publisher import AckPublisher, PendingAck
+from .publisher import AckPublisher, DuplicateMessage, PendingAck
 from .records import Record, decode, encode
 from .units import format_size
 
@@ -43,18 +48,26 @@ class StateConflict(Exception):
     """The task record changed since it was read: re-read and decide again."""
 
 
+# A submit that failed this way may still have been stored (the message can reach the server
+# after the wait for its ack gave up): the caller learns which by submitting again with the
+# same X-Task-Id, which answers 409 if the first try landed.
+RETRY_SAME_ID = "the task may or may not have been enqueued: retry with the same X-Task-Id (409 means it was)"
+
+
 def submit_error(inv: Invocation, exc: Exception) -> Exception:
     """What a failed submit means to the caller: a duplicate, NATS unavailable, or as it is."""
+    if isinstance(exc, DuplicateMessage):
+        return DuplicateTask(f"task id {inv.task_id!r} is already taken")
     if isinstance(exc, APIError):
         if exc.err_code == c.ERR_WRONG_LAST_SEQUENCE:
-            return DuplicateTask(f"task {inv.task_id!r} already exists")
-        return ServiceUnavailable(f"JetStream refused the task: {exc.description}")
+            return DuplicateTask(f"task id {inv.task_id!r} is already taken")
+        return ServiceUnavailable(f"JetStream refused the task ({exc.description}); nothing was enqueued, retry later")
     if isinstance(exc, NoRespondersError):
         return ServiceUnavailable(
-            "JetStream has no stream leader for this task right now (a NATS node may be restarting); retry later"
+            f"JetStream has no stream leader for this task right now (a NATS node may be restarting); {RETRY_SAME_ID}"
         )
     if isinstance(exc, UNAVAILABLE):
-        return ServiceUnavailable("NATS did not acknowledge the task in time; retry later")
+        return ServiceUnavailable(f"NATS did not acknowledge the task in time; {RETRY_SAME_ID}")
     return exc
 
 
@@ -73,6 +86,9 @@ class TaskStore:
         self.timeout = timeout
         self.ready = False
         self.publisher = AckPublisher(nc, timeout)
+        # Why JetStream last refused to store a task record (a full store, a limit), until a
+        # write succeeds again: a /readyz check, a metric and a log line.
+        self.write_refused: str | None = None
 
     async def ensure_streams(self) -> None:
         """Create or update the streams; idempotent, safe for every replica at start-up."""
@@ -83,6 +99,8 @@ class TaskStore:
                 subjects=[f"{c.TASKS_SUBJECT}.>"],
                 retention=RetentionPolicy.LIMITS,
                 max_age=self.retention,
+                # Task ids are unique across the deployment for as long as tasks are kept.
+                duplicate_window=self.retention,
                 storage=StorageType.FILE,
                 num_replicas=self.replicas,
                 allow_direct=True,
@@ -121,15 +139,45 @@ class TaskStore:
 
     def check_connected(self) -> None:
         if not self.nc.is_connected:
-            raise ServiceUnavailable("NATS is unreachable; nothing was enqueued, retry later")
+            raise ServiceUnavailable("NATS is unreachable; nothing was enqueued, retry later (with the same X-Task-Id)")
 
     async def submit(self, inv: Invocation) -> int:
         """Durably enqueue a new task; DuplicateTask when the id is already known."""
         self.check_connected()
         try:
-            return await self.publisher.publish(inv.subject, inv.payload, self._submit_headers(inv))
+            seq = await self.publisher.publish(inv.subject, inv.payload, self._submit_headers(inv))
         except Exception as exc:
-            raise submit_error(inv, exc) from None
+            if isinstance(exc, APIError) and exc.err_code == c.ERR_INSUFFICIENT_RESOURCES:
+                self._refused(exc)
+            error = submit_error(inv, exc)
+            if isinstance(error, DuplicateTask):
+                error.task = await self.holder(inv, exc.seq if isinstance(exc, DuplicateMessage) else None)
+            raise error from None
+        if self.write_refused is not None:
+            self._stored()
+        return seq
+
+    def _refused(self, exc: APIError) -> None:
+        self.write_refused = exc.description or f"error {exc.err_code}"
+        metrics.STORE_WRITABLE.set(0)
+
+    def _stored(self) -> None:
+        self.write_refused = None
+        metrics.STORE_WRITABLE.set(1)
+
+    async def holder(self, inv: Invocation, seq: int | None) -> dict[str, Any]:
+        """{task_id, function, status} of the task that holds `inv`'s id: its submission is
+        message `seq` of the task stream (its subject names the function), its status is in
+        its record. Best effort: a read that fails leaves what is known."""
+        holder: dict[str, Any] = {"task_id": inv.task_id, "function": inv.function if seq is None else None}
+        with contextlib.suppress(Exception):
+            if seq is not None:
+                msg = await self.js.get_msg(c.TASKS_STREAM, seq=seq, direct=True)
+                holder["function"] = (msg.subject or "").split(".")[2]
+            stored = await self.get_state(inv.task_id)
+            holder["status"] = stored.record["status"] if stored else "Enqueued"
+        holder.setdefault("status", None)
+        return holder
 
     async def submit_many(self, invs: Sequence[Invocation]) -> list[Exception | None]:
         """Enqueue a batch: every message is sent before any ack is awaited, which spares a
@@ -158,7 +206,10 @@ class TaskStore:
                 f"({format_size(limit - MESSAGE_OVERHEAD)}; raise max_payload on the server)"
             )
         headers = inv.headers()
-        headers[c.H_EXPECTED_LAST_SUBJECT_SEQ] = "0"  # the enqueue and the dedup by id in one write
+        # The enqueue and the dedup by id in one write: the message id across every function
+        # (within the duplicate window), the subject sequence within this one as a backstop.
+        headers[c.H_MSG_ID] = inv.task_id
+        headers[c.H_EXPECTED_LAST_SUBJECT_SEQ] = "0"
         return headers
 
     async def requeue(self, inv: Invocation) -> None:
@@ -171,13 +222,24 @@ class TaskStore:
 
     async def get_submission(self, function: str, task_id: str) -> Invocation | None:
         msg = await self._last_message(c.TASKS_STREAM, f"{c.TASKS_SUBJECT}.{function}.{task_id}")
-        return None if msg is None else Invocation.from_message(msg.headers, msg.data)
+        if msg is None:
+            return None
+        try:
+            return Invocation.from_message(msg.headers, msg.data)
+        except (KeyError, ValueError, IndexError) as exc:
+            # One unreadable message must not break a get or a listing: it is skipped.
+            log.warning("unreadable task message %s (seq %s): %s", msg.subject, msg.seq, exc)
+            return None
 
     async def get_state(self, task_id: str) -> StoredRecord | None:
         msg = await self._last_message(c.STATE_STREAM, f"{c.STATE_SUBJECT}.{task_id}")
         if msg is None or not msg.data:
             return None
-        return StoredRecord(decode(msg.data), msg.seq or 0)
+        try:
+            return StoredRecord(decode(msg.data), msg.seq or 0)
+        except ValueError as exc:
+            log.warning("unreadable task record %s (seq %s): %s", msg.subject, msg.seq, exc)
+            return None
 
     async def _last_message(self, stream: str, subject: str) -> RawStreamMsg | None:
         """The subject's last message by direct get (any replica answers); None when there is none."""
@@ -196,11 +258,16 @@ class TaskStore:
         if expected_seq is not None:
             headers = {c.H_EXPECTED_LAST_SUBJECT_SEQ: str(expected_seq)}
         try:
-            return await self.publisher.publish(f"{c.STATE_SUBJECT}.{record['task_id']}", encode(record), headers)
+            seq = await self.publisher.publish(f"{c.STATE_SUBJECT}.{record['task_id']}", encode(record), headers)
         except APIError as exc:
             if exc.err_code == c.ERR_WRONG_LAST_SEQUENCE:
                 raise StateConflict(record["task_id"]) from None
+            self._refused(exc)
+            metrics.STATE_WRITES_REFUSED.inc()
             raise
+        if self.write_refused is not None:
+            self._stored()
+        return seq
 
     async def function_consumers(self) -> list[str]:
         """Function names that have a durable consumer on the task stream."""

@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ MAX_LINES = 1000
 MAX_BYTES = 64 * 1024
 MAX_LINE = 4096
 FLUSH_INTERVAL = 0.5
+KEEPALIVE_EVERY = 30  # quiet follow turns (of FLUSH_INTERVAL) between keep-alive writes
 FUNCTION_LOGGER = "fngate.function"
 
 
@@ -152,13 +153,22 @@ class TaskLogs(logging.Handler):
             lines.extend(batch)
         return lines, seq, truncated
 
-    async def follow(self, task_id: str, finished: Any) -> AsyncIterator[dict[str, Any]]:
-        """Existing lines, then new ones as they arrive, until `finished()` says the task ended."""
+    async def follow(
+        self, task_id: str, finished: Any, gone: Callable[[], bool] = lambda: False
+    ) -> AsyncIterator[dict[str, Any] | None]:
+        """Existing lines, then new ones as they arrive, until `finished()` says the task ended
+        or `gone()` says nobody listens any more. Yields None after KEEPALIVE_EVERY quiet
+        turns: the caller writes something, which fails on a closed connection."""
         seq = 0
-        while True:
+        quiet = 0
+        while not gone():
             lines, seq, _ = await self.read(task_id, seq)
             for line in lines:
                 yield line
+            quiet = 0 if lines else quiet + 1
+            if quiet >= KEEPALIVE_EVERY:
+                quiet = 0
+                yield None
             if await finished():
                 lines, seq, _ = await self.read(task_id, seq)
                 for line in lines:

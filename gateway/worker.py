@@ -26,9 +26,10 @@ from . import attemptlog, lifecycle, metrics, tracing
 from . import constants as c
 from .config import FunctionConfig
 from .errors import FunctionError, FunctionTimeout, TransientError
-from .invocation import Invocation
+from .invocation import TASK_ID, Invocation
 from .puller import Puller
 from .records import Record, new_record, result_value, stamp, status_of
+from .replicas import BEAT, ReplicaRegistry
 from .runtimes import Context, Runtime, run_with_timeout, task_logger
 from .status import TaskStatus
 from .store import UNAVAILABLE, StateConflict, StoredRecord, TaskStore
@@ -163,8 +164,10 @@ class FunctionWorker:
         try:
             inv = Invocation.from_message(msg.headers, msg.data)
         except (KeyError, ValueError, IndexError) as exc:
-            # Not ours to run (foreign or corrupt): redelivering it forever helps no one.
+            # Not ours to run (foreign or corrupt): redelivering it forever helps no one. If
+            # it names a task, that task ends Failed rather than staying Enqueued for ever.
             self.log.error("dropping an unreadable message on %s: %s", msg.subject, exc)
+            await self._fail_unreadable(msg, str(exc))
             await msg.term()
             return
         now = time.time()
@@ -178,6 +181,18 @@ class FunctionWorker:
             return
         record, seq = claimed
         await self._execute(inv, msg, record, seq)
+
+    async def _fail_unreadable(self, msg: Msg, reason: str) -> None:
+        try:
+            task_id, function, submitted_at = Invocation.identity(msg.headers or {})
+        except (KeyError, ValueError, IndexError):
+            return
+        if function != self.name or not TASK_ID.fullmatch(task_id):
+            return
+        base = new_record(Invocation(task_id, function, b"", submitted_at=submitted_at))
+        error = {"type": "InvalidInvocation", "message": f"unreadable invocation: {reason}"[:500]}
+        with contextlib.suppress(StateConflict):  # a record exists: leave it as it is
+            await self.store.put_state(stamp(base, TaskStatus.FAILED, error=error, condition="InvalidInvocation"), 0)
 
     async def _claim(self, inv: Invocation, msg: Msg) -> tuple[Record, int] | None:
         """Move the task to Running, unless it is already finished, stopped, expired or looping."""
@@ -241,13 +256,13 @@ class FunctionWorker:
             if current is not None and current.cancelling():
                 # The gateway is shutting down: abandon the run and leave the message
                 # unacked, so another worker (or this one after restart) runs it again.
+                self._claims.pop(inv.task_id, None)
                 run.cancel()
                 raise
             error = StopRequested()
         except Exception as exc:
             error = exc
         finally:
-            self._claims.pop(inv.task_id, None)
             self.running.pop(inv.task_id, None)
             metrics.TASKS_RUNNING.labels(self.name).dec()
             metrics.EXECUTION_SECONDS.labels(self.name, outcome_kind(error)).observe(time.monotonic() - started)
@@ -256,7 +271,12 @@ class FunctionWorker:
                     attemptlog.to_task_log(self.task_logs, inv.task_id, self.name, attempt, error)
                 self.task_logs.finish(inv.task_id)
         tracing.emit_attempt(inv, attempt, trace, context.trace, started_at, outcome_kind(error), error_message(error))
-        await asyncio.shield(self._settle(inv, msg, record, seq, attempt, outcome, error))
+        try:
+            # The claim stays alive until the outcome is stored: a write JetStream refuses is
+            # retried (see _write), and the task must not be handed to another worker meanwhile.
+            await asyncio.shield(self._settle(inv, msg, record, seq, attempt, outcome, error))
+        finally:
+            self._claims.pop(inv.task_id, None)
 
     async def _settle(
         self,
@@ -297,11 +317,27 @@ class FunctionWorker:
         await msg.ack()
 
     async def _write(self, inv: Invocation, record: Record, seq: int) -> Record | None:
-        """Write after running; a stop request may have moved the record to Stopping meanwhile."""
+        """Write after running; a stop request may have moved the record to Stopping meanwhile.
+
+        A write that JetStream refuses (its store full, a limit reached) is retried, with
+        backoff, until it is stored: giving up would leave the task Running for ever."""
+        refused = 0
         while True:
             try:
                 await self.store.put_state(record, seq)
+                if refused:
+                    self.log.warning("task %s: outcome stored after %d refused writes", inv.task_id, refused)
                 return record
+            except APIError as exc:
+                if refused % 20 == 0:
+                    self.log.error(
+                        "task %s: JetStream refused to store its outcome (%s); retrying until it is stored",
+                        inv.task_id,
+                        exc.description or exc.err_code,
+                    )
+                refused += 1
+                await asyncio.sleep(min(0.25 * 2 ** min(refused, 5), 5.0))
+                continue
             except StateConflict:
                 stored = await self.store.get_state(inv.task_id)
                 if stored is None:
@@ -347,20 +383,49 @@ class FunctionWorker:
 
 
 class InvalidWorker:
-    """Drains the queue of a function that left the config: its tasks end Invalid."""
+    """Drains the queue of a function that left the config: its tasks end Invalid, but only
+    while no live replica serves the function (see gateway/replicas.py); meanwhile the
+    replicas that have it run its tasks."""
 
-    def __init__(self, name: str, store: TaskStore, on_terminal: TerminalHook) -> None:
+    def __init__(self, name: str, store: TaskStore, on_terminal: TerminalHook, registry: ReplicaRegistry) -> None:
         self.name = name
         self.store = store
         self._on_terminal = on_terminal
+        self.registry = registry
         self.task_logs: Any = None  # TaskLogs, when the gateway keeps function logs
+
+    async def gone(self) -> bool:
+        if not self.registry.settled():
+            return False
+        try:
+            return not await self.registry.served_elsewhere(self.name)
+        except Exception as exc:  # cannot tell (NATS away): the safe answer is "not gone"
+            log.warning("cannot read which replicas serve %r (%s); not invalidating its tasks", self.name, exc)
+            return False
 
     async def run(self) -> None:
         sub = await self.store.js.pull_subscribe_bind(durable=consumer_name(self.name), stream=c.TASKS_STREAM)
+        state = "waiting"  # waiting (not settled yet), served (elsewhere), gone
         while not cancel_requested():
+            now = "gone" if await self.gone() else "served" if self.registry.settled() else "waiting"
+            if now != state:
+                state = now
+                if state == "served":
+                    log.info("function %r is served by another replica: its tasks are left to it", self.name)
+                elif state == "gone":
+                    log.warning(
+                        "function %r is configured on no live replica: its queued tasks become Invalid", self.name
+                    )
+            if state != "gone":
+                await asyncio.sleep(BEAT)
+                continue
             try:
                 msgs = await sub.fetch(64, timeout=5)
             except (TimeoutError, NatsTimeout):
+                continue
+            if not await self.gone():  # a replica that has it came up meanwhile: hand them back
+                for msg in msgs:
+                    await msg.nak()
                 continue
             for msg in msgs:
                 inv = Invocation.from_message(msg.headers, msg.data)
@@ -383,17 +448,25 @@ class InvalidWorker:
 
 
 class DelayScheduler:
-    """Moves parked invocations back to their function's queue when their time has come."""
+    """Moves parked invocations back to their function's queue when their time has come.
+
+    Each parked message is handled the moment it arrives (the Puller's own pull requests):
+    the client library's `fetch(n)` kept a message that arrived on its lingering request
+    until the batch filled or its 5 s timeout ran out, so a due retry waited 2-5 s.
+    A message not due yet goes back with `nak(delay)`, and the server hands it out again
+    when it is.
+    """
 
     def __init__(self, store: TaskStore) -> None:
         self.store = store
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         js = self.store.js
         config = ConsumerConfig(
             durable_name=c.DELAY_CONSUMER,
             ack_policy=AckPolicy.EXPLICIT,
-            # Short: a fetch answered to a replica that just died is handed out again quickly.
+            # Short: a pull answered to a replica that just died is handed out again quickly.
             ack_wait=5,
             max_ack_pending=200_000,
             max_deliver=-1,
@@ -402,20 +475,35 @@ class DelayScheduler:
             await js.add_consumer(c.DELAY_STREAM, config)
         except APIError as exc:
             log.warning("delay consumer not updated: %s", exc.description)
-        sub = await js.pull_subscribe_bind(durable=c.DELAY_CONSUMER, stream=c.DELAY_STREAM)
-        while not cancel_requested():
-            try:
-                msgs = await sub.fetch(256, timeout=5)
-            except (TimeoutError, NatsTimeout):
-                continue
-            for msg in msgs:
-                inv = Invocation.from_message(msg.headers, msg.data)
-                wait = inv.not_before - time.time()
-                if wait > 0.005:
-                    await msg.nak(delay=wait)
-                    continue
-                await self.store.requeue(inv)
-                await msg.ack()
+        puller = Puller(self.store.nc, c.DELAY_STREAM, c.DELAY_CONSUMER, self._dispatch)
+        await puller.start()
+        try:
+            while not cancel_requested():
+                await puller.pull(256)
+        finally:
+            await puller.close()
+            for task in list(self._tasks):
+                task.cancel()
+
+    def _dispatch(self, msg: Msg, counted: bool) -> None:
+        task = asyncio.create_task(self._move(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _move(self, msg: Msg) -> None:
+        try:
+            inv = Invocation.from_message(msg.headers, msg.data)
+            wait = inv.not_before - time.time()
+            if wait > 0.005:
+                await msg.nak(delay=wait)
+                return
+            await self.store.requeue(inv)
+            await msg.ack()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Left unacked: handed out again after ack_wait.
+            log.warning("delayed task not moved yet (%s); it will be tried again", exc)
 
 
 __all__ = ["DelayScheduler", "FunctionWorker", "InvalidWorker", "supervised"]

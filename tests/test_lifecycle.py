@@ -142,6 +142,6 @@ async def test_invalid_when_function_left_the_config(
     config["functions"]["other"] = {"handler": "python:examples.functions:echo"}
     second = gateway_factory(config)
     api = Api(http, second.url)
-    record = await api.wait_status(task_id, "Invalid", timeout=20)
+    record = await api.wait_status(task_id, "Invalid", timeout=45)  # after the replica grace (gateway/replicas.py)
     assert record["error"]["type"] == "Invalid"
     await asyncio.sleep(0)

@@ -187,7 +187,7 @@ def json_text(raw: bytes) -> str | None:
     try:
         text = raw.decode()
         json.loads(text)
-    except ValueError:  # UnicodeDecodeError included
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; too deep: as bytes
         return None
     return text
 
@@ -198,7 +198,7 @@ def event_data(raw: bytes) -> dict[str, Any]:
         return {"datacontenttype": "application/json", "data": None}
     try:
         return {"datacontenttype": "application/json", "data": json.loads(raw)}
-    except ValueError:
+    except (ValueError, RecursionError):
         return {"datacontenttype": "application/octet-stream", "data_base64": base64.b64encode(raw).decode()}
 
 
