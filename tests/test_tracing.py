@@ -281,18 +281,3 @@ async def test_a_command_gets_the_trace_in_its_environment(
     traceparent, tracestate = (await api.wait_status(task_id, "Succeeded"))["result"].split(" ")
     assert parts(traceparent)[0] == TRACE_ID and parts(traceparent)[1] != CALLER_SPAN
     assert tracestate == TRACESTATE
-
-
-async def test_a_chain_id_that_is_not_ours_starts_a_new_chain(
-    nats_server: NatsServer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, unique: Any
-) -> None:
-    # The chain id rides in the `|`-separated invocation header: a foreign one must not
-    # corrupt the task (it used to be dropped as unreadable by the worker after its 202).
-    name = unique("chain")
-    gw = gateway_factory({"nats": {"url": nats_server.url}, "functions": {name: {"handler": TRACED}}})
-    api = Api(http, gw.url)
-    task_id = await api.submit(name, {}, Fngate_Chain_Id="c-a|b", Fngate_Chain_Depth="3")
-    record = await api.wait_status(task_id, "Succeeded")
-    assert record["chain"]["depth"] == 1 and record["chain"]["id"] != "c-a|b"
-    kept = await api.submit(name, {}, Fngate_Chain_Id="c-abc.1", Fngate_Chain_Depth="3")
-    assert (await api.wait_status(kept, "Succeeded"))["chain"] == {"id": "c-abc.1", "depth": 4}
