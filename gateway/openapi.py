@@ -26,6 +26,11 @@ TASK = ref(schemas.Task)
 ACCEPTED = ref(schemas.Accepted)
 TASK_ID_SCHEMA = {"type": "string", "pattern": TASK_ID_PATTERN, "maxLength": MAX_TASK_ID}
 # The result of a sync run, as the function returned it: JSON, bytes or text.
+# One server-sent event (how OpenAPI describes an event stream): `event: status`, the record as `data`.
+SSE_EVENT = {
+    "type": "object",
+    "properties": {"event": {"type": "string"}, "id": {"type": "string"}, "data": {"type": "string"}},
+}
 RESULT_CONTENT = {
     "application/json": {"schema": {}},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
@@ -244,7 +249,7 @@ def base_paths() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "the event stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        "content": {"text/event-stream": {"schema": SSE_EVENT}},
                     },
                     **error_responses(400, 401, 403, 404, 429, 503),
                 },

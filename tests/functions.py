@@ -72,3 +72,8 @@ async def traced(event: Any, context: Any) -> Any:
         "traceparent": trace.traceparent if trace else None,
         "tracestate": trace.tracestate if trace else None,
     }
+
+
+async def identified(event: Any, context: Any) -> Any:
+    """Returns its event and the task id it ran under."""
+    return {"echo": event, "task_id": context.task_id}

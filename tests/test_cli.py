@@ -128,7 +128,17 @@ async def test_global_options_table_paging_and_clear_errors(
 
     # --until before the first task: nothing; --json gives the API's answer.
     empty = await asyncio.to_thread(
-        fngate, "--token", token, "tasks", "list", "--json", "--until", "2000-01-01T00:00:00Z", url=gw.url
+        fngate,
+        "--token",
+        token,
+        "tasks",
+        "list",
+        "--json",
+        "--function",
+        fn,
+        "--until",
+        "2000-01-01T00:00:00Z",
+        url=gw.url,
     )
     assert json.loads(empty.stdout)["tasks"] == []
 

@@ -17,7 +17,7 @@ from sinks.cloudevent import header_value
 from tests.conftest import Api, GatewayFactory
 from tests.services import NatsServer
 from tests.sinks.conftest import Receiver
-from tests.sinks.test_destinations import ECHO, destination_entry, fn
+from tests.sinks.test_destinations import destination_entry, fn
 
 
 def from_nats(headers: dict[str, str], body: bytes) -> BaseCloudEvent:
@@ -107,7 +107,7 @@ async def test_sync_http_route_runs_under_the_event_id(
     gw = gateway_factory(
         {
             "nats": {"url": nats_server.url},
-            "functions": {name: {"handler": ECHO}},
+            "functions": {name: {"handler": "python:tests.functions:identified"}},
             "triggers": [
                 {"name": name, "type": "http", "path": f"/hooks/{name}", "invocation": "sync", "function": name},
                 {"name": f"{name}-a", "type": "http", "path": f"/hooks/{name}-a", "function": name},
