@@ -30,3 +30,7 @@ LOOPS_DETECTED = Counter(
 TRIGGER_EVENTS = Counter("fngate_trigger_events_total", "Events received by triggers", ["trigger", "type"])
 TRIGGER_INVOCATIONS = Counter("fngate_trigger_invocations_total", "Invocations made by triggers", ["trigger", "type"])
 TRIGGER_ERRORS = Counter("fngate_trigger_errors_total", "Trigger errors (bad input, NATS down)", ["trigger", "type"])
+TRIGGER_MATCHED = Counter("fngate_trigger_matched_total", "Events that passed a trigger's filter", ["trigger", "type"])
+TRIGGER_DROPPED = Counter(
+    "fngate_trigger_dropped_total", "Events a trigger's filter dropped (acknowledged, no task)", ["trigger", "type"]
+)

@@ -29,6 +29,8 @@ from gateway.config import TriggerConfig
 from gateway.errors import ConfigError, DuplicateTask, FngateError
 from gateway.invocation import BatchItem, Lineage, Source, iso, new_task_id
 
+from .pattern import EventPattern
+
 
 class Submit(Protocol):
     async def __call__(
@@ -75,11 +77,15 @@ class TriggerStats:
     invocations: int = 0
     errors: int = 0
     last_error: str | None = None
+    matched: int = 0  # events that passed the trigger's filter (every event without one)
+    dropped: int = 0  # events the filter dropped (acknowledged upstream, no task)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "events_received": self.events_received,
             "invocations": self.invocations,
+            "matched": self.matched,
+            "dropped": self.dropped,
             "errors": self.errors,
             "last_error": self.last_error,
         }
@@ -102,8 +108,11 @@ class TriggerContext:
 class Trigger(Protocol):
     name: str
     type: str
+    state: str
 
     async def start(self) -> None: ...
+
+    def ready(self) -> bool: ...
 
     async def stop(self) -> None: ...
 
@@ -111,6 +120,12 @@ class Trigger(Protocol):
 
 
 TriggerFactory = Callable[[TriggerConfig, TriggerContext], Trigger]
+
+
+def readiness(triggers: Sequence[Any]) -> tuple[bool, dict[str, dict[str, Any]]]:
+    """For /readyz: whether every trigger receives events, and each one's state."""
+    states = {t.name: {"type": t.type, "state": t.state, "ready": bool(t.ready())} for t in triggers}
+    return all(s["ready"] for s in states.values()), states
 
 # type name -> "module:Class"; imported only when a config uses it (Kafka and MQTT are extras).
 REGISTRY: dict[str, str] = {
@@ -179,7 +194,7 @@ def json_text(raw: bytes) -> str | None:
     try:
         text = raw.decode()
         json.loads(text)
-    except ValueError:  # UnicodeDecodeError included
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; nested too deep to read
         return None
     return text
 
@@ -190,7 +205,7 @@ def event_data(raw: bytes) -> dict[str, Any]:
         return {"datacontenttype": "application/json", "data": None}
     try:
         return {"datacontenttype": "application/json", "data": json.loads(raw)}
-    except ValueError:
+    except (ValueError, RecursionError):
         return {"datacontenttype": "application/octet-stream", "data_base64": base64.b64encode(raw).decode()}
 
 
@@ -225,6 +240,9 @@ class BaseTrigger:
         self.state = "created"
         self._held = 0  # events waiting for NATS to take them
         self._stopping = asyncio.Event()
+        self.pattern: EventPattern | None = None  # the trigger's `filter:`, set by the types that take one
+        self._matched = metrics.TRIGGER_MATCHED.labels(self.name, self.type)
+        self._dropped = metrics.TRIGGER_DROPPED.labels(self.name, self.type)
 
     @classmethod
     def check_config(cls, config: TriggerConfig, path: str) -> list[str]:
@@ -234,14 +252,41 @@ class BaseTrigger:
             return option_errors(exc, path)
         return []
 
+    def ready(self) -> bool:
+        """Whether the trigger receives events now (subscribed, assigned, watching, routed);
+        a type with more to wait for than its start says so by overriding this."""
+        return self.state == "running"
+
     def health(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "type": self.type,
             "function": self.function,
             "state": "holding" if self._held and self.state == "running" else self.state,
+            "ready": self.ready(),
             **self.context.stats.as_dict(),
         }
+
+    def accept(self, event: bytes) -> bool:
+        """Whether the event passes the trigger's filter, counted either way. An event that
+        cannot be read, or that the matcher chokes on, is dropped: it must never stall the
+        partition or subscription it came from."""
+        if self.pattern is None:
+            self.context.stats.matched += 1
+            self._matched.inc()
+            return True
+        try:
+            matched = self.pattern.matches(json.loads(event))
+        except (ValueError, RecursionError) as exc:
+            self.count_error(f"filter: event not readable: {type(exc).__name__}")
+            matched = False
+        if matched:
+            self.context.stats.matched += 1
+            self._matched.inc()
+        else:
+            self.context.stats.dropped += 1
+            self._dropped.inc()
+        return matched
 
     # counters: TriggerStats for health(), Prometheus for /metrics
     def count_event(self) -> None:
