@@ -59,14 +59,15 @@ async def test_filter_and_batch_make_array_tasks_of_the_matching_messages(
         topic = f"{base}/hot" if i % 2 == 0 else f"{base}/cold"
         messages.append((topic, json.dumps({"i": i, "t": 40 if i % 4 == 0 else 20}).encode(), {}))
     messages.append((f"{base}/hot", b"\x00 raw", {}))
+    messages.append((f"{base}/hot", b"[" * 5000 + b"]" * 5000, {}))  # too deep to read: dropped, never stuck
     await publish(mosquitto, messages)
 
     async def all_counted() -> dict[str, Any] | None:
         health = await trigger_health(api, fn)
-        return health if health["events_received"] == 25 else None
+        return health if health["events_received"] == 26 else None
 
     health = await wait_until(all_counted, timeout=20)
-    assert (health["matched"], health["dropped"]) == (6, 19)
+    assert (health["matched"], health["dropped"]) == (6, 20)
     tasks = await wait_tasks(api, fn, health["invocations"], timeout=20)
     batches = [event_of(t) for t in tasks]
     assert all(isinstance(b, list) and 1 <= len(b) <= 5 for b in batches)

@@ -133,8 +133,10 @@ async def test_cloudevents_handshake_and_filter(
 
     status, answer = await post(http, url, b'{"type": "org.other.thing"}', {})
     assert status == 202 and json.loads(answer) == {"task_id": None, "status": "Dropped", "reason": "filter"}
+    status, answer = await post(http, url, b"[" * 100_000 + b"]" * 100_000, {})  # too deep to read: no 500
+    assert status == 202 and json.loads(answer)["status"] == "Dropped"
     status, answer = await post(http, url, b'{"type": "com.example.created"}', {})
     assert status == 202 and json.loads(answer)["status"] == "Enqueued"
     await wait_tasks(api, fn, 1)
     health = await trigger_health(api, fn)
-    assert (health["events_received"], health["matched"], health["dropped"], health["invocations"]) == (2, 1, 1, 1)
+    assert (health["events_received"], health["matched"], health["dropped"], health["invocations"]) == (3, 1, 2, 1)
