@@ -278,7 +278,7 @@ class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
         self.trigger = trigger
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.trigger._positioned = False
+        self.trigger._joined, self.trigger._positioned = None, False  # until the next assignment
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.trigger._joined = set(assigned)

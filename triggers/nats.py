@@ -66,6 +66,7 @@ class NatsTrigger(BaseTrigger):
         self._task = asyncio.get_running_loop().create_task(self._connect(), name=f"nats {self.name}")
 
     async def stop(self) -> None:
+        self._stopping.set()  # from here a submit is tried once, not held
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -75,10 +76,9 @@ class NatsTrigger(BaseTrigger):
                 await self.nc.drain()  # the messages already received are handled first
         if self._timer is not None:
             self._timer.cancel()
-        # Core NATS will not deliver these again: they go in now, or are lost (bounded wait).
+        # Core NATS will not deliver these again: one try to enqueue them now (bounded wait).
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._flush(), STOP_FLUSH_TIMEOUT)
-        self._stopping.set()
         self.state = "stopped"
 
     def ready(self) -> bool:
