@@ -161,6 +161,9 @@ OptionsT = TypeVar("OptionsT", bound="TriggerOptions")
 SPECVERSION = "1.0"
 RETRY_FIRST = 0.5  # seconds before the first retry of an event NATS did not take
 RETRY_MAX = 5.0
+# One encoder for every event: json.dumps with options builds a new one per call, which
+# cost as much as encoding a small event.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class TriggerOptions(BaseModel):
@@ -230,6 +233,15 @@ def stable_id(prefix: str, *parts: object) -> str:
     return f"{prefix}-{digest}"
 
 
+def _encode(event: dict[str, Any], parsed: tuple[str, Any] | None) -> bytes:
+    # A JSON payload (the common case: Kafka, MQTT, webhooks) was checked, and is spliced in
+    # as its own text as the last member: encoding it again was most of an event's cost.
+    encoded = _COMPACT.encode(event)
+    if parsed is not None:
+        encoded = f'{encoded[:-1]},"data":{parsed[0].strip()}}}'
+    return encoded.encode()
+
+
 class BaseTrigger:
     """What every trigger type shares: options, counters, health, events, and submitting."""
 
@@ -251,9 +263,6 @@ class BaseTrigger:
         self._invocations = metrics.TRIGGER_INVOCATIONS.labels(self.name, self.type)
         self._matched = metrics.TRIGGER_MATCHED.labels(self.name, self.type)
         self._dropped = metrics.TRIGGER_DROPPED.labels(self.name, self.type)
-        # The filter's verdict on the event cloud_event() built last, matched there against
-        # the parsed payload it had anyway: accept() then need not parse the event again.
-        self._verdict: tuple[bytes, bool] | None = None
 
     @classmethod
     def check_config(cls, config: TriggerConfig, path: str) -> list[str]:
@@ -277,31 +286,6 @@ class BaseTrigger:
             "ready": self.ready(),
             **self.context.stats.as_dict(),
         }
-
-    def accept(self, event: bytes) -> bool:
-        """Whether the event passes the trigger's filter, counted either way. An event that
-        cannot be read, or that the matcher chokes on, is dropped: it must never stall the
-        partition or subscription it came from."""
-        if self.pattern is None:
-            self.context.stats.matched += 1
-            self._matched.inc()
-            return True
-        verdict, self._verdict = self._verdict, None
-        if verdict is not None and verdict[0] is event:
-            matched = verdict[1]
-        else:
-            try:
-                matched = self.pattern.matches(json.loads(event))
-            except (ValueError, RecursionError) as exc:
-                self.count_error(f"filter: event not readable: {type(exc).__name__}")
-                matched = False
-        if matched:
-            self.context.stats.matched += 1
-            self._matched.inc()
-        else:
-            self.context.stats.dropped += 1
-            self._dropped.inc()
-        return matched
 
     # counters: TriggerStats for health(), Prometheus for /metrics
     def count_event(self) -> None:
@@ -329,6 +313,45 @@ class BaseTrigger:
         extra: dict[str, Any] | None = None,
     ) -> bytes:
         """The event a function receives, CloudEvents-shaped; `extra` goes under the trigger type's key."""
+        event, parsed = self._envelope(event_id, kind, subject, raw, data, at, extra)
+        return _encode(event, parsed)
+
+    def filtered_event(
+        self,
+        *,
+        event_id: str,
+        kind: str,
+        subject: str,
+        raw: bytes | None = None,
+        data: Any = None,
+        at: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> bytes | None:
+        """cloud_event(), matched against the trigger's filter first and counted either way:
+        None when the filter drops it (then it is not even encoded). The filter sees the
+        event with its payload parsed; a payload that cannot be read is matched as it is
+        passed on (`data_base64`), so no message can stall what it came from."""
+        event, parsed = self._envelope(event_id, kind, subject, raw, data, at, extra)
+        if self.pattern is not None:
+            if not self.pattern.matches({**event, "data": parsed[1]} if parsed is not None else event):
+                self.context.stats.dropped += 1
+                self._dropped.inc()
+                return None
+        self.context.stats.matched += 1
+        self._matched.inc()
+        return _encode(event, parsed)
+
+    def _envelope(
+        self,
+        event_id: str,
+        kind: str,
+        subject: str,
+        raw: bytes | None,
+        data: Any,
+        at: float | None,
+        extra: dict[str, Any] | None,
+    ) -> tuple[dict[str, Any], tuple[str, Any] | None]:
+        """The event without a JSON payload, and that payload as (text, document) when it is one."""
         event: dict[str, Any] = {
             "specversion": SPECVERSION,
             "id": event_id,
@@ -337,11 +360,8 @@ class BaseTrigger:
             "time": iso(at if at is not None else time.time()),
             "subject": subject,
         }
-        # A JSON payload (the common case: Kafka, MQTT, webhooks) is checked, then spliced in
-        # as its own text as the last member: encoding it again was most of an event's cost.
         parsed = parse_json(raw) if raw else None
-        text = parsed[0] if parsed is not None else None
-        if text is not None:
+        if parsed is not None:
             event["datacontenttype"] = "application/json"
         elif raw is not None:
             event.update(event_data(raw))
@@ -350,14 +370,7 @@ class BaseTrigger:
         event["trigger"] = {"type": self.type, "name": self.name}
         if extra is not None:
             event[self.type] = extra
-        encoded = json.dumps(event, separators=(",", ":"))
-        if text is not None:
-            encoded = f'{encoded[:-1]},"data":{text.strip()}}}'
-        result = encoded.encode()
-        if self.pattern is not None:
-            matched = self.pattern.matches({**event, "data": parsed[1]} if parsed is not None else event)
-            self._verdict = (result, matched)
-        return result
+        return event, parsed
 
     async def submit(self, payload: bytes, *, task_id: str | None = None, lineage: Lineage | None = None) -> str:
         """Enqueue once; DuplicateTask counts as done (an event already turned into a task).

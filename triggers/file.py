@@ -189,10 +189,10 @@ class FileTrigger(BaseTrigger):
                 continue  # became a symlink to somewhere else while it settled
             self.count_event()
             event, task_id = self.build_event(kind, path, moved_from)
-            if self.accept(event):
+            if event is not None:  # None: the filter dropped it
                 await self.submit_held(event, task_id=task_id)
 
-    def build_event(self, kind: EventKind, path: Path, moved_from: Path | None) -> tuple[bytes, str]:
+    def build_event(self, kind: EventKind, path: Path, moved_from: Path | None) -> tuple[bytes | None, str]:
         relative = path.relative_to(self.root).as_posix()
         size: int | None = None
         mtime: float | None = None
@@ -214,7 +214,7 @@ class FileTrigger(BaseTrigger):
         }
         if moved_from is not None:
             data["moved_from"] = moved_from.relative_to(self.root).as_posix()
-        event = self.cloud_event(
+        event = self.filtered_event(
             event_id=task_id, kind=kind, subject=relative, data=data, at=mtime if mtime is not None else None
         )
         return event, task_id

@@ -84,7 +84,7 @@ class HttpTrigger(BaseTrigger):
             self.count_error(f"{exc.code}: {exc.message}")
             raise
         task_id = self.task_id(verdict)
-        event = self.cloud_event(
+        event = self.filtered_event(
             event_id=task_id,
             kind="request",
             subject=request.path,
@@ -97,7 +97,7 @@ class HttpTrigger(BaseTrigger):
                 "remote": request.remote,
             },
         )
-        if not self.accept(event):
+        if event is None:
             return web.json_response({"task_id": None, "status": "Dropped", "reason": "filter"}, status=202)
         if self.options.invocation == "sync":
             try:

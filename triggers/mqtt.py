@@ -325,7 +325,7 @@ class MqttTrigger(BaseTrigger):
         when the filter drops it."""
         self.count_event()
         task_id = new_task_id()
-        event = self.cloud_event(
+        event = self.filtered_event(
             event_id=task_id,
             kind="message",
             subject=incoming.topic,
@@ -339,6 +339,6 @@ class MqttTrigger(BaseTrigger):
                 "shared_group": self.options.shared_group,
             },
         )
-        if not self.accept(event):
+        if event is None:
             return None
         return event, task_id, lineage_from_headers(incoming.properties)

@@ -133,14 +133,14 @@ class NatsTrigger(BaseTrigger):
         self.count_event()
         headers = dict(msg.headers or {})
         task_id = new_task_id()
-        event = self.cloud_event(
+        event = self.filtered_event(
             event_id=task_id,
             kind="message",
             subject=msg.subject,
             raw=msg.data,
             extra={"subject": msg.subject, "reply": msg.reply or None, "headers": headers, "queue": self.options.queue},
         )
-        if not self.accept(event):
+        if event is None:
             await self._reply(msg, {"task_id": None, "status": "Dropped", "reason": "filter"})
             return
         item: BatchItem = (event, task_id, lineage_from_headers(headers))
