@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import Api, GatewayFactory, wait_until
 from tests.services import Mosquitto, NatsServer
-from tests.triggers.conftest import event_of, tasks_of, trigger_config, trigger_health, wait_tasks
+from tests.triggers.conftest import event_of, tasks_of, trigger_config, trigger_health, wait_holding, wait_tasks
 from tests.triggers.test_mqtt import publish
 
 
@@ -113,3 +113,31 @@ async def test_retained_messages_are_skipped_by_default_and_live_ones_are_not(
     await wait_tasks(api, process, 3)
     assert len(await tasks_of(api, skip)) == 1
     await asyncio.to_thread(retain, mosquitto, topic, b"")  # clear the retained message
+
+
+async def test_a_batch_is_held_while_nats_is_down_and_enqueued_once_after(
+    own_nats: NatsServer,
+    mosquitto: Mosquitto,
+    gateway_factory: GatewayFactory,
+    http: aiohttp.ClientSession,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    fn = unique("mqttheld")
+    topic = unique("held")
+    trigger = mqtt_trigger(fn, mosquitto, topic, batch={"size": 4, "window": "200ms"})
+    gw = gateway_factory(trigger_config(own_nats.url, tmp_path / "data", fn, [trigger]))
+    api = Api(http, gw.url)
+    own_nats.stop()
+    await publish(mosquitto, [(topic, json.dumps({"i": i}).encode(), {}) for i in range(10)])
+    await wait_holding(api, fn)
+    own_nats.start()
+
+    async def all_in() -> list[dict[str, Any]] | None:
+        tasks = [t for t in await tasks_of(api, fn) if t["status"] == "Succeeded"]
+        events = [e for t in tasks for e in event_of(t)]
+        return tasks if len(events) >= 10 else None
+
+    tasks = await wait_until(all_in, timeout=60)
+    assert sorted(e["data"]["i"] for t in tasks for e in event_of(t)) == list(range(10))  # each once
+    assert all(len(event_of(t)) <= 4 for t in tasks)
