@@ -17,6 +17,7 @@ SCENARIOS: dict[str, Callable[[Stack, Settings], list[Figure]]] = {
     "end_to_end": end_to_end.run,
     "latency": latency.run,
     "triggers": triggers.run,
+    "trigger_shapes": triggers.shapes,
     "backlog": backlog.run,
 }
 

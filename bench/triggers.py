@@ -1,4 +1,6 @@
-"""Triggers: Kafka messages → tasks/s, MQTT QoS 1 messages → tasks/s, timer jitter.
+"""Triggers: Kafka messages → tasks/s, MQTT QoS 1 messages → tasks/s, timer jitter; and both
+brokers again with `batch:` (events/s into tasks, batches of 100) and with a `filter:` that
+drops 90% (events/s read).
 
 The trigger's function parks its one slot, so the figure is event → durable task (what a
 trigger does), not the execution of the tasks."""
@@ -20,6 +22,9 @@ from tests.services import Mosquitto, Tansu
 from .harness import BODY, Figure, Settings, Stack, function, percentile
 
 SINK = "ingest"
+BATCH = 100
+KEEP_ONE_IN = 10  # the filter keeps one message in ten
+FILTER = {"data": {"kind": ["keep"]}}
 
 
 def run(run_stack: Stack, settings: Settings) -> list[Figure]:
@@ -27,8 +32,154 @@ def run(run_stack: Stack, settings: Settings) -> list[Figure]:
     return [
         _kafka(run_stack, nats.url, settings.tasks),
         _mqtt(run_stack, nats.url, settings.tasks),
+        *_shaped(run_stack, nats.url, settings),
         *_timer(run_stack, nats.url, settings.ticks),
     ]
+
+
+def shapes(run_stack: Stack, settings: Settings) -> list[Figure]:
+    """Only the `batch:` and `filter:` runs (`python -m bench --only trigger_shapes`)."""
+    return _shaped(run_stack, run_stack.nats().url, settings)
+
+
+def _shaped(run_stack: Stack, nats_url: str, settings: Settings) -> list[Figure]:
+    # Kafka batches and filters are faster: more messages for a stable figure. MQTT QoS 1 is
+    # bound by one PUBACK per message through paho's thread, whatever the batch: twice N.
+    kafka, mqtt = settings.tasks * 5, settings.tasks * 2
+    return [
+        _kafka_shaped(run_stack, nats_url, kafka, "batch"),
+        _kafka_shaped(run_stack, nats_url, kafka, "filter"),
+        _mqtt_shaped(run_stack, nats_url, mqtt, "batch"),
+        _mqtt_shaped(run_stack, nats_url, mqtt, "filter"),
+    ]
+
+
+def _payloads(n: int) -> list[bytes]:
+    """200-byte JSON messages, one in KEEP_ONE_IN of kind "keep"."""
+    head = BODY[: -len('"}')]
+    return [(head[:-12] + f'","kind":"{"keep" if i % KEEP_ONE_IN == 0 else "skip"}"}}').encode() for i in range(n)]
+
+
+async def _trigger_count(http: aiohttp.ClientSession, base: str, trigger: str) -> int:
+    async with http.get(f"{base}/v1/triggers") as response:
+        body: dict[str, Any] = await response.json()
+    return int(next(t for t in body["triggers"] if t["name"] == trigger)["events_received"])
+
+
+async def _read_rate(base: str, trigger: str, n: int, timeout: float = 600) -> float:
+    """Events/s the trigger read (filter or not), from its first event to the n-th."""
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + timeout
+        while await _trigger_count(http, base, trigger) == 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no event read by {trigger} after {timeout}s")
+            await asyncio.sleep(0.02)
+        first = time.perf_counter()
+        while (count := await _trigger_count(http, base, trigger)) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{count} of {n} events read by {trigger} after {timeout}s")
+            await asyncio.sleep(0.02)
+        return (n - 1) / (time.perf_counter() - first)
+
+
+def _shaping(kind: str) -> dict[str, Any]:
+    return {"batch": {"size": BATCH, "window": "1s"}} if kind == "batch" else {"filter": FILTER}
+
+
+async def _batch_rate(base: str, name: str, trigger: str, n: int, timeout: float = 600) -> float:
+    """Events/s into tasks: from the trigger's first event read to the last batch task
+    enqueued once all n were read (the task count then stays put for a second)."""
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + timeout
+        while await _trigger_count(http, base, trigger) == 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no event read by {trigger} after {timeout}s")
+            await asyncio.sleep(0.02)
+        first = last_change = time.perf_counter()
+        tasks, read = 0, 0
+        while read < n or time.perf_counter() - last_change < 1.0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{read} of {n} events read by {trigger} after {timeout}s")
+            read = await _trigger_count(http, base, trigger)
+            now_tasks = await _submitted(http, base, name)
+            if now_tasks != tasks:
+                tasks, last_change = now_tasks, time.perf_counter()
+            await asyncio.sleep(0.02)
+        return n / (last_change - first)
+
+
+async def _measure(base: str, name: str, trigger: str, n: int, kind: str) -> float:
+    if kind == "batch":
+        return await _batch_rate(base, name, trigger, n)
+    return await _read_rate(base, trigger, n)
+
+
+def _shaped_figure(broker: str, kind: str, rate: float, n: int) -> Figure:
+    if kind == "batch":
+        return Figure("triggers", f"{broker} events → tasks, batch {BATCH}", rate, "events/s", None, None,
+                      "≥ 50k/s", rate >= 50_000, {"messages": n, "batch": BATCH})  # fmt: skip
+    return Figure("triggers", f"{broker} events read, filter drops 90%", rate, "events/s",
+                  extra={"messages": n, "kept": n // KEEP_ONE_IN})  # fmt: skip
+
+
+def _kafka_shaped(run_stack: Stack, nats_url: str, n: int, kind: str) -> Figure:
+    broker = run_stack.add(Tansu(run_stack.root / f"tansu-{kind}"))
+    topic, name = f"bench-{kind}", f"kafka_{kind}"
+    payloads = _payloads(n)
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5, max_batch_size=256 * 1024)
+        await producer.start()
+        try:
+            for i in range(0, n, 1000):
+                await asyncio.gather(*[await producer.send(topic, p) for p in payloads[i : i + 1000]])
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    trigger = {
+        "name": name, "type": "kafka", "bootstrap_servers": broker.bootstrap, "topics": [topic],
+        "auto_offset_reset": "earliest", "session_timeout_ms": 6000, "max_batch": 2000, **_shaping(kind),
+    }  # fmt: skip
+    gateway = run_stack.gateway(_parked(nats_url, trigger, name))
+    rate = asyncio.run(_measure(gateway.url, name, name, n, kind))
+    return _shaped_figure("Kafka", kind, rate, n)
+
+
+def _mqtt_shaped(run_stack: Stack, nats_url: str, n: int, kind: str) -> Figure:
+    conf = ["max_queued_messages 0", f"max_inflight_messages {MQTT_WINDOW}"]
+    broker = run_stack.add(Mosquitto(run_stack.root / f"mosquitto-{kind}", extra=conf))
+    name = f"mqtt_{kind}"
+    trigger = {
+        "name": name, "type": "mqtt", "url": broker.url, "topic": "devices/+/telemetry", "qos": 1,
+        "max_inflight": MQTT_WINDOW, **_shaping(kind),
+    }  # fmt: skip
+    gateway = run_stack.gateway(_parked(nats_url, trigger, name))
+    _wait_connected(gateway.url, name)
+    payloads = _payloads(n)
+    acked = threading.Semaphore(0)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.on_publish = lambda *_: acked.release()
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+
+        def publish() -> None:
+            for i, payload in enumerate(payloads):
+                client.publish(f"devices/d{i % 100}/telemetry", payload, qos=1)
+            for _ in range(n):
+                acked.acquire(timeout=60)
+
+        publisher = threading.Thread(target=publish)
+        publisher.start()
+        rate = asyncio.run(_measure(gateway.url, name, name, n, kind))
+        publisher.join()
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return _shaped_figure("MQTT QoS 1", kind, rate, n)
 
 
 def _parked(nats_url: str, trigger: dict[str, Any], name: str) -> dict[str, Any]:

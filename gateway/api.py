@@ -292,7 +292,12 @@ async def readyz(request: web.Request) -> web.Response:
     extra = request.app.get(EXTRA_HEALTH) or {}
     for name, probe in extra.items():
         checks[name] = probe()
-    ready = bool(checks["nats"] and checks["streams"] and checks["store_writable"])
+    from triggers.base import readiness  # every trigger receiving: subscribed, assigned, watching
+
+    from .app import GATEWAY
+
+    triggers_ready, checks["triggers"] = readiness(request.app[GATEWAY].triggers)
+    ready = bool(checks["nats"] and checks["streams"] and checks["store_writable"] and triggers_ready)
     return web.json_response(shape(schemas.Readiness, {"ready": ready, "checks": checks}), status=200 if ready else 503)
 
 

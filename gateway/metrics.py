@@ -36,3 +36,7 @@ STATE_WRITES_REFUSED = Counter(
 )
 STORE_WRITABLE = Gauge("fngate_store_writable", "1 while JetStream stores task records, 0 while it refuses them")
 STORE_WRITABLE.set(1)
+TRIGGER_MATCHED = Counter("fngate_trigger_matched_total", "Events that passed a trigger's filter", ["trigger", "type"])
+TRIGGER_DROPPED = Counter(
+    "fngate_trigger_dropped_total", "Events a trigger's filter dropped (acknowledged, no task)", ["trigger", "type"]
+)

@@ -212,10 +212,13 @@ class Trigger(_Open):
     type: str
     function: str
     state: str = Field(examples=["created", "running", "holding", "stopped"])
+    ready: bool = Field(description="receiving events: subscribed, partitions assigned, watch armed, routes up")
     events_received: int
     invocations: int
     errors: int
     last_error: str | None
+    matched: int = Field(description="events that passed the trigger's filter (every event without one)")
+    dropped: int = Field(description="events the filter dropped (acknowledged, no task)")
 
 
 class TriggerList(_Strict):
@@ -226,9 +229,17 @@ class Health(_Strict):
     status: Literal["ok"]
 
 
+class TriggerReadiness(_Strict):
+    type: str
+    state: str
+    ready: bool
+
+
 class ReadyChecks(_Open):
     nats: bool
     streams: bool
+    store_writable: bool = Field(description="false while JetStream refuses to store task records (store full)")
+    triggers: dict[str, TriggerReadiness] = Field(description="every trigger by name: ready once it receives events")
 
 
 class Readiness(_Strict):

@@ -29,6 +29,8 @@ from gateway.config import TriggerConfig
 from gateway.errors import ConfigError, DuplicateTask, FngateError
 from gateway.invocation import BatchItem, Lineage, Source, iso, new_task_id
 
+from .pattern import EventPattern
+
 
 class Submit(Protocol):
     async def __call__(
@@ -83,11 +85,15 @@ class TriggerStats:
     invocations: int = 0
     errors: int = 0
     last_error: str | None = None
+    matched: int = 0  # events that passed the trigger's filter (every event without one)
+    dropped: int = 0  # events the filter dropped (acknowledged upstream, no task)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "events_received": self.events_received,
             "invocations": self.invocations,
+            "matched": self.matched,
+            "dropped": self.dropped,
             "errors": self.errors,
             "last_error": self.last_error,
         }
@@ -110,8 +116,11 @@ class TriggerContext:
 class Trigger(Protocol):
     name: str
     type: str
+    state: str
 
     async def start(self) -> None: ...
+
+    def ready(self) -> bool: ...
 
     async def stop(self) -> None: ...
 
@@ -120,7 +129,14 @@ class Trigger(Protocol):
 
 TriggerFactory = Callable[[TriggerConfig, TriggerContext], Trigger]
 
-# type name -> "module:Class"; imported only when a config uses it (Kafka and MQTT are extras).
+
+def readiness(triggers: Sequence[Any]) -> tuple[bool, dict[str, dict[str, Any]]]:
+    """For /readyz: whether every trigger receives events, and each one's state."""
+    states = {t.name: {"type": t.type, "state": t.state, "ready": bool(t.ready())} for t in triggers}
+    return all(s["ready"] for s in states.values()), states
+
+
+# type name -> "module:Class"; imported only when a config uses it (a heavy library loads only then).
 REGISTRY: dict[str, str] = {
     "http": "triggers.http:HttpTrigger",
     "timer": "triggers.timer:TimerTrigger",
@@ -141,7 +157,11 @@ def trigger_class(type_name: str, path: str = "triggers") -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError([f"{path}.type: trigger type {type_name!r} needs an extra: {exc}"]) from None
+        raise ConfigError(
+            [
+                f"{path}.type: trigger type {type_name!r} cannot load its library ({exc}); it is a core dependency of fngate: reinstall it"
+            ]
+        ) from None
     return getattr(module, class_name)
 
 
@@ -154,6 +174,9 @@ OptionsT = TypeVar("OptionsT", bound="TriggerOptions")
 SPECVERSION = "1.0"
 RETRY_FIRST = 0.5  # seconds before the first retry of an event NATS did not take
 RETRY_MAX = 5.0
+# One encoder for every event: json.dumps with options builds a new one per call, which
+# cost as much as encoding a small event.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class TriggerOptions(BaseModel):
@@ -184,12 +207,17 @@ def parse_options(model: type[OptionsT], config: TriggerConfig, path: str) -> Op
 def json_text(raw: bytes) -> str | None:
     """The payload as text when it is one JSON document in UTF-8, so it can go into an event
     as it is; None otherwise (then event_data decides)."""
+    parsed = parse_json(raw)
+    return parsed[0] if parsed is not None else None
+
+
+def parse_json(raw: bytes) -> tuple[str, Any] | None:
+    """(text, document) when the payload is one JSON document in UTF-8; None otherwise."""
     try:
         text = raw.decode()
-        json.loads(text)
-    except (ValueError, RecursionError):  # UnicodeDecodeError included; too deep: as bytes
+        return text, json.loads(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; nested too deep to read
         return None
-    return text
 
 
 def event_data(raw: bytes) -> dict[str, Any]:
@@ -218,6 +246,15 @@ def stable_id(prefix: str, *parts: object) -> str:
     return f"{prefix}-{digest}"
 
 
+def _encode(event: dict[str, Any], parsed: tuple[str, Any] | None) -> bytes:
+    # A JSON payload (the common case: Kafka, MQTT, webhooks) was checked, and is spliced in
+    # as its own text as the last member: encoding it again was most of an event's cost.
+    encoded = _COMPACT.encode(event)
+    if parsed is not None:
+        encoded = f'{encoded[:-1]},"data":{parsed[0].strip()}}}'
+    return encoded.encode()
+
+
 class BaseTrigger:
     """What every trigger type shares: options, counters, health, events, and submitting."""
 
@@ -233,6 +270,12 @@ class BaseTrigger:
         self.state = "created"
         self._held = 0  # events waiting for NATS to take them
         self._stopping = asyncio.Event()
+        self.pattern: EventPattern | None = None  # the trigger's `filter:`, set by the types that take one
+        # The labelled counters, looked up once: labels() per event was a real part of its cost.
+        self._events = metrics.TRIGGER_EVENTS.labels(self.name, self.type)
+        self._invocations = metrics.TRIGGER_INVOCATIONS.labels(self.name, self.type)
+        self._matched = metrics.TRIGGER_MATCHED.labels(self.name, self.type)
+        self._dropped = metrics.TRIGGER_DROPPED.labels(self.name, self.type)
 
     @classmethod
     def check_config(cls, config: TriggerConfig, path: str) -> list[str]:
@@ -242,23 +285,29 @@ class BaseTrigger:
             return option_errors(exc, path)
         return []
 
+    def ready(self) -> bool:
+        """Whether the trigger receives events now (subscribed, assigned, watching, routed);
+        a type with more to wait for than its start says so by overriding this."""
+        return self.state == "running"
+
     def health(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "type": self.type,
             "function": self.function,
             "state": "holding" if self._held and self.state == "running" else self.state,
+            "ready": self.ready(),
             **self.context.stats.as_dict(),
         }
 
     # counters: TriggerStats for health(), Prometheus for /metrics
     def count_event(self) -> None:
         self.context.stats.events_received += 1
-        metrics.TRIGGER_EVENTS.labels(self.name, self.type).inc()
+        self._events.inc()
 
     def count_invocation(self) -> None:
         self.context.stats.invocations += 1
-        metrics.TRIGGER_INVOCATIONS.labels(self.name, self.type).inc()
+        self._invocations.inc()
 
     def count_error(self, message: str) -> None:
         self.context.stats.errors += 1
@@ -277,6 +326,45 @@ class BaseTrigger:
         extra: dict[str, Any] | None = None,
     ) -> bytes:
         """The event a function receives, CloudEvents-shaped; `extra` goes under the trigger type's key."""
+        event, parsed = self._envelope(event_id, kind, subject, raw, data, at, extra)
+        return _encode(event, parsed)
+
+    def filtered_event(
+        self,
+        *,
+        event_id: str,
+        kind: str,
+        subject: str,
+        raw: bytes | None = None,
+        data: Any = None,
+        at: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> bytes | None:
+        """cloud_event(), matched against the trigger's filter first and counted either way:
+        None when the filter drops it (then it is not even encoded). The filter sees the
+        event with its payload parsed; a payload that cannot be read is matched as it is
+        passed on (`data_base64`), so no message can stall what it came from."""
+        event, parsed = self._envelope(event_id, kind, subject, raw, data, at, extra)
+        if self.pattern is not None:
+            if not self.pattern.matches({**event, "data": parsed[1]} if parsed is not None else event):
+                self.context.stats.dropped += 1
+                self._dropped.inc()
+                return None
+        self.context.stats.matched += 1
+        self._matched.inc()
+        return _encode(event, parsed)
+
+    def _envelope(
+        self,
+        event_id: str,
+        kind: str,
+        subject: str,
+        raw: bytes | None,
+        data: Any,
+        at: float | None,
+        extra: dict[str, Any] | None,
+    ) -> tuple[dict[str, Any], tuple[str, Any] | None]:
+        """The event without a JSON payload, and that payload as (text, document) when it is one."""
         event: dict[str, Any] = {
             "specversion": SPECVERSION,
             "id": event_id,
@@ -285,10 +373,8 @@ class BaseTrigger:
             "time": iso(at if at is not None else time.time()),
             "subject": subject,
         }
-        # A JSON payload (the common case: Kafka, MQTT, webhooks) is checked, then spliced in
-        # as its own text as the last member: encoding it again was most of an event's cost.
-        text = json_text(raw) if raw else None
-        if text is not None:
+        parsed = parse_json(raw) if raw else None
+        if parsed is not None:
             event["datacontenttype"] = "application/json"
         elif raw is not None:
             event.update(event_data(raw))
@@ -297,10 +383,7 @@ class BaseTrigger:
         event["trigger"] = {"type": self.type, "name": self.name}
         if extra is not None:
             event[self.type] = extra
-        encoded = json.dumps(event, separators=(",", ":"))
-        if text is not None:
-            encoded = f'{encoded[:-1]},"data":{text.strip()}}}'
-        return encoded.encode()
+        return event, parsed
 
     async def submit(self, payload: bytes, *, task_id: str | None = None, lineage: Lineage | None = None) -> str:
         """Enqueue once; DuplicateTask counts as done (an event already turned into a task).

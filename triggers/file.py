@@ -24,13 +24,14 @@ from watchdog.observers import Observer
 from gateway.config import Duration, TriggerConfig
 from gateway.invocation import iso, new_task_id
 
-from .base import BaseTrigger, TriggerContext, TriggerOptions, parse_options, stable_id
+from .base import BaseTrigger, TriggerContext, parse_options, stable_id
+from .shaping import FilterOptions
 
 log = logging.getLogger(__name__)
 EventKind = Literal["created", "modified", "deleted", "moved"]
 
 
-class FileOptions(TriggerOptions):
+class FileOptions(FilterOptions):
     path: str = Field(min_length=1)
     recursive: bool = True
     events: list[EventKind] = Field(default=["created"], min_length=1)
@@ -70,10 +71,11 @@ class FileTrigger(BaseTrigger):
     def __init__(self, config: TriggerConfig, context: TriggerContext) -> None:
         super().__init__(config, context)
         self.options = parse_options(FileOptions, config, self.path)
+        self.pattern = self.options.event_pattern()
         self.root = Path(self.options.path).expanduser().resolve()
         self.events = frozenset(self.options.events)
         self.settling: dict[Path, Settling] = {}
-        self.ready: asyncio.Queue[tuple[EventKind, Path, Path | None]] = asyncio.Queue()
+        self.due: asyncio.Queue[tuple[EventKind, Path, Path | None]] = asyncio.Queue()
         self.observer: Any = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -120,7 +122,7 @@ class FileTrigger(BaseTrigger):
                 if path is not None:
                     self._deliver("deleted", path)
             elif "moved" in self.events and self.matches(dest):
-                self.ready.put_nowait(("moved", dest, path))
+                self.due.put_nowait(("moved", dest, path))
             else:  # renamed into place after being written elsewhere: a new file here
                 self._settle("created", dest)
         elif path is None:
@@ -146,7 +148,7 @@ class FileTrigger(BaseTrigger):
 
     def _deliver(self, kind: EventKind, path: Path) -> None:
         if kind in self.events and self.matches(path):
-            self.ready.put_nowait((kind, path, None))
+            self.due.put_nowait((kind, path, None))
 
     def inside(self, raw: str | bytes) -> Path | None:
         """The path if it (and whatever a symlink on the way leads to) is inside the root."""
@@ -178,18 +180,19 @@ class FileTrigger(BaseTrigger):
                     pending.size, pending.mtime_ns, pending.stable_since = stat.st_size, stat.st_mtime_ns, now
                 elif now - pending.stable_since >= self.options.settle:
                     del self.settling[path]
-                    self.ready.put_nowait((pending.kind, path, None))
+                    self.due.put_nowait((pending.kind, path, None))
 
     async def _submit_loop(self) -> None:
         while True:
-            kind, path, moved_from = await self.ready.get()
+            kind, path, moved_from = await self.due.get()
             if kind != "deleted" and self.inside(str(path)) is None:
                 continue  # became a symlink to somewhere else while it settled
             self.count_event()
             event, task_id = self.build_event(kind, path, moved_from)
-            await self.submit_held(event, task_id=task_id)
+            if event is not None:  # None: the filter dropped it
+                await self.submit_held(event, task_id=task_id)
 
-    def build_event(self, kind: EventKind, path: Path, moved_from: Path | None) -> tuple[bytes, str]:
+    def build_event(self, kind: EventKind, path: Path, moved_from: Path | None) -> tuple[bytes | None, str]:
         relative = path.relative_to(self.root).as_posix()
         size: int | None = None
         mtime: float | None = None
@@ -211,7 +214,7 @@ class FileTrigger(BaseTrigger):
         }
         if moved_from is not None:
             data["moved_from"] = moved_from.relative_to(self.root).as_posix()
-        event = self.cloud_event(
+        event = self.filtered_event(
             event_id=task_id, kind=kind, subject=relative, data=data, at=mtime if mtime is not None else None
         )
         return event, task_id

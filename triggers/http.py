@@ -1,27 +1,28 @@
 """The http trigger: a webhook route on the API server that turns each request into an invocation.
 
-Callers authenticate with an HMAC-SHA256 signature of the body (GitHub style, optionally
-over "timestamp.body" against replays) or a bearer token; the API's own tokens do not apply
-to trigger routes. Async routes answer 202 after the durable enqueue, sync routes the
-function's result.
+Callers authenticate with one of the schemes of triggers.webhook_auth (a bearer token, a
+generic HMAC-SHA256 signature, or the schemes of GitHub, Stripe, Slack and Standard
+Webhooks); the API's own tokens do not apply to trigger routes. Async routes answer 202
+after the durable enqueue, sync routes the function's result. A delivery the sender names
+(its delivery id) gets a task id derived from that name: sent again, it is answered 202
+with the first task's id and runs once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import time
-from typing import Annotated, Literal
+from typing import Literal
 
 from aiohttp import web
 from pydantic import Field, field_validator
 
-from gateway.config import Duration, Size, TriggerConfig
-from gateway.errors import FngateError, PayloadTooLarge, Unauthorized
+from gateway.config import Size, TriggerConfig
+from gateway.errors import BadRequest, FngateError, Forbidden, PayloadTooLarge, Unauthorized
 from gateway.invocation import lineage_from_headers, new_task_id
 from gateway.units import format_size
 
-from .base import BaseTrigger, TriggerContext, TriggerOptions, parse_options
+from .base import BaseTrigger, TriggerContext, parse_options, stable_id
+from .shaping import FilterOptions
+from .webhook_auth import Auth, NoAuth, ReplayMemory, Verdict, verify
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 RESERVED_PREFIXES = ("/v1/", "/metrics", "/healthz", "/readyz", "/openapi.json")
@@ -29,36 +30,16 @@ RESERVED_PREFIXES = ("/v1/", "/metrics", "/healthz", "/readyz", "/openapi.json")
 HIDDEN_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 
-class NoAuth(TriggerOptions):
-    type: Literal["none"] = "none"
-
-
-class HmacAuth(TriggerOptions):
-    type: Literal["hmac-sha256"]
-    secret: str = Field(min_length=1, repr=False)
-    header: str = "X-Hub-Signature-256"
-    prefix: str = "sha256="
-    # With a timestamp header the signature covers "timestamp.body", and requests whose
-    # timestamp is further than `tolerance` from now are refused: a captured request
-    # cannot be replayed later.
-    timestamp_header: str | None = None
-    tolerance: Duration = Field(default=300.0, gt=0)
-
-
-class BearerAuth(TriggerOptions):
-    type: Literal["bearer"]
-    token: str = Field(min_length=8, repr=False)
-
-
-Auth = Annotated[NoAuth | HmacAuth | BearerAuth, Field(discriminator="type")]
-
-
-class HttpOptions(TriggerOptions):
+class HttpOptions(FilterOptions):
     path: str = Field(pattern=r"^/[A-Za-z0-9._~/-]*$")
     methods: list[Method] = Field(default=["POST"], min_length=1)
     invocation: Literal["sync", "async"] = "async"
     auth: Auth = NoAuth()
     max_body: Size | None = Field(default=None, ge=1, le=64 * 1024 * 1024)
+    # Answer the CloudEvents webhook validation handshake (OPTIONS with WebHook-Request-Origin),
+    # for the origins listed (any, when none is).
+    cloudevents: bool = False
+    allowed_origins: list[str] = []
 
     @field_validator("path")
     @classmethod
@@ -77,9 +58,13 @@ class HttpTrigger(BaseTrigger):
     def __init__(self, config: TriggerConfig, context: TriggerContext) -> None:
         super().__init__(config, context)
         self.options = parse_options(HttpOptions, config, self.path)
+        self.pattern = self.options.event_pattern()
         self.max_body = self.options.max_body or context.max_request_body
+        self.replays = ReplayMemory()
         for method in dict.fromkeys(self.options.methods):
             context.add_route(method, self.options.path, self.handle)
+        if self.options.cloudevents:
+            context.add_route("OPTIONS", self.options.path, self.handshake)
 
     async def start(self) -> None:
         self.state = "running"
@@ -92,12 +77,14 @@ class HttpTrigger(BaseTrigger):
         self.count_event()
         try:
             body = await self.read_body(request)
-            self.authenticate(request, body)
+            verdict = verify(self.options.auth, request.headers, body)
+            if verdict.replay_key is not None and self.replays.seen(verdict.replay_key):
+                raise Unauthorized("replayed request: this signature was already accepted")
         except FngateError as exc:
             self.count_error(f"{exc.code}: {exc.message}")
             raise
-        task_id = new_task_id()
-        event = self.cloud_event(
+        task_id = self.task_id(verdict)
+        event = self.filtered_event(
             event_id=task_id,
             kind="request",
             subject=request.path,
@@ -110,6 +97,8 @@ class HttpTrigger(BaseTrigger):
                 "remote": request.remote,
             },
         )
+        if event is None:
+            return web.json_response({"task_id": None, "status": "Dropped", "reason": "filter"}, status=202)
         if self.options.invocation == "sync":
             try:
                 # The run goes by the event's id, as an async task would (context.task_id == id).
@@ -124,10 +113,39 @@ class HttpTrigger(BaseTrigger):
                 self.count_error(f"{exc.code}: {exc.message}")
                 raise
             self.count_invocation()
+            self.remember(verdict)
             return web.Response(body=result, content_type=content_type.split(";")[0])
-        # ServiceUnavailable (NATS down) propagates: the caller gets 503 and nothing is lost.
+        # ServiceUnavailable (NATS down) propagates: the caller gets 503 and nothing is lost;
+        # the signature is remembered only once accepted, so the sender's retry gets in.
         task_id = await self.submit(event, task_id=task_id, lineage=lineage_from_headers(request.headers))
+        self.remember(verdict)
         return web.json_response({"task_id": task_id, "status": "Enqueued"}, status=202, headers={"X-Task-Id": task_id})
+
+    def task_id(self, verdict: Verdict) -> str:
+        """Derived from what names the delivery, so a repeat is a duplicate (JetStream refuses a
+        second task with the id, on any replica, for the retention); new otherwise."""
+        if verdict.delivery_id is not None:
+            return stable_id(f"http-{self.name}", "delivery", verdict.delivery_id)
+        if verdict.replay_key is not None:
+            return stable_id(f"http-{self.name}", "signature", verdict.replay_key)
+        return new_task_id()
+
+    def remember(self, verdict: Verdict) -> None:
+        if verdict.replay_key is not None:
+            self.replays.remember(verdict.replay_key, verdict.expires)
+
+    async def handshake(self, request: web.Request) -> web.StreamResponse:
+        """The CloudEvents webhook validation handshake (CloudEvents Webhook spec, section 4)."""
+        origin = request.headers.get("WebHook-Request-Origin")
+        allow = ", ".join([*dict.fromkeys(self.options.methods), "OPTIONS"])
+        if not origin:
+            raise BadRequest("OPTIONS here is the CloudEvents webhook handshake: WebHook-Request-Origin is required")
+        if self.options.allowed_origins and origin not in self.options.allowed_origins:
+            raise Forbidden(f"origin {origin!r} may not deliver to this webhook")
+        headers = {"Allow": allow, "WebHook-Allowed-Origin": origin}
+        if "WebHook-Request-Rate" in request.headers:
+            headers["WebHook-Allowed-Rate"] = "*"
+        return web.Response(status=200, headers=headers)
 
     async def read_body(self, request: web.Request) -> bytes:
         """The body, refused with 413 as soon as it passes max_body (read in chunks, never whole)."""
@@ -143,36 +161,6 @@ class HttpTrigger(BaseTrigger):
                 raise PayloadTooLarge(too_large)
             chunks.append(chunk)
         return b"".join(chunks)
-
-    def authenticate(self, request: web.Request, body: bytes) -> None:
-        auth = self.options.auth
-        if isinstance(auth, HmacAuth):
-            check_signature(auth, request, body)
-        elif isinstance(auth, BearerAuth):
-            header = request.headers.get("Authorization", "")
-            presented = header[7:] if header.startswith("Bearer ") else ""
-            if not hmac.compare_digest(presented.encode(), auth.token.encode()):
-                raise Unauthorized("missing or invalid bearer token")
-
-
-def check_signature(auth: HmacAuth, request: web.Request, body: bytes, now: float | None = None) -> None:
-    """Raise Unauthorized unless the request carries a valid, fresh signature of its body."""
-    signature = request.headers.get(auth.header, "")
-    if not signature.startswith(auth.prefix):
-        raise Unauthorized(f"missing or malformed {auth.header} header")
-    signed = body
-    if auth.timestamp_header:
-        stamp = request.headers.get(auth.timestamp_header, "")
-        try:
-            sent_at = float(stamp)
-        except ValueError:
-            raise Unauthorized(f"missing or malformed {auth.timestamp_header} header") from None
-        if abs((now if now is not None else time.time()) - sent_at) > auth.tolerance:
-            raise Unauthorized(f"{auth.timestamp_header} is outside the allowed {auth.tolerance:g}s window")
-        signed = stamp.encode() + b"." + body
-    expected = auth.prefix + hmac.new(auth.secret.encode(), signed, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(signature.strip().lower().encode(), expected.lower().encode()):
-        raise Unauthorized(f"invalid signature in {auth.header}")
 
 
 def visible_headers(request: web.Request) -> dict[str, str]:

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import secrets
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -28,13 +29,14 @@ from pydantic import BeforeValidator, Field, field_validator
 from gateway.config import Duration, TriggerConfig
 from gateway.invocation import BatchItem, lineage_from_headers, new_task_id
 
-from .base import BaseTrigger, TriggerContext, TriggerOptions, parse_options
+from .base import BaseTrigger, TriggerContext, parse_options
+from .shaping import BatchedOptions, batch_task, chunks
 
 log = logging.getLogger(__name__)
 Protocol = Annotated[Literal["5", "3.1.1"], BeforeValidator(str)]
 
 
-class MqttOptions(TriggerOptions):
+class MqttOptions(BatchedOptions):
     url: str = Field(pattern=r"^(mqtt|mqtts|tcp|ssl)://")
     topic: str = Field(min_length=1)
     qos: Literal[0, 1, 2] = 1
@@ -50,6 +52,11 @@ class MqttOptions(TriggerOptions):
     ca_certs: str | None = None
     keepalive: int = Field(default=30, ge=5, le=3600)
     max_inflight: int = Field(default=32, ge=1, le=1000)
+    # A message with the retain flag was sent because the trigger (re)subscribed: the topic's
+    # last state, replayed at every connect, not a new event (a live publish reaches an
+    # existing subscription with the flag cleared, whatever its publisher set). `skip` acks
+    # and drops those, so a restart does not run the last message again; `process` keeps them.
+    retained: Literal["skip", "process"] = "skip"
 
     @field_validator("topic")
     @classmethod
@@ -85,6 +92,8 @@ class MqttTrigger(BaseTrigger):
     def __init__(self, config: TriggerConfig, context: TriggerContext) -> None:
         super().__init__(config, context)
         self.options = parse_options(MqttOptions, config, self.path)
+        self.pattern = self.options.event_pattern()
+        self.retained_skipped = 0
         topic = self.options.topic
         group = self.options.shared_group
         self.subscription = f"$share/{group}/{topic}" if group else topic
@@ -99,7 +108,11 @@ class MqttTrigger(BaseTrigger):
         self._arrivals: deque[Incoming] = deque()
         self._wakeup_pending = False
         self._in_order: asyncio.Queue[tuple[list[Incoming], asyncio.Task[bool]]] = asyncio.Queue()
-        self._slots = asyncio.Semaphore(self.options.max_inflight)
+        batch = self.options.batch
+        # Room for two whole batches in flight, whatever max_inflight says: one filling, one
+        # being enqueued (the broker's own in-flight limit for QoS 1/2 may still cap a batch).
+        self._slots = asyncio.Semaphore(max(self.options.max_inflight, 2 * batch.size if batch else 0))
+        self._getter: asyncio.Task[Incoming] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -157,10 +170,21 @@ class MqttTrigger(BaseTrigger):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._getter is not None:
+            self._getter.cancel()
         self.state = "stopped"
 
+    def ready(self) -> bool:
+        return self.state == "running" and self.connected  # running: the SUBACK came
+
     def health(self) -> dict[str, Any]:
-        return {**super().health(), "subscription": self.subscription, "connected": self.connected}
+        return {
+            **super().health(),
+            "subscription": self.subscription,
+            "connected": self.connected,
+            "retained": self.options.retained,
+            "retained_skipped": self.retained_skipped,
+        }
 
     # --- paho's thread ----------------------------------------------------------------
 
@@ -224,16 +248,43 @@ class MqttTrigger(BaseTrigger):
 
     async def _pump(self) -> None:
         """Submit what has arrived as one batch, up to max_inflight messages in flight in all;
-        acks follow in arrival order."""
+        with `batch:`, a group is up to batch.size messages or what arrived within its
+        window. Acks follow in arrival order."""
+        batch = self.options.batch
         while True:
-            batch = [await self.inbox.get()]
+            first = await self._take(None)
+            assert first is not None
+            group = [first]
             await self._slots.acquire()
-            while not self.inbox.empty() and not self._slots.locked():
-                await self._slots.acquire()
-                batch.append(self.inbox.get_nowait())
-            task = asyncio.get_running_loop().create_task(self._deliver(batch))
-            task.add_done_callback(functools.partial(self._release, len(batch)))
-            await self._in_order.put((batch, task))
+            if batch is None:
+                while not self.inbox.empty() and not self._slots.locked():
+                    await self._slots.acquire()
+                    group.append(self.inbox.get_nowait())
+            else:
+                deadline = time.monotonic() + batch.window
+                while len(group) < batch.size:
+                    incoming = await self._take(max(0.0, deadline - time.monotonic()))
+                    if incoming is None:
+                        break
+                    await self._slots.acquire()
+                    group.append(incoming)
+            task = asyncio.get_running_loop().create_task(self._deliver(group))
+            task.add_done_callback(functools.partial(self._release, len(group)))
+            await self._in_order.put((group, task))
+
+    async def _take(self, timeout: float | None) -> Incoming | None:
+        """The next message, or None after `timeout`. A get that timed out stays pending for
+        the next call (cancelling it could lose the message it was about to return)."""
+        if self._getter is None:
+            if not self.inbox.empty():
+                return self.inbox.get_nowait()
+            self._getter = asyncio.get_running_loop().create_task(self.inbox.get())
+        done, _ = await asyncio.wait({self._getter}, timeout=timeout)
+        if not done:
+            return None
+        incoming = self._getter.result()
+        self._getter = None
+        return incoming
 
     def _release(self, count: int, _done: asyncio.Task[bool]) -> None:
         for _ in range(count):
@@ -250,16 +301,31 @@ class MqttTrigger(BaseTrigger):
                 if incoming.qos > 0 and incoming.session == self.session and self.client is not None:
                     self.client.ack(incoming.mid, incoming.qos)
 
-    async def _deliver(self, batch: list[Incoming]) -> bool:
-        """True once the batch is done with (enqueued, or refused for good); False when stopping."""
-        await self.submit_batch([self._event(incoming) for incoming in batch])
+    async def _deliver(self, group: list[Incoming]) -> bool:
+        """True once the group is done with (enqueued, dropped, or refused for good); False
+        when stopping. Every message of it is acked after, dropped ones included."""
+        items = []
+        for incoming in group:
+            if incoming.retain and self.options.retained == "skip":
+                self.count_event()
+                self.retained_skipped += 1
+                continue
+            item = self._event(incoming)
+            if item is not None:
+                items.append(item)
+        batch = self.options.batch
+        if batch is not None and items:
+            items = [batch_task(f"mqtt-{self.name}-batch", run) for run in chunks(items, batch.size)]
+        if items:
+            await self.submit_batch(items)
         return not self._stopping.is_set()
 
-    def _event(self, incoming: Incoming) -> BatchItem:
-        """The message as a CloudEvent with a new task id, and the lineage it carries."""
+    def _event(self, incoming: Incoming) -> BatchItem | None:
+        """The message as a CloudEvent with a new task id, and the lineage it carries; None
+        when the filter drops it."""
         self.count_event()
         task_id = new_task_id()
-        event = self.cloud_event(
+        event = self.filtered_event(
             event_id=task_id,
             kind="message",
             subject=incoming.topic,
@@ -273,4 +339,6 @@ class MqttTrigger(BaseTrigger):
                 "shared_group": self.options.shared_group,
             },
         )
+        if event is None:
+            return None
         return event, task_id, lineage_from_headers(incoming.properties)

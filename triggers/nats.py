@@ -21,14 +21,17 @@ from nats.aio.msg import Msg
 from pydantic import Field
 
 from gateway.config import TriggerConfig
-from gateway.invocation import lineage_from_headers, new_task_id
+from gateway.invocation import BatchItem, lineage_from_headers, new_task_id
 
-from .base import RETRY_MAX, BaseTrigger, TriggerContext, TriggerOptions, parse_options
+from .base import RETRY_MAX, BaseTrigger, TriggerContext, parse_options
+from .shaping import BatchedOptions, batch_task, chunks
+
+STOP_FLUSH_TIMEOUT = 5.0  # seconds a stopping trigger gives its last batch to be enqueued
 
 log = logging.getLogger(__name__)
 
 
-class NatsOptions(TriggerOptions):
+class NatsOptions(BatchedOptions):
     url: str | list[str] | None = Field(
         default=None, description="nats://host:port of the server carrying the subject; default: the gateway's own"
     )
@@ -47,8 +50,14 @@ class NatsTrigger(BaseTrigger):
         self.options = parse_options(NatsOptions, config, self.path)
         url = self.options.url
         self.servers = [] if url is None else [url] if isinstance(url, str) else list(url)
+        self.pattern = self.options.event_pattern()
         self.nc: NATS | None = None
         self._task: asyncio.Task[None] | None = None
+        # With `batch:`: messages waiting to become one task, a timer that closes the batch
+        # when its window ends, and one flush at a time.
+        self._pending: list[tuple[Msg, BatchItem]] = []
+        self._timer: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
 
     async def start(self) -> None:
         if not self.servers:
@@ -57,15 +66,23 @@ class NatsTrigger(BaseTrigger):
         self._task = asyncio.get_running_loop().create_task(self._connect(), name=f"nats {self.name}")
 
     async def stop(self) -> None:
-        self._stopping.set()
+        self._stopping.set()  # from here a submit is tried once, not held
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self.nc is not None:
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await self.nc.drain()  # the messages already received are handled first
+        if self._timer is not None:
+            self._timer.cancel()
+        # Core NATS will not deliver these again: one try to enqueue them now (bounded wait).
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._flush(), STOP_FLUSH_TIMEOUT)
         self.state = "stopped"
+
+    def ready(self) -> bool:
+        return self.state == "running" and self.nc is not None and self.nc.is_connected
 
     def health(self) -> dict[str, Any]:
         connected = self.nc is not None and self.nc.is_connected
@@ -116,15 +133,57 @@ class NatsTrigger(BaseTrigger):
         self.count_event()
         headers = dict(msg.headers or {})
         task_id = new_task_id()
-        event = self.cloud_event(
+        event = self.filtered_event(
             event_id=task_id,
             kind="message",
             subject=msg.subject,
             raw=msg.data,
             extra={"subject": msg.subject, "reply": msg.reply or None, "headers": headers, "queue": self.options.queue},
         )
-        enqueued = await self.submit_held(event, task_id=task_id, lineage=lineage_from_headers(headers))
+        if event is None:
+            await self._reply(msg, {"task_id": None, "status": "Dropped", "reason": "filter"})
+            return
+        item: BatchItem = (event, task_id, lineage_from_headers(headers))
+        batch = self.options.batch
+        if batch is None:
+            enqueued = await self.submit_held(event, task_id=task_id, lineage=item[2])
+            await self._answer(msg, enqueued)
+            return
+        self._pending.append((msg, item))
+        if len(self._pending) >= batch.size:
+            await self._flush()  # holds this callback, and so the subscription, until enqueued
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().create_task(self._close_after(batch.window))
+
+    async def _close_after(self, window: float) -> None:
+        await asyncio.sleep(window)
+        self._timer = None  # from here on this flush is not cancelled: it may be enqueueing
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Enqueue what is pending as batch tasks, then answer each request among them."""
+        async with self._flushing:
+            if self._timer is not None:
+                self._timer.cancel()  # only ever a timer still in its sleep
+                self._timer = None
+            taken, self._pending = self._pending, []
+            if not taken:
+                return
+            assert self.options.batch is not None
+            start = 0
+            for run in chunks([item for _, item in taken], self.options.batch.size):
+                payload, task_id, lineage = batch_task(f"nats-{self.name}-batch", run)
+                enqueued = await self.submit_held(payload, task_id=task_id, lineage=lineage)
+                for msg, _ in taken[start : start + len(run)]:
+                    await self._answer(msg, enqueued)
+                start += len(run)
+
+    async def _answer(self, msg: Msg, enqueued: str | None) -> None:
+        answer = {"task_id": enqueued, "status": "Enqueued"} if enqueued else {"error": {"code": "NotEnqueued"}}
+        await self._reply(msg, answer)
+
+    @staticmethod
+    async def _reply(msg: Msg, answer: dict[str, Any]) -> None:
         if msg.reply:
-            answer = {"task_id": enqueued, "status": "Enqueued"} if enqueued else {"error": {"code": "NotEnqueued"}}
             with contextlib.suppress(Exception):
                 await msg.respond(json.dumps(answer).encode())

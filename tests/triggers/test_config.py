@@ -68,3 +68,102 @@ def test_bad_options_are_reported_with_their_paths(tmp_path: Path) -> None:
     for line in expected:
         assert any(error.startswith(line) for error in errors), (line, errors)
     assert len(errors) == len(expected), errors
+
+
+def test_filter_batch_retained_and_webhook_schemes_pass(tmp_path: Path) -> None:
+    pattern = {"data": {"kind": ["a", {"prefix": "b"}], "n": [{"numeric": [">", 0, "<=", 9]}]}}
+    triggers: list[dict[str, Any]] = [
+        {"name": "h", "type": "http", "function": "fn", "path": "/h", "filter": pattern, "cloudevents": True},
+        {"name": "f", "type": "file", "function": "fn", "path": str(tmp_path), "filter": pattern},
+        {
+            "name": "k",
+            "type": "kafka",
+            "function": "fn",
+            "bootstrap_servers": "b:9092",
+            "topics": ["a"],
+            "filter": pattern,
+            "batch": {"size": 100, "window": "2s"},
+        },
+        {
+            "name": "m",
+            "type": "mqtt",
+            "function": "fn",
+            "url": "mqtt://b",
+            "topic": "a",
+            "retained": "process",
+            "batch": {"size": 10},
+        },
+        {"name": "n", "type": "nats", "function": "fn", "subject": "a", "batch": {"size": 10000, "window": "5m"}},
+    ]
+    for i, scheme in enumerate(("github", "stripe", "slack", "standard-webhooks")):
+        secret = "whsec_c2VjcmV0" if scheme == "standard-webhooks" else "s"
+        triggers.append(
+            {
+                "name": f"w{i}",
+                "type": "http",
+                "function": "fn",
+                "path": f"/w{i}",
+                "auth": {"type": scheme, "secret": secret},
+            }
+        )
+    assert check(tmp_path, triggers) == []
+
+
+def test_bad_filter_batch_retained_and_schemes_name_their_paths(tmp_path: Path) -> None:
+    triggers: list[dict[str, Any]] = [
+        {"name": "t", "type": "timer", "function": "fn", "every": "1s", "filter": {"a": [1]}},
+        {
+            "name": "k",
+            "type": "kafka",
+            "function": "fn",
+            "bootstrap_servers": "b:9092",
+            "topics": ["a"],
+            "filter": {"data": {"n": [{"numeric": [">", "x"]}]}},
+            "batch": {"size": 0, "window": "10m"},
+        },
+        {
+            "name": "m",
+            "type": "mqtt",
+            "function": "fn",
+            "url": "mqtt://b",
+            "topic": "a",
+            "retained": "keep",
+            "batch": {"window": "1s"},
+        },
+        {"name": "n", "type": "nats", "function": "fn", "subject": "a", "batch": {"size": 2, "sise": 3}},
+        {"name": "f", "type": "file", "function": "fn", "path": "/x", "batch": {"size": 2}},
+        {
+            "name": "h",
+            "type": "http",
+            "function": "fn",
+            "path": "/h",
+            "filter": {"a": "b"},
+            "auth": {"type": "stripe", "secret": "s", "tolerance": "0s"},
+        },
+        {
+            "name": "w",
+            "type": "http",
+            "function": "fn",
+            "path": "/w",
+            "auth": {"type": "standard-webhooks", "secret": "whsec_!!"},
+        },
+        {"name": "g", "type": "http", "function": "fn", "path": "/g", "auth": {"type": "gitlab", "secret": "s"}},
+    ]
+    errors = check(tmp_path, triggers)
+    expected = [
+        "triggers.t.filter: Extra inputs are not permitted",
+        "triggers.k.filter: not an event pattern: data.n.0.numeric.1: must be a finite number",
+        "triggers.k.batch.size: Input should be greater than or equal to 1",
+        "triggers.k.batch.window: Input should be less than or equal to 300",
+        "triggers.m.retained: Input should be 'skip' or 'process'",
+        "triggers.m.batch.size: Field required",
+        "triggers.n.batch.sise: Extra inputs are not permitted",
+        "triggers.f.batch: Extra inputs are not permitted",
+        "triggers.h.filter: not an event pattern: a: must be an object or a list of matchers",
+        "triggers.h.auth.stripe.tolerance: Input should be greater than 0",
+        "triggers.w.auth.standard-webhooks.secret: must be whsec_ followed by base64",
+        "triggers.g.auth: Input tag 'gitlab' found using 'type' does not match any of the expected tags",
+    ]
+    for line in expected:
+        assert any(error.startswith(line) for error in errors), (line, errors)
+    assert len(errors) == len(expected), errors
