@@ -159,7 +159,8 @@ def trigger_class(type_name: str, path: str = "triggers") -> Any:
     except ImportError as exc:
         raise ConfigError(
             [
-                f"{path}.type: trigger type {type_name!r} cannot load its library ({exc}); it is a core dependency of fngate: reinstall it"
+                f"{path}.type: trigger type {type_name!r} cannot load its library ({exc}); "
+                "it is a core dependency of fngate: reinstall it"
             ]
         ) from None
     return getattr(module, class_name)
