@@ -13,6 +13,7 @@ from aiohttp import web
 
 from .config import Config
 from .errors import BadRequest, FngateError, Forbidden, PayloadTooLarge, Unauthorized
+from .flow.limits import check_key, check_priority
 from .invocation import Source, lineage_from_headers, parse_iso, valid_traceparent
 from .service import TaskService, check_task_id
 from .status import TaskStatus
@@ -125,6 +126,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     payload = await read_body(request)
     content_type = request.headers.get("Content-Type", "application/json")
     check_json(payload, content_type)
+    flow_headers = parse_flow_headers(request.headers, kind)
     if kind == "sync":
         body, result_type = await service.invoke_sync(
             name, payload, content_type=content_type, traceparent=valid_traceparent(request.headers.get("traceparent"))
@@ -143,6 +145,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         source=Source("api", ""),
         lineage=lineage_from_headers(request.headers),
         traceparent=valid_traceparent(request.headers.get("traceparent")),
+        **flow_headers,
     )
     return enqueued_response(task_id)
 
@@ -187,6 +190,25 @@ def json_depth(document: Any) -> int:
             deepest = max(deepest, depth)
             stack.extend((child, depth + 1) for child in node)
     return deepest
+
+
+def parse_flow_headers(headers: Any, kind: str) -> dict[str, str]:
+    """X-Priority and X-Concurrency-Key: async only, checked (see gateway/flow)."""
+    given = {}
+    for header, check, arg in (
+        ("X-Priority", check_priority, "priority"),
+        ("X-Concurrency-Key", check_key, "concurrency_key"),
+    ):
+        value = headers.get(header)
+        if value is None:
+            continue
+        if kind == "sync":
+            raise BadRequest(f"{header} applies to async invocations only")
+        try:
+            given[arg] = check(value)
+        except ValueError as exc:
+            raise BadRequest(f"{header}: {exc}") from None
+    return given
 
 
 def parse_delay(value: str | None) -> float:

@@ -121,6 +121,11 @@ class FunctionConfig(_Model):
     timeout: Duration = Field(default=30.0, ge=0.001, le=86400.0)
     concurrency: int = Field(default=8, ge=1, le=10000)
     env: dict[str, str] = {}
+    # Flow control (gateway/flow): at most this many at once per X-Concurrency-Key, starts
+    # per period across the deployment, and X-Priority ordering of waiting tasks.
+    key_concurrency: int | None = Field(default=None, ge=1, le=10000)
+    rate_limit: str | None = None
+    priorities: bool = False
     async_: AsyncConfig = Field(default_factory=AsyncConfig, alias="async")
 
     @model_validator(mode="after")
@@ -133,6 +138,20 @@ class FunctionConfig(_Model):
         if self.url and not re.match(r"^https?://", self.url):
             raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
         return self
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .flow.limits import parse_rate
+
+            parse_rate(value)
+        return value
+
+    @property
+    def flow_controlled(self) -> bool:
+        """Its tasks go through the flow leader (gateway/flow) rather than straight to workers."""
+        return self.key_concurrency is not None or self.rate_limit is not None or self.priorities
 
     @property
     def runtime(self) -> str:

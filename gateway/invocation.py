@@ -100,6 +100,8 @@ class Invocation:
     source: Source = Source()
     lineage: Lineage = field(default_factory=Lineage)
     traceparent: str | None = None  # W3C trace context, carried to HTTP functions and destinations
+    priority: str = "normal"  # high | normal | low: order among a flow-controlled function's waiting tasks
+    concurrency_key: str = ""  # tasks of one key run at most key_concurrency at once
 
     @property
     def subject(self) -> str:
@@ -131,6 +133,12 @@ class Invocation:
         headers = {c.H_INVOCATION: meta, c.H_CONTENT_TYPE: self.content_type}
         if self.traceparent:
             headers[c.H_TRACEPARENT] = self.traceparent
+        # Separate headers, and only when set: the common task pays nothing for flow control,
+        # and the compact header (read by Invocation.identity) keeps its shape.
+        if self.priority != "normal":
+            headers[c.H_PRIORITY] = self.priority
+        if self.concurrency_key:
+            headers[c.H_CONCURRENCY_KEY] = self.concurrency_key
         return headers
 
     @classmethod
@@ -153,6 +161,8 @@ class Invocation:
             source=Source(unquote(fields[8]), unquote(fields[9])),
             lineage=Lineage(fields[10] or "unknown", int(fields[11])),
             traceparent=h.get(c.H_TRACEPARENT),
+            priority=h.get(c.H_PRIORITY, "normal"),
+            concurrency_key=h.get(c.H_CONCURRENCY_KEY, ""),
         )
 
     @staticmethod

@@ -19,6 +19,7 @@ from .errors import (
     ResourceExhausted,
     TaskNotFound,
 )
+from .flow import stats as flow_stats
 from .index import TaskIndex
 from .invocation import BatchItem, Invocation, Lineage, Source, new_task_id
 from .records import Record, new_record, status_of
@@ -68,6 +69,8 @@ class TaskService:
         delay: float = 0.0,
         lineage: Lineage | None = None,
         traceparent: str | None = None,
+        priority: str = "normal",
+        concurrency_key: str = "",
     ) -> str:
         """Durably enqueue an async invocation; returns only after JetStream acknowledged it."""
         inv = self.invocation(
@@ -80,6 +83,8 @@ class TaskService:
             lineage=lineage,
             traceparent=traceparent,
         )
+        if priority != "normal" or concurrency_key:
+            inv = inv.but(priority=priority, concurrency_key=concurrency_key)
         await self.store.submit(inv)
         metrics.TASKS_SUBMITTED.labels(function).inc()
         return inv.task_id
@@ -272,6 +277,7 @@ class TaskService:
             **runtime,
             "timeout": config.timeout,
             "concurrency": config.concurrency,
+            "flow": flow_stats.summary(name, config),
             "async": {
                 "max_retries": async_config.max_retries,
                 "max_event_age": async_config.max_event_age,
