@@ -298,7 +298,8 @@ class FlowLeader:
         self._schedule()
 
     async def _on_done(self, msg: Msg) -> None:
-        self._release(msg.data.decode())
+        for grant_id in msg.data.decode().split():
+            self._release(grant_id)
 
     async def _on_hold(self, msg: Msg) -> None:
         try:

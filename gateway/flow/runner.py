@@ -34,6 +34,7 @@ class FlowRunner:
         self.interval = max(0.5, worker.ack_wait / 3)
         self.held: dict[str, tuple[str, str]] = {}  # grant id -> (task id, key hash)
         self._reports: set[asyncio.Task[Any]] = set()
+        self._ended: list[str] = []  # grants ended since the last done report
 
     async def run(self) -> None:
         subs = [
@@ -71,8 +72,15 @@ class FlowRunner:
             task.add_done_callback(lambda _: self._done(grant))
 
     def _done(self, grant: str) -> None:
+        """Report the grant's end; the ends of one loop turn go out as one message."""
         self.held.pop(grant, None)
-        report = asyncio.create_task(self.nc.publish(f"{n.DONE_SUBJECT}.{self.fn}", grant.encode()))
+        self._ended.append(grant)
+        if len(self._ended) == 1:
+            asyncio.get_running_loop().call_soon(self._report_done)
+
+    def _report_done(self) -> None:
+        ended, self._ended = self._ended, []
+        report = asyncio.create_task(self.nc.publish(f"{n.DONE_SUBJECT}.{self.fn}", " ".join(ended).encode()))
         self._reports.add(report)
         report.add_done_callback(self._reports.discard)
 
