@@ -144,6 +144,16 @@ def base_paths() -> dict[str, Any]:
                         "async: seconds before the task may run",
                         {"type": "number", "minimum": 0, "maximum": 86400},
                     ),
+                    header(
+                        "X-Priority",
+                        "async: high, normal (default) or low; orders a flow-controlled function's waiting tasks",
+                        {"type": "string", "enum": ["high", "normal", "low"]},
+                    ),
+                    header(
+                        "X-Concurrency-Key",
+                        "async: tasks of one key run at most key_concurrency at once",
+                        {"type": "string", "pattern": "^[A-Za-z0-9._:@/-]{1,128}$"},
+                    ),
                     header("traceparent", "W3C trace context, carried through the task", {"type": "string"}),
                 ],
                 "requestBody": {

@@ -73,7 +73,8 @@ class Admission:
         return (
             self.parked.get(group, 0) > 0
             or self.queued >= self.window
-            or (queue is not None and len(queue) >= self.group_cap)
+            # The per-group cap is for fairness among keys; tasks without a key are one group.
+            or (queue is not None and group[1] != "" and len(queue) >= self.group_cap)
         )
 
     def add(self, waiter: Waiter) -> None:
@@ -122,6 +123,12 @@ class Admission:
                 self.running.pop(key, None)
             for rank in range(len(PRIORITIES)):
                 self._touch((rank, key))
+
+    def runnable(self) -> int:
+        """Waiting in memory with a free key (what could start once a slot and a token allow)."""
+        if self.key_limit is None:
+            return self.queued
+        return sum(len(queue) for (_, key), queue in self.queues.items() if self.key_free(key))
 
     def key_free(self, key: str) -> bool:
         return not key or self.key_limit is None or self.running.get(key, 0) < self.key_limit

@@ -43,6 +43,7 @@ from .limits import PRIORITIES, parse_rate
 
 if TYPE_CHECKING:
     from ..worker import FunctionWorker
+    from .runner import FlowRunner
 
 WINDOW = 2000  # waiting tasks a leader keeps in memory; the rest is parked
 GROUP_CAP = 64  # of which one (priority, key) group holds at most this many
@@ -61,7 +62,7 @@ class Grant:
 
 
 class FlowLeader:
-    def __init__(self, worker: FunctionWorker, replica: str) -> None:
+    def __init__(self, worker: FunctionWorker, replica: str, runner: FlowRunner | None = None) -> None:
         self.worker = worker
         self.fn = worker.name
         self.config = worker.config
@@ -84,6 +85,12 @@ class FlowLeader:
         self._park_pullers: dict[Group, Puller] = {}
         self._park_consumers: set[Group] = set()
         self._leading = False
+        self.runner = runner  # this replica's runner: a share of the tasks is handed over in-process
+        # Deep: read the whole queue (parking beyond memory), so priority holds over the whole
+        # backlog. Otherwise read only what can start soon, and past tasks whose key is full.
+        self.deep = self.config.priorities
+        self._more = asyncio.Event()
+        self.replicas: dict[str, float] = {}  # replica -> when it last reported (monotonic)
 
     def _new_admission(self) -> Admission:
         rate = parse_rate(self.config.rate_limit) if self.config.rate_limit else None
@@ -127,6 +134,10 @@ class FlowLeader:
                 await self._lead(seq)
             except LeadershipLost:
                 self.log.warning("flow leadership of %s lost; another replica takes over", self.fn)
+            except Exception as exc:
+                # JetStream away for a moment (a node restart): the claim was given up, try again.
+                self.log.warning("flow leader of %s stepped down: %s", self.fn, exc)
+                await asyncio.sleep(self.interval)
 
     # --- leading -----------------------------------------------------------------------
     async def _lead(self, seq: int) -> None:
@@ -199,7 +210,20 @@ class FlowLeader:
 
     async def _pull(self, intake: Puller) -> None:
         while True:
-            await intake.pull(256)
+            want = 256 if self.deep else self._wanted()
+            if want <= 0:
+                self._more.clear()
+                await self._more.wait()
+                continue
+            await intake.pull(min(256, want))
+
+    def _wanted(self) -> int:
+        """Enough to fill the free slots and as many again ready to start; tasks whose key is
+        full do not count, so the leader reads past them (fairness). The rest of a backlog
+        stays in the stream, where waiting costs nothing."""
+        concurrency = self.config.concurrency
+        free = concurrency - self.adm.total_running
+        return free + concurrency - self.adm.runnable()
 
     # --- what arrives ------------------------------------------------------------------
     def _on_intake(self, msg: Msg, counted: bool) -> None:
@@ -258,6 +282,7 @@ class FlowLeader:
         if not self._leading:
             return
         result = self.adm.admit(time.time())
+        self._more.set()
         if result.starts:
             self._send(result.starts, granted=True)
         for group in result.fetch:
@@ -274,13 +299,33 @@ class FlowLeader:
                 grant = f"{self._token}-{next(self._ids):x}"
                 self.grants[grant] = Grant(waiter.key, waiter.task_id, deadline)
                 self.by_task[waiter.task_id] = grant
+            if self.runner is not None and (not granted or self._local_share()):
+                self.runner.start(waiter.msg, grant, waiter.key)
+                continue
             headers = {k: v for k, v in (waiter.msg.headers or {}).items() if not k.startswith("Nats-")}
             headers[n.H_ACK] = waiter.msg.reply
             headers[n.H_SUBJECT] = waiter.msg.subject
             headers[n.H_GRANT] = grant
             headers[n.H_KEY] = waiter.key
             messages.append((waiter.msg.data, headers))
-        self._spawn(self._publish(messages))
+        if messages:
+            self._spawn(self._publish(messages))
+
+    def _local_share(self) -> bool:
+        """Run here, without the hop over NATS, this replica's share of the concurrency."""
+        if self.runner is None:
+            return False
+        live = 1 + sum(
+            1 for r, at in self.replicas.items() if r != self.replica and at > time.monotonic() - self.ack_wait
+        )
+        return len(self.runner.held) * live < self.config.concurrency
+
+    def release_local(self, grant_id: str) -> bool:
+        """A grant handed over in-process ended; False when it is not ours (leadership moved)."""
+        if not self._leading or not grant_id.startswith(self._token):
+            return False
+        self._release(grant_id)
+        return True
 
     async def _publish(self, messages: list[tuple[bytes, dict[str, str]]]) -> None:
         subject = f"{n.RUN_SUBJECT}.{self.fn}"
@@ -295,6 +340,7 @@ class FlowLeader:
             del self.by_task[grant.task_id]
         self.released[grant_id] = time.monotonic()
         self.adm.finished(grant.khash)
+        self._more.set()
         self._schedule()
 
     async def _on_done(self, msg: Msg) -> None:
@@ -303,7 +349,9 @@ class FlowLeader:
 
     async def _on_hold(self, msg: Msg) -> None:
         try:
-            held = json.loads(msg.data)["grants"]
+            report = json.loads(msg.data)
+            held = report["grants"]
+            self.replicas[str(report.get("replica", ""))] = time.monotonic()
         except (ValueError, KeyError, TypeError):
             return
         deadline = time.monotonic() + self.ack_wait
@@ -322,7 +370,7 @@ class FlowLeader:
         while True:
             await asyncio.sleep(self.interval / 2)
             mono, now = time.monotonic(), time.time()
-            due = mono - self.interval / 2
+            due = mono - self.interval  # renewed at most every interval, never later than 1.5 x
             beats: list[Coroutine[Any, Any, None]] = []
             expired: list[Waiter] = []
             for waiter in self.adm.waiters():

@@ -60,10 +60,14 @@ async def run_flow(worker: FunctionWorker) -> None:
         await store.js.add_consumer(c.TASKS_STREAM, config)
     except APIError as exc:
         worker.log.warning("consumer %s not updated: %s", config.durable_name, exc.description)
-    heartbeats = asyncio.create_task(worker._heartbeats())
     try:
-        await asyncio.gather(FlowRunner(worker).run(), FlowLeader(worker, REPLICA).run())
+        # One fails, all stop (and the supervisor starts them again): never a leader left over.
+        async with asyncio.TaskGroup() as group:
+            group.create_task(worker._heartbeats())
+            runner = FlowRunner(worker, REPLICA)
+            runner.leader = FlowLeader(worker, REPLICA, runner)
+            group.create_task(runner.run())
+            group.create_task(runner.leader.run())
     finally:
-        heartbeats.cancel()
         for task in list(worker._tasks):
             task.cancel()

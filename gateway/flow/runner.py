@@ -22,12 +22,15 @@ from . import stats
 
 if TYPE_CHECKING:
     from ..worker import FunctionWorker
+    from .leader import FlowLeader
 
 log = logging.getLogger(__name__)
 
 
 class FlowRunner:
-    def __init__(self, worker: FunctionWorker) -> None:
+    def __init__(self, worker: FunctionWorker, replica: str) -> None:
+        self.replica = replica
+        self.leader: FlowLeader | None = None  # this replica's, for grants handed over in-process
         self.worker = worker
         self.fn = worker.name
         self.nc = worker.store.nc
@@ -44,10 +47,11 @@ class FlowRunner:
         try:
             while True:
                 await asyncio.sleep(self.interval)
-                if self.held:
-                    grants = [[grant, task_id, khash] for grant, (task_id, khash) in self.held.items()]
-                    with contextlib.suppress(Exception):
-                        await self.nc.publish(f"{n.HOLD_SUBJECT}.{self.fn}", json.dumps({"grants": grants}).encode())
+                # Also when holding nothing: the leader counts the live replicas by it.
+                grants = [[grant, task_id, khash] for grant, (task_id, khash) in self.held.items()]
+                report = {"replica": self.replica, "grants": grants}
+                with contextlib.suppress(Exception):
+                    await self.nc.publish(f"{n.HOLD_SUBJECT}.{self.fn}", json.dumps(report).encode())
         finally:
             for sub in subs:
                 with contextlib.suppress(Exception):
@@ -61,9 +65,12 @@ class FlowRunner:
         khash = headers.pop(n.H_KEY, "")
         if not reply:
             return
-        delivery = Msg(self.nc, subject=subject, reply=reply, data=msg.data, headers=headers)
-        task_id = headers.get("Fngate-Invocation", "").split("|", 2)[1:2]
+        self.start(Msg(self.nc, subject=subject, reply=reply, data=msg.data, headers=headers), grant, khash)
+
+    def start(self, delivery: Msg, grant: str, khash: str) -> None:
+        """Handle a delivery the leader admitted (handed over by NATS, or in-process)."""
         if grant:
+            task_id = (delivery.headers or {}).get("Fngate-Invocation", "").split("|", 2)[1:2]
             self.held[grant] = (task_id[0] if task_id else "", khash)
         task = asyncio.create_task(self.worker._handle(delivery, holds_slot=False))
         self.worker._tasks.add(task)
@@ -74,6 +81,8 @@ class FlowRunner:
     def _done(self, grant: str) -> None:
         """Report the grant's end; the ends of one loop turn go out as one message."""
         self.held.pop(grant, None)
+        if self.leader is not None and self.leader.release_local(grant):
+            return
         self._ended.append(grant)
         if len(self._ended) == 1:
             asyncio.get_running_loop().call_soon(self._report_done)

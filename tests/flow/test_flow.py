@@ -138,8 +138,12 @@ async def test_sigkilled_replica_frees_its_key_slot(
     await wait_until(slot_back, timeout=4 * ack_wait + 10)
     spans = [(s, e if e is not None else (killed_at if p == pid else time.time())) for _, s, e, p in runs(journal)]
     assert peak(spans) == 1
-    _, summary = await survivor.get(f"/v1/functions/{name}")
-    assert summary["flow"]["running"] == 1, summary["flow"]
+
+    async def one_running() -> bool:
+        _, summary = await survivor.get(f"/v1/functions/{name}")
+        return bool(summary["flow"]["running"] == 1)
+
+    await wait_until(one_running, timeout=10)
 
 
 async def _started(journal: Path, task_id: str) -> bool:
