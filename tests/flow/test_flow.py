@@ -152,3 +152,46 @@ async def _started(journal: Path, task_id: str) -> bool:
 
 def _started_now(journal: Path, task_id: str) -> bool:
     return any(t == task_id for t, *_ in runs(journal))
+
+
+async def test_rate_limited_excess_waits_and_counts_against_max_event_age(
+    replicas: Replicas, http: aiohttp.ClientSession, journal: Path, unique: Any
+) -> None:
+    name = unique("age")
+    gateways = replicas(name, concurrency=4, rate_limit="2/s", **{"async": {"max_event_age": "3s"}})
+    apis = [Api(http, gw.url) for gw in gateways]
+    task_ids = list(await asyncio.gather(*(apis[i % 2].submit(name, {}) for i in range(30))))
+    ended: dict[str, str] = {}
+
+    async def all_ended() -> bool:
+        for task_id in task_ids:
+            if task_id not in ended:
+                record = await apis[0].task(task_id)
+                if record["status"] in ("Succeeded", "Expired"):
+                    ended[task_id] = record["status"]
+        return len(ended) == len(task_ids)
+
+    await wait_until(all_ended, timeout=60, interval=0.5)
+    statuses = list(ended.values())
+    # Nothing dropped: every task ended; those the rate held past max_event_age expired unrun.
+    assert statuses.count("Expired") > 0 and statuses.count("Succeeded") > 0
+    ran = {t for t, *_ in runs(journal)}
+    assert {t for t, s in ended.items() if s == "Succeeded"} == ran
+
+
+async def test_flow_headers_are_checked(replicas: Replicas, http: aiohttp.ClientSession, unique: Any) -> None:
+    name = unique("hdr")
+    (gateway,) = replicas(name, count=1, key_concurrency=1)
+    api = Api(http, gateway.url)
+    for headers, mode in (
+        ({"X-Priority": "urgent"}, "async"),
+        ({"X-Concurrency-Key": "has space"}, "async"),
+        ({"X-Concurrency-Key": "k" * 129}, "async"),
+        ({"X-Priority": "high"}, "sync"),
+        ({"X-Concurrency-Key": "k"}, "sync"),
+    ):
+        status, body, _ = await api.invoke(name, {}, mode=mode, headers=headers)
+        assert status == 400, (headers, mode, body)
+        assert next(iter(headers)) in body["error"]["message"]
+    status, body, _ = await api.invoke(name, {}, headers={"X-Priority": "HIGH", "X-Concurrency-Key": "a:b@c/d.e-f"})
+    assert status == 202, body
