@@ -144,6 +144,7 @@ class FlowLeader:
         self.adm = self._new_admission()
         self.grants.clear()
         self.by_task.clear()
+        self._park_consumers.clear()  # an earlier leader may have removed some since
         self._leading = True
         subs: list[Subscription] = [
             await self.nc.subscribe(f"{n.DONE_SUBJECT}.{self.fn}", cb=self._on_done),
@@ -303,10 +304,7 @@ class FlowLeader:
                 self.runner.start(waiter.msg, grant, waiter.key)
                 continue
             headers = {k: v for k, v in (waiter.msg.headers or {}).items() if not k.startswith("Nats-")}
-            headers[n.H_ACK] = waiter.msg.reply
-            headers[n.H_SUBJECT] = waiter.msg.subject
-            headers[n.H_GRANT] = grant
-            headers[n.H_KEY] = waiter.key
+            headers[n.H_HANDOVER] = f"{waiter.msg.reply} {waiter.msg.subject} {grant or '-'} {waiter.key or '-'}"
             messages.append((waiter.msg.data, headers))
         if messages:
             self._spawn(self._publish(messages))

@@ -14,10 +14,10 @@ DONE_SUBJECT = "fngate.flow.done"  # fngate.flow.done.{fn}: a grant ended
 HOLD_SUBJECT = "fngate.flow.hold"  # fngate.flow.hold.{fn}: the grants a replica still runs
 STATS_SUBJECT = "fngate.flow.stats"  # fngate.flow.stats.{fn}: the leader's waiting counts
 
-H_ACK = "Fngate-Flow-Ack"  # the JetStream reply subject: the worker acks the leader's delivery
-H_SUBJECT = "Fngate-Flow-Subject"
-H_GRANT = "Fngate-Flow-Grant"
-H_KEY = "Fngate-Flow-Key"  # key hash of the grant
+# On a hand-over, one header (every header costs the receiving client a parse):
+# "{reply subject of the leader's delivery} {its subject} {grant id} {key hash}"; the worker
+# acks the leader's delivery on that reply subject.
+H_HANDOVER = "Fngate-Flow"
 
 
 def key_hash(key: str) -> str:

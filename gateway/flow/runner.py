@@ -58,13 +58,12 @@ class FlowRunner:
                     await sub.unsubscribe()
 
     async def _on_run(self, msg: Msg) -> None:
-        headers = dict(msg.headers or {})
-        reply = headers.pop(n.H_ACK, "")
-        subject = headers.pop(n.H_SUBJECT, "")
-        grant = headers.pop(n.H_GRANT, "")
-        khash = headers.pop(n.H_KEY, "")
-        if not reply:
+        headers = msg.headers or {}
+        try:
+            reply, subject, grant, khash = headers.pop(n.H_HANDOVER).split(" ")
+        except (KeyError, ValueError):
             return
+        grant, khash = ("" if grant == "-" else grant), ("" if khash == "-" else khash)
         self.start(Msg(self.nc, subject=subject, reply=reply, data=msg.data, headers=headers), grant, khash)
 
     def start(self, delivery: Msg, grant: str, khash: str) -> None:
