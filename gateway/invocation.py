@@ -171,6 +171,15 @@ class Invocation:
         fields = headers[c.H_INVOCATION].split("|", 4)
         return fields[1], fields[2], float(fields[3])
 
+    @staticmethod
+    def timing(headers: dict[str, str]) -> tuple[str, float, float]:
+        """(task id, scheduled at, not before) from the headers alone: what the flow leader
+        needs of every task it admits, without building the invocation."""
+        fields = headers[c.H_INVOCATION].split("|", 6)
+        if fields[0] != META_VERSION or len(fields) != 7:
+            raise ValueError(f"unknown invocation header {headers[c.H_INVOCATION][:80]!r}")
+        return fields[1], float(fields[4]), float(fields[5])
+
     def but(self, **changes: Any) -> Invocation:
         return replace(self, **changes)
 

@@ -82,9 +82,9 @@ class TaskService:
             delay=delay,
             lineage=lineage,
             traceparent=traceparent,
+            priority=priority,
+            concurrency_key=concurrency_key,
         )
-        if priority != "normal" or concurrency_key:
-            inv = inv.but(priority=priority, concurrency_key=concurrency_key)
         await self.store.submit(inv)
         metrics.TASKS_SUBMITTED.labels(function).inc()
         return inv.task_id
@@ -119,6 +119,8 @@ class TaskService:
         delay: float = 0.0,
         lineage: Lineage | None = None,
         traceparent: str | None = None,
+        priority: str = "normal",
+        concurrency_key: str = "",
     ) -> Invocation:
         """A new invocation, its inputs checked (BadRequest, FunctionNotFound)."""
         self.function(function)
@@ -138,6 +140,8 @@ class TaskService:
             source=source,
             lineage=lineage or Lineage(),
             traceparent=traceparent,
+            priority=priority,
+            concurrency_key=concurrency_key,
         )
 
     async def invoke_sync(

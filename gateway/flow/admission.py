@@ -126,7 +126,7 @@ class Admission:
 
     def runnable(self) -> int:
         """Waiting in memory with a free key (what could start once a slot and a token allow)."""
-        if self.key_limit is None:
+        if self.key_limit is None or not self.queued or not self.running:
             return self.queued
         return sum(len(queue) for (_, key), queue in self.queues.items() if self.key_free(key))
 

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 WINDOW = 2000  # waiting tasks a leader keeps in memory; the rest is parked
 GROUP_CAP = 64  # of which one (priority, key) group holds at most this many
 PARK_FETCH_EXPIRES = 1.0
+RANKS = {priority: rank for rank, priority in enumerate(PRIORITIES)}
 
 
 class LeadershipLost(Exception):
@@ -237,23 +238,24 @@ class FlowLeader:
         if not self._leading:
             self._spawn(msg.nak())
             return
+        headers = msg.headers or {}
         try:
-            inv = Invocation.from_message(msg.headers, msg.data)
+            task_id, scheduled_at, not_before = Invocation.timing(headers)
         except (KeyError, ValueError, IndexError) as exc:
             self.log.error("dropping an unreadable message on %s: %s", msg.subject, exc)
             self._spawn(msg.term())
             return
-        earlier = self.by_task.get(inv.task_id)
+        earlier = self.by_task.get(task_id)
         if earlier is not None:
             # The task is back while a grant for it is open: its holder finished or lost it.
             self._release(earlier)
-        key = inv.concurrency_key if self.config.key_concurrency else ""
-        rank = PRIORITIES.index(inv.priority) if inv.priority in PRIORITIES else 1
-        waiter = Waiter(msg, inv.task_id, n.key_hash(key) if key else "", rank, inv.scheduled_at, time.monotonic())
+        key = headers.get(c.H_CONCURRENCY_KEY, "") if self.config.key_concurrency else ""
+        rank = RANKS.get(headers.get(c.H_PRIORITY, "normal"), 1)
+        waiter = Waiter(msg, task_id, n.key_hash(key) if key else "", rank, scheduled_at, time.monotonic())
         now = time.time()
         if parked:
             self.adm.take_parked((rank, waiter.key))
-        if inv.not_before > now + 0.01 or self._expired(waiter, now):
+        if not_before > now + 0.01 or self._expired(waiter, now):
             # Not due yet (the worker parks it on the delay stream) or past max_event_age
             # (the worker ends it Expired): neither takes a slot, a key or a token.
             self._send([waiter], granted=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 FLOW_STREAM = "FNGATE_FLOW"  # work queue: parked tasks on fngate.flow.park.{fn}.{rank}.{key hash}
@@ -20,6 +21,7 @@ STATS_SUBJECT = "fngate.flow.stats"  # fngate.flow.stats.{fn}: the leader's wait
 H_HANDOVER = "Fngate-Flow"
 
 
+@functools.lru_cache(maxsize=4096)  # the keys of a busy function repeat
 def key_hash(key: str) -> str:
     """A subject token and consumer-name part for a key (keys may hold dots and slashes)."""
     return hashlib.blake2s(key.encode(), digest_size=8).hexdigest() if key else "_"
