@@ -18,8 +18,6 @@ H_CONTENT_TYPE = "Content-Type"
 H_TRACEPARENT = "traceparent"
 H_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 H_MSG_ID = "Nats-Msg-Id"
-H_PRIORITY = "Fngate-Priority"  # high | low (absent: normal)
-H_CONCURRENCY_KEY = "Fngate-Concurrency-Key"
 
 # JetStream API error codes we act on.
 ERR_WRONG_LAST_SEQUENCE = 10071

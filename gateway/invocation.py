@@ -130,22 +130,20 @@ class Invocation:
                 str(self.lineage.depth),
             )
         )
+        if self.priority != "normal" or self.concurrency_key:
+            # Flow control's two fields, only when set: the common task's header keeps its
+            # twelve, and a header of their own would cost every consumer a parse per task.
+            meta = f"{meta}|{self.priority}|{self.concurrency_key}"
         headers = {c.H_INVOCATION: meta, c.H_CONTENT_TYPE: self.content_type}
         if self.traceparent:
             headers[c.H_TRACEPARENT] = self.traceparent
-        # Separate headers, and only when set: the common task pays nothing for flow control,
-        # and the compact header (read by Invocation.identity) keeps its shape.
-        if self.priority != "normal":
-            headers[c.H_PRIORITY] = self.priority
-        if self.concurrency_key:
-            headers[c.H_CONCURRENCY_KEY] = self.concurrency_key
         return headers
 
     @classmethod
     def from_message(cls, headers: dict[str, str] | None, data: bytes | None) -> Invocation:
         h = headers or {}
         fields = h[c.H_INVOCATION].split("|")
-        if fields[0] != META_VERSION or len(fields) != 12:
+        if fields[0] != META_VERSION or len(fields) not in (12, 14):
             raise ValueError(f"unknown invocation header {h[c.H_INVOCATION][:80]!r}")
         submitted = float(fields[3])
         return cls(
@@ -161,8 +159,8 @@ class Invocation:
             source=Source(unquote(fields[8]), unquote(fields[9])),
             lineage=Lineage(fields[10] or "unknown", int(fields[11])),
             traceparent=h.get(c.H_TRACEPARENT),
-            priority=h.get(c.H_PRIORITY, "normal"),
-            concurrency_key=h.get(c.H_CONCURRENCY_KEY, ""),
+            priority=fields[12] if len(fields) == 14 else "normal",
+            concurrency_key=fields[13] if len(fields) == 14 else "",
         )
 
     @staticmethod
@@ -172,13 +170,15 @@ class Invocation:
         return fields[1], fields[2], float(fields[3])
 
     @staticmethod
-    def timing(headers: dict[str, str]) -> tuple[str, float, float]:
-        """(task id, scheduled at, not before) from the headers alone: what the flow leader
-        needs of every task it admits, without building the invocation."""
-        fields = headers[c.H_INVOCATION].split("|", 6)
-        if fields[0] != META_VERSION or len(fields) != 7:
+    def flow(headers: dict[str, str]) -> tuple[str, float, float, str, str]:
+        """(task id, scheduled at, not before, priority, concurrency key) from the headers
+        alone: what the flow leader needs of every task it admits, without building it."""
+        fields = headers[c.H_INVOCATION].split("|")
+        if fields[0] != META_VERSION or len(fields) not in (12, 14):
             raise ValueError(f"unknown invocation header {headers[c.H_INVOCATION][:80]!r}")
-        return fields[1], float(fields[4]), float(fields[5])
+        if len(fields) == 14:
+            return fields[1], float(fields[4]), float(fields[5]), fields[12], fields[13]
+        return fields[1], float(fields[4]), float(fields[5]), "normal", ""
 
     def but(self, **changes: Any) -> Invocation:
         return replace(self, **changes)

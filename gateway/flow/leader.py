@@ -240,7 +240,7 @@ class FlowLeader:
             return
         headers = msg.headers or {}
         try:
-            task_id, scheduled_at, not_before = Invocation.timing(headers)
+            task_id, scheduled_at, not_before, priority, key = Invocation.flow(headers)
         except (KeyError, ValueError, IndexError) as exc:
             self.log.error("dropping an unreadable message on %s: %s", msg.subject, exc)
             self._spawn(msg.term())
@@ -249,8 +249,8 @@ class FlowLeader:
         if earlier is not None:
             # The task is back while a grant for it is open: its holder finished or lost it.
             self._release(earlier)
-        key = headers.get(c.H_CONCURRENCY_KEY, "") if self.config.key_concurrency else ""
-        rank = RANKS.get(headers.get(c.H_PRIORITY, "normal"), 1)
+        key = key if self.config.key_concurrency else ""
+        rank = RANKS.get(priority, 1)
         waiter = Waiter(msg, task_id, n.key_hash(key) if key else "", rank, scheduled_at, time.monotonic())
         now = time.time()
         if parked:
