@@ -261,7 +261,14 @@ class TaskService:
     async def rerun(self, task_id: str) -> str:
         inv = await self.payload_of(check_task_id(task_id))
         self.function(inv.function)
-        return await self.submit(inv.function, inv.payload, source=inv.source, content_type=inv.content_type)
+        return await self.submit(
+            inv.function,
+            inv.payload,
+            source=inv.source,
+            content_type=inv.content_type,
+            priority=inv.priority,
+            concurrency_key=inv.concurrency_key,
+        )
 
     def function_summary(self, name: str) -> dict[str, Any]:
         config = self.function(name)
