@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from gateway.config import parse_config
@@ -75,3 +79,19 @@ def test_config_checks() -> None:
         with pytest.raises(ConfigError):
             parse_config({"functions": {"f": {**fn, **bad}}})
     assert parse_rate("30/m").per_second == 0.5 and str(parse_rate("1000/h")) == "1000/h"
+
+
+def test_fngate_check_names_bad_flow_keys(tmp_path: Path) -> None:
+    config = tmp_path / "fngate.yaml"
+    config.write_text(
+        "functions:\n  f:\n    handler: python:examples.functions:echo\n"
+        "    rate_limit: 10/d\n    key_concurrency: 0\n    priorities: maybe\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "-c", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    assert "functions.f.key_concurrency: must be 1..10000 (got 0)" in output
+    assert "functions.f.rate_limit: must be a positive number of starts per s, m or h" in output
+    assert "functions.f.priorities" in output
