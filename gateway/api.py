@@ -15,6 +15,7 @@ from aiohttp import web
 from . import schemas
 from .config import Config
 from .errors import BadRequest, DuplicateTask, FngateError, Forbidden, Unauthorized
+from .flow.limits import check_key, check_priority
 from .invocation import Source, parse_iso, valid_traceparent
 from .redact import redact_text
 from .requests import ClientGone, check_content_type, check_sync_headers, parse_delay, read_body, request_lineage
@@ -170,6 +171,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         source=Source("api", ""),
         lineage=request_lineage(request.headers),
         traceparent=valid_traceparent(request.headers.get("traceparent")),
+        **parse_flow_headers(request.headers),
     )
     return enqueued_response(task_id)
 
@@ -205,6 +207,23 @@ def json_depth(document: Any) -> int:
             deepest = max(deepest, depth)
             stack.extend((child, depth + 1) for child in node)
     return deepest
+
+
+def parse_flow_headers(headers: Any) -> dict[str, str]:
+    """X-Priority and X-Concurrency-Key of an async invocation, checked (see gateway/flow)."""
+    given = {}
+    for header, check, arg in (
+        ("X-Priority", check_priority, "priority"),
+        ("X-Concurrency-Key", check_key, "concurrency_key"),
+    ):
+        value = headers.get(header)
+        if value is None:
+            continue
+        try:
+            given[arg] = check(value)
+        except ValueError as exc:
+            raise BadRequest(f"{header}: {exc}") from None
+    return given
 
 
 async def get_task(request: web.Request) -> web.Response:

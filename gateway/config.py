@@ -125,6 +125,11 @@ class FunctionConfig(_Model):
     timeout: Duration = Field(default=30.0, ge=0.001, le=86400.0)
     concurrency: int = Field(default=8, ge=1, le=10000)
     env: dict[str, str] = {}
+    # Flow control (gateway/flow): at most this many at once per X-Concurrency-Key, starts
+    # per period across the deployment, and X-Priority ordering of waiting tasks.
+    key_concurrency: int | None = Field(default=None, ge=1, le=10000)
+    rate_limit: str | None = None
+    priorities: bool = False
     async_: AsyncConfig = Field(default_factory=AsyncConfig, alias="async")
 
     @model_validator(mode="after")
@@ -156,6 +161,20 @@ class FunctionConfig(_Model):
         """The longest X-Delay a task of this function may have within its retention."""
         room = self.async_.retention - self.async_.max_event_age - self.timeout - RETENTION_MARGIN
         return max(0.0, min(MAX_DELAY, room))
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .flow.limits import parse_rate
+
+            parse_rate(value)
+        return value
+
+    @property
+    def flow_controlled(self) -> bool:
+        """Its tasks go through the flow leader (gateway/flow) rather than straight to workers."""
+        return self.key_concurrency is not None or self.rate_limit is not None or self.priorities
 
     @property
     def runtime(self) -> str:

@@ -110,6 +110,8 @@ class Invocation:
     lineage: Lineage = field(default_factory=Lineage)
     traceparent: str | None = None  # W3C trace context the task came with (tracing.py)
     tracestate: str | None = None
+    priority: str = "normal"  # high | normal | low: order among a flow-controlled function's waiting tasks
+    concurrency_key: str = ""  # tasks of one key run at most key_concurrency at once
 
     @property
     def subject(self) -> str:
@@ -138,6 +140,10 @@ class Invocation:
                 str(self.lineage.depth),
             )
         )
+        if self.priority != "normal" or self.concurrency_key:
+            # Flow control's two fields, only when set: the common task's header keeps its
+            # twelve, and a header of their own would cost every consumer a parse per task.
+            meta = f"{meta}|{self.priority}|{self.concurrency_key}"
         headers = {c.H_INVOCATION: meta, c.H_CONTENT_TYPE: self.content_type}
         if self.traceparent:
             headers[c.H_TRACEPARENT] = self.traceparent
@@ -149,7 +155,7 @@ class Invocation:
     def from_message(cls, headers: dict[str, str] | None, data: bytes | None) -> Invocation:
         h = headers or {}
         fields = h[c.H_INVOCATION].split("|")
-        if fields[0] != META_VERSION or len(fields) != 12:
+        if fields[0] != META_VERSION or len(fields) not in (12, 14):
             raise ValueError(f"unknown invocation header {h[c.H_INVOCATION][:80]!r}")
         submitted = float(fields[3])
         return cls(
@@ -166,6 +172,8 @@ class Invocation:
             lineage=Lineage(fields[10] or "unknown", int(fields[11])),
             traceparent=h.get(c.H_TRACEPARENT),
             tracestate=h.get(c.H_TRACESTATE),
+            priority=fields[12] if len(fields) == 14 else "normal",
+            concurrency_key=fields[13] if len(fields) == 14 else "",
         )
 
     @staticmethod
@@ -173,6 +181,17 @@ class Invocation:
         """(task id, function, submitted at) from the headers alone, without the payload."""
         fields = headers[c.H_INVOCATION].split("|", 4)
         return fields[1], fields[2], float(fields[3])
+
+    @staticmethod
+    def flow(headers: dict[str, str]) -> tuple[str, float, float, str, str]:
+        """(task id, scheduled at, not before, priority, concurrency key) from the headers
+        alone: what the flow leader needs of every task it admits, without building it."""
+        fields = headers[c.H_INVOCATION].split("|")
+        if fields[0] != META_VERSION or len(fields) not in (12, 14):
+            raise ValueError(f"unknown invocation header {headers[c.H_INVOCATION][:80]!r}")
+        if len(fields) == 14:
+            return fields[1], float(fields[4]), float(fields[5]), fields[12], fields[13]
+        return fields[1], float(fields[4]), float(fields[5]), "normal", ""
 
     def but(self, **changes: Any) -> Invocation:
         return replace(self, **changes)

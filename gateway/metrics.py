@@ -11,6 +11,12 @@ TASKS_FINISHED = Counter(
 TASK_ATTEMPTS = Counter("fngate_task_attempts_total", "Executions started (first runs and retries)", ["function"])
 TASKS_RUNNING = Gauge("fngate_tasks_running", "Executions running in this replica", ["function"])
 TASKS_QUEUED = Gauge("fngate_tasks_queued", "Tasks waiting in the queue (from the task view)", ["function"])
+TASKS_WAITING = Gauge(
+    "fngate_tasks_waiting",
+    "Tasks of a flow-controlled function held back, by reason (concurrency, key, rate); "
+    "deployment-wide, the same in every replica",
+    ["function", "reason"],
+)
 EXECUTION_SECONDS = Histogram(
     "fngate_execution_seconds",
     "Time a function ran, per attempt",

@@ -119,6 +119,16 @@ def base_paths() -> dict[str, Any]:
                         {"type": "number", "minimum": 0, "maximum": 86400},
                     ),
                     *lineage_headers(),
+                    header(
+                        "X-Priority",
+                        "async: high, normal (default) or low; orders a flow-controlled function's waiting tasks",
+                        {"type": "string", "enum": ["high", "normal", "low"]},
+                    ),
+                    header(
+                        "X-Concurrency-Key",
+                        "async: tasks of one key run at most key_concurrency at once",
+                        {"type": "string", "pattern": "^[A-Za-z0-9._:@/-]{1,128}$"},
+                    ),
                 ],
                 "requestBody": {
                     "description": "the payload: any bytes; a body sent as application/json must parse",

@@ -18,6 +18,7 @@ from .errors import (
     ResourceExhausted,
     TaskNotFound,
 )
+from .flow import stats as flow_stats
 from .index import TaskIndex
 from .invocation import TASK_ID, BatchItem, Invocation, Lineage, Source, new_task_id
 from .invocation import TASK_ID_PATTERN as TASK_ID_PATTERN  # re-exported (openapi)
@@ -64,6 +65,8 @@ class TaskService:
         delay: float = 0.0,
         lineage: Lineage | None = None,
         traceparent: str | None = None,
+        priority: str = "normal",
+        concurrency_key: str = "",
     ) -> str:
         """Durably enqueue an async invocation; returns only after JetStream acknowledged it."""
         inv = self.invocation(
@@ -75,6 +78,8 @@ class TaskService:
             delay=delay,
             lineage=lineage,
             traceparent=traceparent,
+            priority=priority,
+            concurrency_key=concurrency_key,
         )
         await self.store.submit(inv)
         metrics.TASKS_SUBMITTED.labels(function).inc()
@@ -111,6 +116,8 @@ class TaskService:
         lineage: Lineage | None = None,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        priority: str = "normal",
+        concurrency_key: str = "",
     ) -> Invocation:
         """A new invocation, its inputs checked (BadRequest, FunctionNotFound)."""
         config = self.function(function)
@@ -139,6 +146,8 @@ class TaskService:
             lineage=lineage or Lineage(),
             traceparent=traceparent,
             tracestate=tracestate,
+            priority=priority,
+            concurrency_key=concurrency_key,
         )
 
     async def invoke_sync(
@@ -277,8 +286,14 @@ class TaskService:
         inv = await self.payload_of(check_task_id(task_id))
         self.function(inv.function)
         # The new task names the one it repeats (its record's `rerun_of`, see new_record).
-        source = Source(RERUN_SOURCE, inv.task_id)
-        return await self.submit(inv.function, inv.payload, source=source, content_type=inv.content_type)
+        return await self.submit(
+            inv.function,
+            inv.payload,
+            source=Source(RERUN_SOURCE, inv.task_id),
+            content_type=inv.content_type,
+            priority=inv.priority,
+            concurrency_key=inv.concurrency_key,
+        )
 
     def function_summary(self, name: str) -> dict[str, Any]:
         config = self.function(name)
@@ -298,6 +313,7 @@ class TaskService:
             **runtime,
             "timeout": config.timeout,
             "concurrency": config.concurrency,
+            "flow": flow_stats.summary(name, config),
             "async": {
                 "max_retries": async_config.max_retries,
                 "max_event_age": async_config.max_event_age,

@@ -108,6 +108,11 @@ class FunctionWorker:
         )
 
     async def run(self) -> None:
+        if self.config.flow_controlled:
+            from .flow.run import run_flow  # key limits, priorities, rate: the flow leader pulls
+
+            await run_flow(self)
+            return
         js = self.store.js
         config = self.consumer_config()
         try:

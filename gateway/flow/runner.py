@@ -1,0 +1,97 @@
+"""The worker side of flow control, in every replica: runs what the leader admitted.
+
+A task arrives over core NATS (queue group: one replica of the deployment takes it) with
+the reply subject of the leader's JetStream delivery; the worker handles it as if it had
+pulled it, so acks, heartbeats and retries work as for any task. When the handling ends
+the grant is reported done; every ack_wait/3 the grants still running are reported, which
+keeps them alive at the leader (and tells a new leader what runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+
+from . import names as n
+from . import stats
+
+if TYPE_CHECKING:
+    from ..worker import FunctionWorker
+    from .leader import FlowLeader
+
+log = logging.getLogger(__name__)
+
+
+class FlowRunner:
+    def __init__(self, worker: FunctionWorker, replica: str) -> None:
+        self.replica = replica
+        self.leader: FlowLeader | None = None  # this replica's, for grants handed over in-process
+        self.worker = worker
+        self.fn = worker.name
+        self.nc = worker.store.nc
+        self.interval = max(0.5, worker.ack_wait / 3)
+        self.held: dict[str, tuple[str, str]] = {}  # grant id -> (task id, key hash)
+        self._reports: set[asyncio.Task[Any]] = set()
+        self._ended: list[str] = []  # grants ended since the last done report
+
+    async def run(self) -> None:
+        subs = [
+            await self.nc.subscribe(f"{n.RUN_SUBJECT}.{self.fn}", queue=f"fngate-flow-{self.fn}", cb=self._on_run),
+            await self.nc.subscribe(f"{n.STATS_SUBJECT}.{self.fn}", cb=self._on_stats),
+        ]
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                # Also when holding nothing: the leader counts the live replicas by it.
+                grants = [[grant, task_id, khash] for grant, (task_id, khash) in self.held.items()]
+                report = {"replica": self.replica, "grants": grants}
+                with contextlib.suppress(Exception):
+                    await self.nc.publish(f"{n.HOLD_SUBJECT}.{self.fn}", json.dumps(report).encode())
+        finally:
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _on_run(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        try:
+            reply, subject, grant, khash = headers.pop(n.H_HANDOVER).split(" ")
+        except (KeyError, ValueError):
+            return
+        grant, khash = ("" if grant == "-" else grant), ("" if khash == "-" else khash)
+        self.start(Msg(self.nc, subject=subject, reply=reply, data=msg.data, headers=headers), grant, khash)
+
+    def start(self, delivery: Msg, grant: str, khash: str) -> None:
+        """Handle a delivery the leader admitted (handed over by NATS, or in-process)."""
+        if grant:
+            task_id = (delivery.headers or {}).get("Fngate-Invocation", "").split("|", 2)[1:2]
+            self.held[grant] = (task_id[0] if task_id else "", khash)
+        task = asyncio.create_task(self.worker._handle(delivery, holds_slot=False))
+        self.worker._tasks.add(task)
+        task.add_done_callback(self.worker._tasks.discard)
+        if grant:
+            task.add_done_callback(lambda _: self._done(grant))
+
+    def _done(self, grant: str) -> None:
+        """Report the grant's end; the ends of one loop turn go out as one message."""
+        self.held.pop(grant, None)
+        if self.leader is not None and self.leader.release_local(grant):
+            return
+        self._ended.append(grant)
+        if len(self._ended) == 1:
+            asyncio.get_running_loop().call_soon(self._report_done)
+
+    def _report_done(self) -> None:
+        ended, self._ended = self._ended, []
+        report = asyncio.create_task(self.nc.publish(f"{n.DONE_SUBJECT}.{self.fn}", " ".join(ended).encode()))
+        self._reports.add(report)
+        report.add_done_callback(self._reports.discard)
+
+    async def _on_stats(self, msg: Msg) -> None:
+        with contextlib.suppress(ValueError):
+            stats.record(self.fn, json.loads(msg.data))

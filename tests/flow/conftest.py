@@ -1,0 +1,46 @@
+"""Two gateway replicas on one nats-server, running a journaled function under flow control."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import GatewayFactory
+from tests.functions import read_journal
+from tests.services import GatewayProcess, NatsServer
+
+Replicas = Callable[..., list[GatewayProcess]]
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Path:
+    return tmp_path / "journal"
+
+
+@pytest.fixture
+def replicas(nats_server: NatsServer, gateway_factory: GatewayFactory, journal: Path) -> Replicas:
+    def start(name: str, count: int = 2, ack_wait: str = "2s", **function: Any) -> list[GatewayProcess]:
+        spec = {"handler": "python:tests.functions:journaled", "timeout": "60s", **function}
+        config = {"nats": {"url": nats_server.url, "ack_wait": ack_wait}, "functions": {name: spec}}
+        return [gateway_factory(config, env={"FNGATE_TEST_JOURNAL": str(journal)}) for _ in range(count)]
+
+    return start
+
+
+def runs(journal: Path) -> list[tuple[str, float, float | None, int]]:
+    """Executions from the function's own stamps: (task id, start, end or None, pid)."""
+    rows = read_journal(str(journal))
+    ends = {(r[1], r[2], r[4]): r[3] for r in rows if r[0] == "end"}
+    return [(r[1], r[3], ends.get((r[1], r[2], r[4])), r[4]) for r in rows if r[0] == "start"]
+
+
+def peak(executions: list[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in executions] + [(end, -1) for _, end in executions])
+    running = most = 0
+    for _, delta in events:
+        running += delta
+        most = max(most, running)
+    return most
