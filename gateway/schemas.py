@@ -182,6 +182,25 @@ class AsyncSummary(_Strict):
     on_failure: str | None
 
 
+class FlowWaiting(_Strict):
+    concurrency: int
+    key: int
+    rate: int
+
+
+class FlowSummary(_Strict):
+    """Flow control of a function (gateway/flow): its limits and what its leader holds back."""
+
+    key_concurrency: int | None
+    rate_limit: str | None = Field(examples=["100/s"])
+    priorities: bool
+    leader: str | None = Field(description="the replica admitting this function's tasks")
+    running: int
+    waiting: FlowWaiting = Field(description="tasks held back, by the limit that holds them")
+    parked: int = Field(description="waiting tasks parked on FNGATE_FLOW")
+    as_of_seconds_ago: float | None = Field(description="age of these figures (the leader sends them once a second)")
+
+
 class Function(_Strict):
     """A function's config summary (no secrets) and live counts."""
 
@@ -192,6 +211,7 @@ class Function(_Strict):
     command: list[str] | None = Field(default=None, description="the program only, not its arguments")
     timeout: float
     concurrency: int
+    flow: FlowSummary | None = Field(default=None, description="null unless key_concurrency, rate_limit or priorities")
     async_: AsyncSummary = Field(alias="async")
     counts: Counts
 
