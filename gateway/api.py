@@ -13,9 +13,9 @@ from aiohttp import web
 
 from .config import Config
 from .errors import BadRequest, FngateError, Forbidden, PayloadTooLarge, Unauthorized
-from .invocation import Source, lineage_from_headers, parse_iso, valid_traceparent
+from .history import query_from_params
+from .invocation import Source, lineage_from_headers, valid_traceparent
 from .service import TaskService, check_task_id
-from .status import TaskStatus
 from .store import TaskStore
 from .units import format_size
 
@@ -206,45 +206,9 @@ async def get_task(request: web.Request) -> web.Response:
     return web.json_response(record)
 
 
-def parse_time(value: str | None, name: str) -> float | None:
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return parse_iso(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be an ISO 8601 time or epoch seconds") from None
-
-
 async def list_tasks(request: web.Request) -> web.Response:
-    q = request.query
-    status = None
-    if q.get("status"):
-        try:
-            status = TaskStatus(q["status"])
-        except ValueError:
-            allowed = ", ".join(s.value for s in TaskStatus)
-            raise BadRequest(f"status must be one of {allowed}") from None
-    try:
-        limit = int(q.get("limit", "50"))
-        cursor = int(q["cursor"]) if q.get("cursor") else None
-    except ValueError:
-        raise BadRequest("limit and cursor must be integers") from None
-    if not 1 <= limit <= 1000:
-        raise BadRequest("limit must be 1..1000")
-    function = q.get("function") or None
-    tasks, next_cursor = await request.app[SERVICE].list_tasks(
-        function=function,
-        status=status,
-        since=parse_time(q.get("since"), "since"),
-        until=parse_time(q.get("until"), "until"),
-        limit=limit,
-        cursor=cursor,
-    )
-    return web.json_response({"tasks": tasks, "next_cursor": str(next_cursor) if next_cursor else None})
+    tasks, next_cursor = await request.app[SERVICE].list_tasks(query_from_params(request.query))
+    return web.json_response({"tasks": tasks, "next_cursor": next_cursor})
 
 
 async def stop_task(request: web.Request) -> web.Response:
@@ -259,11 +223,12 @@ async def rerun_task(request: web.Request) -> web.Response:
 
 async def list_functions(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    return web.json_response({"functions": [service.function_summary(n) for n in service.config.functions]})
+    return web.json_response({"functions": await service.function_summaries(list(service.config.functions))})
 
 
 async def get_function(request: web.Request) -> web.Response:
-    return web.json_response(request.app[SERVICE].function_summary(request.match_info["fn"]))
+    (summary,) = await request.app[SERVICE].function_summaries([request.match_info["fn"]])
+    return web.json_response(summary)
 
 
 async def healthz(request: web.Request) -> web.Response:

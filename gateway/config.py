@@ -148,6 +148,22 @@ class TriggerConfig(BaseModel):
     function: str
 
 
+class IndexConfig(_Model):
+    """Where the task history lives (gateway/history): `sqlite` (a file under nats.data_dir),
+    `sqlite:///path/to/file.db`, or `postgresql://user@host:5432/db` shared across hosts."""
+
+    url: str = "sqlite"
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value == "sqlite" or value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            if value.startswith("sqlite:///") and len(value) == len("sqlite:///"):
+                raise ValueError("sqlite:/// needs a file path")
+            return value
+        raise ValueError(f"must be sqlite, sqlite:///path or postgresql://user@host/db (got {value!r})")
+
+
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -156,6 +172,7 @@ class LoggingConfig(_Model):
 class Config(_Model):
     nats: NatsConfig = NatsConfig()
     api: ApiConfig = ApiConfig()
+    index: IndexConfig = IndexConfig()
     logging: LoggingConfig = LoggingConfig()
     max_chain_depth: int = Field(default=16, ge=1, le=1000)
     functions: dict[str, FunctionConfig] = {}

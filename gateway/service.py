@@ -19,7 +19,7 @@ from .errors import (
     ResourceExhausted,
     TaskNotFound,
 )
-from .index import TaskIndex
+from .history import TaskHistory, TaskQuery
 from .invocation import BatchItem, Invocation, Lineage, Source, new_task_id
 from .records import Record, new_record, status_of
 from .runtimes import Context, Runtime, redact_url, run_with_timeout, task_logger
@@ -43,10 +43,12 @@ def check_task_id(task_id: str) -> str:
 
 
 class TaskService:
-    def __init__(self, config: Config, store: TaskStore, index: TaskIndex, runtimes: dict[str, Runtime]) -> None:
+    def __init__(
+        self, config: Config, store: TaskStore, history: TaskHistory, runtimes: dict[str, Runtime]
+    ) -> None:
         self.config = config
         self.store = store
-        self.index = index
+        self.history = history
         self.runtimes = runtimes
         self._sync_slots = {name: asyncio.Semaphore(f.concurrency) for name, f in config.functions.items()}
         self.sync_running: dict[str, int] = {name: 0 for name in config.functions}
@@ -183,8 +185,12 @@ class TaskService:
         return new_record(inv)
 
     async def _find_submission(self, task_id: str) -> Invocation | None:
-        entry = self.index.entries.get(task_id)
-        candidates = [entry.function] if entry else list(self.config.functions)
+        try:
+            known = await self.history.function_of(task_id)
+        except Exception as exc:  # the index unreachable: every function's subject is tried
+            log.warning("task index: cannot look up task %s: %s", task_id, exc)
+            known = None
+        candidates = [known] if known else list(self.config.functions)
         for function in candidates:
             inv = await self.store.get_submission(function, task_id)
             if inv is not None:
@@ -197,21 +203,12 @@ class TaskService:
             raise TaskNotFound(f"task {task_id!r} not found (or its payload passed retention)")
         return inv
 
-    async def list_tasks(
-        self,
-        *,
-        function: str | None = None,
-        status: TaskStatus | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 50,
-        cursor: int | None = None,
-    ) -> tuple[list[Record], int | None]:
-        entries, next_cursor = self.index.select(
-            function=function, status=status, since=since, until=until, limit=limit, before_seq=cursor
-        )
-        records = await asyncio.gather(*(self._record_for(e.task_id, e.function) for e in entries))
-        return [r for r in records if r is not None], next_cursor
+    async def list_tasks(self, query: TaskQuery) -> tuple[list[Record], str | None]:
+        """A page of the index (which may trail the streams by its lag), each record read
+        from the stream so it is current; the cursor of the next page, or None."""
+        listed, cursor = await self.history.list(query)
+        records = await asyncio.gather(*(self._record_for(t.task_id, t.function) for t in listed))
+        return [r for r in records if r is not None], (str(cursor) if cursor else None)
 
     async def _record_for(self, task_id: str, function: str) -> Record | None:
         stored = await self.store.get_state(task_id)
@@ -254,7 +251,14 @@ class TaskService:
         self.function(inv.function)
         return await self.submit(inv.function, inv.payload, source=inv.source, content_type=inv.content_type)
 
-    def function_summary(self, name: str) -> dict[str, Any]:
+    async def function_summaries(self, names: list[str]) -> list[dict[str, Any]]:
+        """Config summaries with live counts, the counts of all of them in one index read."""
+        for name in names:
+            self.function(name)
+        counts = await self.history.counts(names)
+        return [self.function_summary(name, counts[name].summary()) for name in names]
+
+    def function_summary(self, name: str, counts: dict[str, dict[str, int]]) -> dict[str, Any]:
         config = self.function(name)
         runtime: dict[str, Any]
         if config.handler:
@@ -263,7 +267,6 @@ class TaskService:
             runtime = {"url": redact_url(config.url)}
         else:
             runtime = {"command": (config.command or [])[:1]}
-        counts = self.index.function_counts(name).summary()
         counts["totals"]["running_sync"] = self.sync_running.get(name, 0)
         async_config = config.async_
         return {
