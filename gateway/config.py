@@ -153,6 +153,8 @@ class IndexConfig(_Model):
     `sqlite:///path/to/file.db`, or `postgresql://user@host:5432/db` shared across hosts."""
 
     url: str = "sqlite"
+    # A batch that a replica took but did not commit (it died) goes to another one after this.
+    ack_wait: Duration = Field(default=30.0, ge=1.0, le=600.0)
 
     @field_validator("url")
     @classmethod

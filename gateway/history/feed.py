@@ -120,6 +120,7 @@ class StreamFeed:
     parse: Callable[[Msg, int], Fact | None]
     oldest_ms: OldestMs
     batch: int = BATCH
+    ack_wait: float = ACK_WAIT
     lag: Lag = field(default_factory=Lag)
     applied: int = 0
     _buffer: list[Msg] = field(default_factory=list)
@@ -135,7 +136,7 @@ class StreamFeed:
             filter_subject=self.subject,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
-            ack_wait=ACK_WAIT,
+            ack_wait=self.ack_wait,
             max_ack_pending=self.batch * 4,
             max_deliver=-1,
             max_waiting=64,
@@ -155,8 +156,9 @@ class StreamFeed:
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_message)
         self._credit = 0
         self._buffer.clear()
-        progress_at = time.monotonic() + PROGRESS_EVERY
+        progress_at = time.monotonic()  # the first batch says how much there is to backfill
         progress_applied = self.applied
+        progress_started = progress_at
         try:
             while True:
                 if self._credit <= 0 or time.monotonic() > self._deadline:
@@ -182,9 +184,9 @@ class StreamFeed:
                             self.stream,
                             self.applied,
                             pending,
-                            done / (now - progress_at + PROGRESS_EVERY),
+                            done / max(now - progress_started, 1e-3),
                         )
-                    progress_at, progress_applied = now + PROGRESS_EVERY, self.applied
+                    progress_at, progress_applied, progress_started = now + PROGRESS_EVERY, self.applied, now
         finally:
             if self._sub is not None:
                 with contextlib.suppress(Exception):
@@ -255,10 +257,15 @@ class StreamFeed:
         return self.lag
 
 
-def stream_feeds(nc: NATS, backend: Backend, database_id: str, oldest_ms: OldestMs) -> list[StreamFeed]:
+def stream_feeds(
+    nc: NATS, backend: Backend, database_id: str, oldest_ms: OldestMs, ack_wait: float = ACK_WAIT
+) -> list[StreamFeed]:
     prefix = f"fngate-index-{database_id}"
-    return [
-        StreamFeed(nc, backend, c.TASKS_STREAM, f"{c.TASKS_SUBJECT}.>", f"{prefix}-tasks", True, task_fact, oldest_ms),
-        StreamFeed(nc, backend, c.STATE_STREAM, f"{c.STATE_SUBJECT}.>", f"{prefix}-state", False, state_fact,
-                   oldest_ms),
-    ]  # fmt: skip
+    tasks = StreamFeed(
+        nc, backend, c.TASKS_STREAM, f"{c.TASKS_SUBJECT}.>", f"{prefix}-tasks", True, task_fact, oldest_ms
+    )
+    states = StreamFeed(
+        nc, backend, c.STATE_STREAM, f"{c.STATE_SUBJECT}.>", f"{prefix}-state", False, state_fact, oldest_ms
+    )
+    tasks.ack_wait = states.ack_wait = ack_wait
+    return [tasks, states]

@@ -47,7 +47,7 @@ class TaskHistory:
     def attach(self, nc: NATS, database_id: str) -> None:
         """Feed from this connection (the history's own, not the one serving submits)."""
         self.nc = nc
-        self.feeds = stream_feeds(nc, self.backend, database_id, self.oldest_ms)
+        self.feeds = stream_feeds(nc, self.backend, database_id, self.oldest_ms, self.config.index.ack_wait)
 
     def loops(self) -> list[Loop]:
         return [
