@@ -6,6 +6,7 @@ so `fngate check` can print them all at once.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -162,6 +163,8 @@ class IndexConfig(_Model):
         if value == "sqlite" or value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             if value.startswith("sqlite:///") and len(value) == len("sqlite:///"):
                 raise ValueError("sqlite:/// needs a file path")
+            if value.startswith("postgres") and importlib.util.find_spec("asyncpg") is None:
+                raise ValueError("a postgresql:// index needs the asyncpg driver: pip install asyncpg")
             return value
         raise ValueError(f"must be sqlite, sqlite:///path or postgresql://user@host/db (got {value!r})")
 
