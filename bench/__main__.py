@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import backlog, end_to_end, latency, submit, triggers
+from . import backlog, end_to_end, latency, scale_out, submit, triggers
 from .harness import BENCH_DIR, Figure, Settings, Stack, machine, stack
 
 SCENARIOS: dict[str, Callable[[Stack, Settings], list[Figure]]] = {
@@ -18,6 +18,7 @@ SCENARIOS: dict[str, Callable[[Stack, Settings], list[Figure]]] = {
     "latency": latency.run,
     "triggers": triggers.run,
     "backlog": backlog.run,
+    "scale_out": scale_out.run,
 }
 
 

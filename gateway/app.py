@@ -21,6 +21,7 @@ from .destinations import Dispatcher
 from .embedded import EmbeddedNats
 from .errors import ConfigError, ServiceUnavailable
 from .history import TaskHistory
+from .history.headers import install as lean_headers
 from .invocation import BatchItem, Invocation, Source
 from .records import Record
 from .runtimes import Runtime, build_runtime
@@ -100,6 +101,7 @@ class Gateway:
         history = self.history = TaskHistory(self.config)
         await history.open()
         self.history_nc = await connect(servers, name="fngate-index")
+        lean_headers(self.history_nc)
         history.attach(self.history_nc, await history.backend.database_id())
         for name, factory in history.loops():
             self._spawn(name, factory)

@@ -123,6 +123,12 @@ class StreamFeed:
     ack_wait: float = ACK_WAIT
     lag: Lag = field(default_factory=Lag)
     applied: int = 0
+    # The feed this one waits for while it has a backlog (the tasks feed waits for the state
+    # feed): in a backfill a task's record then makes its row, and its submission finds the
+    # row there, one insert per task instead of an insert and an update.
+    yield_to: StreamFeed | None = None
+    backlog: int = 0  # messages the consumer held after the last batch this replica took
+    backlog_at: float = 0.0
     _buffer: list[Msg] = field(default_factory=list)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _credit: int = 0  # messages the open pull request may still bring
@@ -162,6 +168,7 @@ class StreamFeed:
         try:
             while True:
                 if self._credit <= 0 or time.monotonic() > self._deadline:
+                    await self._wait_for_priority()
                     await self._request()
                 if not self._buffer:
                     self._arrived.clear()
@@ -172,8 +179,8 @@ class StreamFeed:
                     await asyncio.sleep(LINGER)
                 msgs = self._buffer[: self.batch]
                 del self._buffer[: self.batch]
-                if self._credit <= 0:  # the server streams the next batch while this one is applied
-                    await self._request()
+                if self._credit <= 0 and not self._behind_priority():
+                    await self._request()  # the server streams the next batch while this one is applied
                 pending = await self._apply(msgs)
                 now = time.monotonic()
                 if now >= progress_at:
@@ -191,6 +198,17 @@ class StreamFeed:
             if self._sub is not None:
                 with contextlib.suppress(Exception):
                     await self._sub.unsubscribe()
+
+    def _behind_priority(self) -> bool:
+        other = self.yield_to
+        # A backlog figure older than a few seconds is not trusted: that feed may be stuck.
+        return (
+            other is not None and other.backlog > other.batch and time.monotonic() - other.backlog_at < PROGRESS_EVERY
+        )
+
+    async def _wait_for_priority(self) -> None:
+        while self._behind_priority():
+            await asyncio.sleep(0.05)
 
     async def _request(self) -> None:
         self._credit = self.batch
@@ -226,6 +244,7 @@ class StreamFeed:
         for msg in msgs:
             await self.nc.publish(msg.reply, b"+ACK")
         self.applied += len(msgs)
+        self.backlog, self.backlog_at = pending, time.monotonic()
         metrics.INDEX_APPLIED.labels(self.stream).inc(len(msgs))
         if newest_ns:
             metrics.INDEX_APPLY_DELAY.labels(self.stream).observe(max(0.0, time.time() - newest_ns / 1e9))
@@ -268,4 +287,5 @@ def stream_feeds(
         nc, backend, c.STATE_STREAM, f"{c.STATE_SUBJECT}.>", f"{prefix}-state", False, state_fact, oldest_ms
     )
     tasks.ack_wait = states.ack_wait = ack_wait
+    tasks.yield_to = states
     return [tasks, states]

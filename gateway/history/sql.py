@@ -20,7 +20,7 @@ INDEXES = {
     "tasks_by_function_status": "(function, status, submitted_ms, task_id)",
     "tasks_by_status": "(status, submitted_ms, task_id)",
     "tasks_by_source": "(source_type, source_name, submitted_ms, task_id)",
-    "tasks_by_condition": "(condition, submitted_ms, task_id)",
+    "tasks_by_condition": "(condition, submitted_ms, task_id) WHERE condition IS NOT NULL",  # terminal ones only
     "tasks_by_chain": "(chain_id, submitted_ms, task_id)",
 }
 PREFIX_END = "~"  # sorts after every character a task id may hold ([A-Za-z0-9._-])

@@ -33,7 +33,7 @@ def submission(task_id: str, function: str, ms: int, source: tuple[str, str] = (
 
 
 def state(base: Fact, status: TaskStatus, seq: int, condition: str | None = None) -> Fact:
-    finished = NOW_MS if status.terminal else None
+    finished = int(time.time() * 1000) if status.terminal else None
     return replace(base, status=status, state_seq=seq, condition=condition, finished_ms=finished)
 
 
@@ -120,7 +120,8 @@ async def test_cursor_is_stable_while_tasks_arrive(backend: Backend) -> None:
 
 async def test_a_batch_applied_twice_changes_nothing(backend: Backend) -> None:
     fn = fresh()
-    subs = [submission(f"{fn}-{i}", fn, NOW_MS - 1000 + i) for i in range(10)]
+    now_ms = int(time.time() * 1000)  # the last-minute counts are checked: stamps of now
+    subs = [submission(f"{fn}-{i}", fn, now_ms - 1000 + i) for i in range(10)]
     running = [state(s, S.RUNNING, 100 + i) for i, s in enumerate(subs)]
     done = [state(s, S.SUCCEEDED, 200 + i, "Succeeded") for i, s in enumerate(subs[:6])]
     await apply(backend, subs)
