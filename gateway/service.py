@@ -204,18 +204,10 @@ class TaskService:
         return inv
 
     async def list_tasks(self, query: TaskQuery) -> tuple[list[Record], str | None]:
-        """A page of the index (which may trail the streams by its lag), each record read
-        from the stream so it is current; the cursor of the next page, or None."""
+        """A page of the index, records as the index holds them (they may trail the streams
+        by its lag; `get_task` reads the stream); the cursor of the next page, or None."""
         listed, cursor = await self.history.list(query)
-        records = await asyncio.gather(*(self._record_for(t.task_id, t.function) for t in listed))
-        return [r for r in records if r is not None], (str(cursor) if cursor else None)
-
-    async def _record_for(self, task_id: str, function: str) -> Record | None:
-        stored = await self.store.get_state(task_id)
-        if stored is not None:
-            return stored.record
-        inv = await self.store.get_submission(function, task_id)
-        return new_record(inv) if inv else None
+        return [json.loads(t.record) for t in listed], (str(cursor) if cursor else None)
 
     async def stop_task(self, task_id: str) -> Record:
         """Queued: Stopped at once. Running: Stopping, and the replica running it cancels it."""

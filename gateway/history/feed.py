@@ -74,13 +74,14 @@ def task_fact(msg: Msg, _seq: int) -> Fact | None:
         submitted = to_ms(float(f[3]))
     except ValueError:
         return None
-    return Fact(f[1], f[2], submitted, unquote(f[8]), unquote(f[9]), f[10] or "unknown")
+    return Fact(f[1], f[2], submitted, unquote(f[8]), unquote(f[9]), f[10] or "unknown", headers=msg.headers)
 
 
 def state_fact(msg: Msg, seq: int) -> Fact | None:
     """A task record as of stream sequence `seq`."""
     try:
-        record = json.loads(msg.data)
+        text = msg.data.decode()
+        record = json.loads(text)
         status = TaskStatus(record["status"])
         source = record.get("source") or {}
         finished = record.get("finished_at")
@@ -95,8 +96,9 @@ def state_fact(msg: Msg, seq: int) -> Fact | None:
             seq,
             record.get("condition"),
             to_ms(parse_iso(finished)) if finished else None,
+            text,
         )
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         return None
 
 

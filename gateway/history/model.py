@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from ..errors import BadRequest
 from ..status import TaskStatus
@@ -41,6 +41,8 @@ class Fact:
     state_seq: int = 0
     condition: str | None = None
     finished_ms: int | None = None
+    record: str | None = None  # the task record (JSON) of a state; a submission's is made on insert
+    headers: dict[str, str] | None = None  # a submission's headers, to make its record from
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,7 @@ class Listed:
     task_id: str
     function: str
     submitted_ms: int
+    record: str  # JSON, as of the index (it may trail the stream by the lag)
 
 
 @dataclass
@@ -125,7 +128,3 @@ def recent_kind(status: TaskStatus) -> str | None:
     if status in FAILED:
         return "failed"
     return None
-
-
-def fact_as_dict(fact: Fact) -> dict[str, Any]:
-    return {k: getattr(fact, k) for k in fact.__slots__}  # type: ignore[attr-defined]

@@ -16,15 +16,18 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ..invocation import Invocation
+from ..records import encode, new_record
 from ..status import TaskStatus
 from .model import WINDOW, Fact, recent_kind
 
 # (function, status, state_seq) of a row already in the history
 Existing = Mapping[str, tuple[str, str, int]]
-# (task_id, function, submitted_ms, status, state_seq, source_type, source_name, condition, chain_id, finished_ms)
-InsertRow = tuple[str, str, int, str, int, str, str, str | None, str, int | None]
-# (status, state_seq, condition, finished_ms, task_id)
-UpdateRow = tuple[str, int, str | None, int | None, str]
+# (task_id, function, submitted_ms, status, state_seq, source_type, source_name, condition, chain_id,
+#  finished_ms, record)
+InsertRow = tuple[str, str, int, str, int, str, str, str | None, str, int | None, str]
+# (status, state_seq, condition, finished_ms, record, task_id)
+UpdateRow = tuple[str, int, str | None, int | None, str, str]
 
 
 @dataclass
@@ -76,6 +79,7 @@ def plan(
                     fact.condition,
                     fact.chain_id,
                     fact.finished_ms,
+                    record_of(fact),
                 )
             )
             result.counts[(fact.function, fact.status.value)] += 1
@@ -87,12 +91,22 @@ def plan(
         function, status, state_seq = row
         if fact.state_seq <= state_seq:
             continue
-        result.updates.append((fact.status.value, fact.state_seq, fact.condition, fact.finished_ms, task_id))
+        result.updates.append(
+            (fact.status.value, fact.state_seq, fact.condition, fact.finished_ms, record_of(fact), task_id)
+        )
         if fact.status.value != status:
             result.counts[(function, status)] -= 1
             result.counts[(function, fact.status.value)] += 1
             _note_finished(result, fact, fact.status, recent_from)
     return result
+
+
+def record_of(fact: Fact) -> str:
+    """The record a row shows in a list: the state's own, or a submission's first record
+    (made here, for the rows actually inserted: a backfill's submissions mostly find theirs)."""
+    if fact.record is not None:
+        return fact.record
+    return encode(new_record(Invocation.from_message(fact.headers, b""))).decode()
 
 
 def _note_finished(result: Plan, fact: Fact, status: TaskStatus, recent_from: int) -> None:

@@ -25,7 +25,8 @@ SCHEMA = [
     f"""CREATE TABLE IF NOT EXISTS tasks (
         task_id {TEXT} PRIMARY KEY, function {TEXT} NOT NULL, submitted_ms BIGINT NOT NULL,
         status {TEXT} NOT NULL, state_seq BIGINT NOT NULL, source_type {TEXT} NOT NULL,
-        source_name {TEXT} NOT NULL, condition {TEXT}, chain_id {TEXT} NOT NULL, finished_ms BIGINT
+        source_name {TEXT} NOT NULL, condition {TEXT}, chain_id {TEXT} NOT NULL, finished_ms BIGINT,
+        record TEXT NOT NULL
     )""",
     *(f"CREATE INDEX IF NOT EXISTS {name} ON tasks {columns}" for name, columns in INDEXES.items()),
     f"""CREATE TABLE IF NOT EXISTS counts (
@@ -38,13 +39,13 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ]
 INSERT_TASKS = """INSERT INTO tasks (task_id, function, submitted_ms, status, state_seq, source_type,
-    source_name, condition, chain_id, finished_ms)
+    source_name, condition, chain_id, finished_ms, record)
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[],
-    $7::text[], $8::text[], $9::text[], $10::bigint[])"""
+    $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[])"""
 UPDATE_TASKS = """UPDATE tasks SET status = u.status, state_seq = u.state_seq, condition = u.condition,
-    finished_ms = u.finished_ms
-    FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[])
-    AS u(status, state_seq, condition, finished_ms, task_id) WHERE tasks.task_id = u.task_id"""
+    finished_ms = u.finished_ms, record = u.record
+    FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[])
+    AS u(status, state_seq, condition, finished_ms, record, task_id) WHERE tasks.task_id = u.task_id"""
 UPSERT_COUNTS = """INSERT INTO counts (function, status, n) SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
     ON CONFLICT (function, status) DO UPDATE SET n = counts.n + excluded.n"""
 UPSERT_RECENT = """INSERT INTO recent (function, kind, second, n)
@@ -98,9 +99,9 @@ class PostgresBackend:
             existing = {r[0]: (r[1], r[2], r[3]) for r in rows}
             changes = plan(facts, existing, now=now, oldest_ms=oldest_ms)
             if changes.inserts:
-                await conn.execute(INSERT_TASKS, *_columns(changes.inserts, 10))
+                await conn.execute(INSERT_TASKS, *_columns(changes.inserts, 11))
             if changes.updates:
-                await conn.execute(UPDATE_TASKS, *_columns(changes.updates, 5))
+                await conn.execute(UPDATE_TASKS, *_columns(changes.updates, 6))
             deltas = [(f, s, n) for (f, s), n in changes.counts.items() if n]
             if deltas:
                 await conn.execute(UPSERT_COUNTS, *_columns(deltas, 3))
@@ -112,7 +113,7 @@ class PostgresBackend:
     async def select(self, query: TaskQuery) -> list[Listed]:
         sql, params = select_sql(query)
         rows = await self._pool().fetch(numbered(sql), *params)
-        return [Listed(r[0], r[1], r[2]) for r in rows]
+        return [Listed(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def counts(self, functions: Sequence[str], *, now: float) -> dict[str, Counts]:
         names = list(functions)

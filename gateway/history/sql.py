@@ -9,7 +9,8 @@ from .model import TaskQuery
 
 SCHEMA_VERSION = "1"
 COLUMNS = (
-    "task_id, function, submitted_ms, status, state_seq, source_type, source_name, condition, chain_id, finished_ms"
+    "task_id, function, submitted_ms, status, state_seq, source_type, source_name, condition, chain_id, finished_ms,"
+    " record"
 )
 # One index per filter, each ending in the listing order, so every filter (alone, or with
 # since/until/cursor) is a range of one index read in order, LIMIT rows long. A task id
@@ -63,7 +64,7 @@ def select_sql(query: TaskQuery) -> tuple[str, list[Any]]:
         else:
             add("submitted_ms >= ? AND (submitted_ms, task_id) > (?, ?)", ms, ms, task_id)
     direction = "DESC" if desc else "ASC"
-    sql = "SELECT task_id, function, submitted_ms FROM tasks"
+    sql = "SELECT task_id, function, submitted_ms, record FROM tasks"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY submitted_ms {direction}, task_id {direction} LIMIT ?"

@@ -27,7 +27,8 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS tasks (
         task_id TEXT PRIMARY KEY, function TEXT NOT NULL, submitted_ms INTEGER NOT NULL,
         status TEXT NOT NULL, state_seq INTEGER NOT NULL, source_type TEXT NOT NULL,
-        source_name TEXT NOT NULL, condition TEXT, chain_id TEXT NOT NULL, finished_ms INTEGER
+        source_name TEXT NOT NULL, condition TEXT, chain_id TEXT NOT NULL, finished_ms INTEGER,
+        record TEXT NOT NULL
     ) WITHOUT ROWID""",
     *(f"CREATE INDEX IF NOT EXISTS {name} ON tasks {columns}" for name, columns in INDEXES.items()),
     """CREATE TABLE IF NOT EXISTS counts (
@@ -136,10 +137,11 @@ class SqliteBackend:
                     existing[task_id] = (function, status, state_seq)
             changes = plan(facts, existing, now=now, oldest_ms=oldest_ms)
             if changes.inserts:
-                conn.executemany(f"INSERT INTO tasks ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", changes.inserts)
+                conn.executemany(f"INSERT INTO tasks ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", changes.inserts)
             if changes.updates:
                 conn.executemany(
-                    "UPDATE tasks SET status = ?, state_seq = ?, condition = ?, finished_ms = ? WHERE task_id = ?",
+                    "UPDATE tasks SET status = ?, state_seq = ?, condition = ?, finished_ms = ?, record = ? "
+                    "WHERE task_id = ?",
                     changes.updates,
                 )
             deltas = [(f, s, n) for (f, s), n in changes.counts.items() if n]

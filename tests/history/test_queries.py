@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import time
 from dataclasses import replace
@@ -16,6 +17,7 @@ from gateway.history import Backend, Cursor, TaskHistory, TaskQuery
 from gateway.history.model import Fact
 from gateway.history.plan import merge
 from gateway.history.retention import Retention
+from gateway.invocation import Invocation, Lineage, Source
 from gateway.status import TaskStatus
 from tests.history.reference import Model
 
@@ -29,12 +31,14 @@ def fresh(prefix: str = "fn") -> str:
 
 
 def submission(task_id: str, function: str, ms: int, source: tuple[str, str] = ("api", ""), chain: str = "c") -> Fact:
-    return Fact(task_id, function, ms, source[0], source[1], chain)
+    inv = Invocation(task_id, function, b"{}", submitted_at=ms / 1000, source=Source(*source), lineage=Lineage(chain))
+    return Fact(task_id, function, ms, source[0], source[1], chain, headers=inv.headers())
 
 
 def state(base: Fact, status: TaskStatus, seq: int, condition: str | None = None) -> Fact:
     finished = int(time.time() * 1000) if status.terminal else None
-    return replace(base, status=status, state_seq=seq, condition=condition, finished_ms=finished)
+    record = json.dumps({"task_id": base.task_id, "function": base.function, "status": status.value, "seq": seq})
+    return replace(base, status=status, state_seq=seq, condition=condition, finished_ms=finished, record=record)
 
 
 async def apply(backend: Backend, facts: list[Fact]) -> None:
@@ -99,6 +103,11 @@ async def test_every_filter_and_both_orders(backend: Backend) -> None:
     for q in queries:
         expected = model.select(q)
         assert await ids(h, replace(q, limit=1000)) == expected, q
+        listed, _ = await h.list(replace(q, limit=1000))
+        for task in listed:  # the record a list shows is the newest one applied
+            record = json.loads(task.record)
+            assert record["task_id"] == task.task_id
+            assert record["status"] == model.rows[task.task_id].fact.status.value
         assert await all_pages(h, replace(q, limit=7)) == expected, q
 
 
