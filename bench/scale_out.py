@@ -95,6 +95,7 @@ def _one_backend(
     queries = [q.replace("SINCE", f"{window[0]:.4f}").replace("UNTIL", f"{window[1]:.4f}") for q in FILTERS]
     api_times, db_times = asyncio.run(_list_times(fresh.url, queries, url, run_stack))
     count_times = asyncio.run(_count_times(fresh.url))
+    count_db = asyncio.run(_count_db_times(url, run_stack))
     list_p99 = max(percentile(t, 99) for t in api_times.values())
     db_p99 = max(percentile(t, 99) for t in db_times.values())
     count_p99 = percentile(count_times, 99)
@@ -119,6 +120,7 @@ def _one_backend(
         Figure("scale_out", f"{name} list p99 (database only, worst filter)", db_p99, "ms",
                extra={q: round(percentile(t, 99), 2) for q, t in db_times.items()}),
         Figure("scale_out", f"{name} counts p99 (API)", count_p99, "ms", target="< 5 ms", met=count_p99 < 5),
+        Figure("scale_out", f"{name} counts p99 (database only)", percentile(count_db, 99), "ms"),
         Figure("scale_out", f"{name} CPU per task, 1 replica", one_cpu, "µs", extra={"tasks": burst}),
         Figure("scale_out", f"{name} CPU per task, 3 replicas", three_cpu, "µs", ratio, "1 replica", "≤ 1.1 x",
                ratio <= 1.1, {"tasks": burst}),
@@ -229,6 +231,22 @@ async def _count_times(base: str) -> list[float]:
             started = time.perf_counter()
             await _get(http, f"{base}/v1/functions/{BULK}")
             times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+async def _count_db_times(index_url: str, run_stack: Stack) -> list[float]:
+    from gateway.history import open_backend
+
+    backend = open_backend(index_url, run_stack.root)
+    await backend.open()
+    times = []
+    try:
+        for _ in range(COUNT_ROUNDS):
+            started = time.perf_counter()
+            await backend.counts([BULK, NOOP], now=time.time())
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        await backend.close()
     return times
 
 

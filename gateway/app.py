@@ -99,12 +99,9 @@ class Gateway:
     async def _start_history(self, servers: list[str]) -> None:
         """The task index: its database, and its feed on a NATS connection of its own."""
         history = self.history = TaskHistory(self.config)
-        await history.open()
-        self.history_nc = await connect(servers, name="fngate-index")
-        lean_headers(self.history_nc)
-        history.attach(self.history_nc, await history.backend.database_id())
-        for name, factory in history.loops():
-            self._spawn(name, factory)
+        nc = self.history_nc = await connect(servers, name="fngate-index")
+        lean_headers(nc)
+        self._spawn("task index", lambda: history.run(nc))
 
     async def _connect(self, servers: list[str]) -> NATS:
         delay = 0.5

@@ -4,24 +4,40 @@ the API asks (listing, counts, the function of a task id)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any
 
 from nats.aio.client import Client as NATS
 
 from ..config import Config
+from ..errors import FngateError, ServiceUnavailable
 from .backend import Backend, open_backend
 from .feed import StreamFeed, stream_feeds
 from .model import Counts, Cursor, Listed, TaskQuery
 from .retention import Retention
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def unavailable_as_503() -> AsyncIterator[None]:
+    """A database that fails a query (PostgreSQL away, a locked file past its timeout) is a
+    503 to the caller, logged once per failure here, not an internal error."""
+    try:
+        yield
+    except FngateError:
+        raise
+    except Exception as exc:
+        log.warning("task index: query failed: %s: %s", type(exc).__name__, exc)
+        raise ServiceUnavailable("the task index is unavailable right now; retry later") from None
 LAG_INTERVAL = 2.0  # seconds between looks at the consumers' lag
-Loop = tuple[str, Callable[[], Awaitable[None]]]
+Loop = tuple[str, Callable[[], Coroutine[Any, Any, None]]]
+Page = tuple[list[Listed], Cursor | None]
 
 
 class TaskHistory:
@@ -43,6 +59,17 @@ class TaskHistory:
     async def open(self) -> None:
         await self.backend.open()
         self.opened = True
+
+    async def run(self, nc: NATS) -> None:
+        """Open the database (a supervisor retries until it can: submits never wait for the
+        index), then feed it, watch the lag and sweep retention until one of them fails."""
+        if not self.opened:
+            await self.open()
+        if not self.feeds:
+            self.attach(nc, await self.backend.database_id())
+        async with asyncio.TaskGroup() as group:
+            for name, loop in self.loops():
+                group.create_task(loop(), name=name)
 
     def attach(self, nc: NATS, database_id: str) -> None:
         """Feed from this connection (the history's own, not the one serving submits)."""
@@ -71,7 +98,11 @@ class TaskHistory:
 
     # --- queries ---------------------------------------------------------------------
 
-    async def list(self, query: TaskQuery) -> tuple[list[Listed], Cursor | None]:
+    async def list(self, query: TaskQuery) -> Page:
+        async with unavailable_as_503():
+            return await self._list(query)
+
+    async def _list(self, query: TaskQuery) -> Page:
         """One page, and the cursor of the next one (None on the last page). Several statuses
         are one index range each, merged here: each range stops after `limit + 1` rows."""
         wanted = replace(query, limit=query.limit + 1)
@@ -92,7 +123,8 @@ class TaskHistory:
         return rows, Cursor(last.submitted_ms, last.task_id)
 
     async def counts(self, functions: Sequence[str]) -> dict[str, Counts]:
-        return await self.backend.counts(functions, now=time.time())
+        async with unavailable_as_503():
+            return await self.backend.counts(functions, now=time.time())
 
     async def function_of(self, task_id: str) -> str | None:
         return await self.backend.function_of(task_id)

@@ -19,6 +19,7 @@ from .model import WINDOW, Counts, Fact, Listed, TaskQuery
 from .plan import Plan, plan
 from .sql import INDEXES, SCHEMA_VERSION, numbered, select_sql
 
+ANALYZE_EVERY = 100_000  # rows this replica inserted between two ANALYZE of the table
 LOCK_KEY = 0x666E67617465  # "fngate": the advisory lock every writer takes
 TEXT = 'TEXT COLLATE "C"'
 SCHEMA = [
@@ -63,9 +64,18 @@ class PostgresBackend:
     def __init__(self, url: str) -> None:
         self.url = url
         self.pool: asyncpg.Pool | None = None
+        self._inserted_since_analyze = 0
 
     async def open(self) -> None:
-        self.pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4, command_timeout=60)
+        # Custom plans only: a generic plan for the listing (LIMIT and filters as parameters)
+        # may walk the wrong index for some filter values, and replanning costs microseconds.
+        self.pool = await asyncpg.create_pool(
+            self.url,
+            min_size=1,
+            max_size=4,
+            command_timeout=60,
+            server_settings={"plan_cache_mode": "force_custom_plan"},
+        )
         async with self.pool.acquire() as conn, conn.transaction():
             # Two replicas creating the schema at once would collide in the catalog.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
@@ -108,6 +118,12 @@ class PostgresBackend:
             if changes.recent:
                 recent = [(f, k, s, n) for (f, k, s), n in changes.recent.items()]
                 await conn.execute(UPSERT_RECENT, *_columns(recent, 4))
+        self._inserted_since_analyze += len(changes.inserts)
+        if self._inserted_since_analyze >= ANALYZE_EVERY:
+            # A backfill grows the table faster than autovacuum looks at it: without fresh
+            # statistics the planner may pick a scan over an index range for a filter.
+            self._inserted_since_analyze = 0
+            await self._pool().execute("ANALYZE tasks")
         return changes
 
     async def select(self, query: TaskQuery) -> list[Listed]:

@@ -144,7 +144,7 @@ async def test_the_feed_goes_on_when_its_consumers_vanish(
     finally:
         await nc.close()
     after = [await api.submit("echo", {"n": n}) for n in range(3, 6)]
-    body = await wait_until(lambda: succeeded(after), timeout=30, interval=0.5)
+    body = await wait_until(lambda: succeeded(after), timeout=60, interval=0.5)
     assert {t["task_id"] for t in body["tasks"]} == set(before) | set(after)
     # Made again, the consumers replay both streams from the start: nothing counts twice.
     status, summary = await api.get("/v1/functions/echo")
@@ -202,3 +202,18 @@ async def hold_write_lock(index_url: str) -> Any:
         await pg.close()
 
     return release_pg
+
+
+async def test_submits_go_on_while_the_index_database_is_unreachable(
+    gateway_factory: GatewayFactory, http: aiohttp.ClientSession, nats_alone: NatsServer
+) -> None:
+    from tests.services import free_port
+
+    gw = gateway_factory(config(nats_alone.url, f"postgresql://postgres@127.0.0.1:{free_port()}/fngate"))
+    api = Api(http, gw.url)
+    task_id = await api.submit("echo", {"n": 1})
+    assert (await api.wait_status(task_id, "Succeeded"))["task_id"] == task_id  # read by id: the stream
+    for path in ("/v1/tasks?function=echo", "/v1/functions/echo"):
+        status, body = await api.get(path)
+        assert status == 503 and body["error"]["code"] == "ServiceUnavailable", body
+    assert "task index failed" in gw.log()
