@@ -99,6 +99,7 @@ class Gateway:
     async def _start_history(self, servers: list[str]) -> None:
         """The task index: its database, and its feed on a NATS connection of its own."""
         history = self.history = TaskHistory(self.config)
+        await history.try_open(timeout=10)
         nc = self.history_nc = await connect(servers, name="fngate-index")
         lean_headers(nc)
         self._spawn("task index", lambda: history.run(nc))

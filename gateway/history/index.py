@@ -60,11 +60,26 @@ class TaskHistory:
         await self.backend.open()
         self.opened = True
 
+    async def try_open(self, timeout: float) -> None:
+        """Open at start-up when the database answers in time; otherwise `run` goes on trying
+        in the background while the gateway serves (lists and counts answer 503 meanwhile)."""
+        try:
+            await asyncio.wait_for(self.open(), timeout)
+        except Exception as exc:
+            log.warning("task index: cannot open %s yet (%s: %s); retrying", self.backend.name, type(exc).__name__, exc)
+            with contextlib.suppress(Exception):
+                await self.backend.close()
+
     async def run(self, nc: NATS) -> None:
         """Open the database (a supervisor retries until it can: submits never wait for the
         index), then feed it, watch the lag and sweep retention until one of them fails."""
         if not self.opened:
-            await self.open()
+            try:
+                await self.open()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.backend.close()  # a half-open pool would leak on every retry
+                raise
         if not self.feeds:
             self.attach(nc, await self.backend.database_id())
         async with asyncio.TaskGroup() as group:

@@ -85,6 +85,8 @@ class _Connection:
             await self.run(shut)
             self.conn = None
         self.executor.shutdown(wait=False)
+        # Usable again: a failed open is closed and retried.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fngate-sqlite")
 
 
 def _write(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
