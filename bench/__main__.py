@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import backlog, end_to_end, flow, latency, submit, triggers
+from . import backlog, end_to_end, flow, latency, scale_out, submit, triggers
 from .harness import BENCH_DIR, Figure, Settings, Stack, machine, stack
 
 SCENARIOS: dict[str, Callable[[Stack, Settings], list[Figure]]] = {
@@ -20,6 +20,7 @@ SCENARIOS: dict[str, Callable[[Stack, Settings], list[Figure]]] = {
     "trigger_shapes": triggers.shapes,
     "backlog": backlog.run,
     "flow": flow.run,
+    "scale_out": scale_out.run,
 }
 
 

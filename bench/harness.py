@@ -37,10 +37,11 @@ class Settings:
     tasks: int = 20_000  # end to end, and per trigger
     backlog: int = 200_000
     ticks: int = 50  # timer jitter samples
+    history: int = int(os.environ.get("FNGATE_BENCH_HISTORY", 1_000_000))  # tasks in the scale_out history
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(seconds=3.0, tasks=2_000, backlog=10_000, ticks=10)
+        return cls(seconds=3.0, tasks=2_000, backlog=10_000, ticks=10, history=20_000)
 
 
 @dataclass

@@ -16,13 +16,13 @@ from . import schemas
 from .config import Config
 from .errors import BadRequest, DuplicateTask, FngateError, Forbidden, Unauthorized
 from .flow.limits import check_key, check_priority
-from .invocation import Source, parse_iso, valid_traceparent
+from .history import query_from_params
+from .invocation import Source, valid_traceparent
 from .redact import redact_text
 from .requests import ClientGone, check_content_type, check_sync_headers, parse_delay, read_body, request_lineage
 from .schemas import shape
 from .scopes import ADMIN, Access, access_for
 from .service import TaskService, check_task_id
-from .status import TaskStatus
 from .store import UNAVAILABLE, TaskStore
 from .units import format_size
 
@@ -237,46 +237,9 @@ async def get_task(request: web.Request) -> web.Response:
     return web.json_response(shape(schemas.Task, record))
 
 
-def parse_time(value: str | None, name: str) -> float | None:
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return parse_iso(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be an ISO 8601 time or epoch seconds") from None
-
-
 async def list_tasks(request: web.Request) -> web.Response:
-    q = request.query
-    status = None
-    if q.get("status"):
-        try:
-            status = TaskStatus(q["status"])
-        except ValueError:
-            allowed = ", ".join(s.value for s in TaskStatus)
-            raise BadRequest(f"status must be one of {allowed}") from None
-    try:
-        limit = int(q.get("limit", "50"))
-        cursor = int(q["cursor"]) if q.get("cursor") else None
-    except ValueError:
-        raise BadRequest("limit and cursor must be integers") from None
-    if not 1 <= limit <= 1000:
-        raise BadRequest("limit must be 1..1000")
-    function = q.get("function") or None
-    tasks, next_cursor = await request.app[SERVICE].list_tasks(
-        function=function,
-        status=status,
-        since=parse_time(q.get("since"), "since"),
-        until=parse_time(q.get("until"), "until"),
-        limit=limit,
-        cursor=cursor,
-    )
-    page = {"tasks": tasks, "next_cursor": str(next_cursor) if next_cursor else None}
-    return web.json_response(shape(schemas.TaskPage, page))
+    tasks, next_cursor = await request.app[SERVICE].list_tasks(query_from_params(request.query))
+    return web.json_response(shape(schemas.TaskPage, {"tasks": tasks, "next_cursor": next_cursor}))
 
 
 async def stop_task(request: web.Request) -> web.Response:
@@ -291,12 +254,13 @@ async def rerun_task(request: web.Request) -> web.Response:
 
 async def list_functions(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    functions = {"functions": [service.function_summary(n) for n in service.config.functions]}
+    functions = {"functions": await service.function_summaries(list(service.config.functions))}
     return web.json_response(shape(schemas.FunctionList, functions))
 
 
 async def get_function(request: web.Request) -> web.Response:
-    return web.json_response(shape(schemas.Function, request.app[SERVICE].function_summary(request.match_info["fn"])))
+    (summary,) = await request.app[SERVICE].function_summaries([request.match_info["fn"]])
+    return web.json_response(shape(schemas.Function, summary))
 
 
 async def healthz(request: web.Request) -> web.Response:

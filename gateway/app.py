@@ -21,7 +21,8 @@ from .console import TASK_LOGS, add_console_routes
 from .destinations import Dispatcher
 from .embedded import EmbeddedNats
 from .errors import ConfigError, ServiceUnavailable
-from .index import TaskIndex
+from .history import TaskHistory
+from .history.headers import install as lean_headers
 from .invocation import BatchItem, Invocation, Source
 from .live import LIVE, LiveStatus
 from .records import Record
@@ -46,7 +47,8 @@ class Gateway:
         self.embedded: EmbeddedNats | None = None
         self.nc: NATS | None = None
         self.store: TaskStore | None = None
-        self.index: TaskIndex | None = None
+        self.history: TaskHistory | None = None
+        self.history_nc: NATS | None = None
         self.service: TaskService | None = None
         self.runtimes: dict[str, Runtime] = {n: build_runtime(f) for n, f in config.functions.items()}
         self.workers: dict[str, FunctionWorker] = {}
@@ -56,7 +58,6 @@ class Gateway:
         self.dispatcher: Dispatcher | None = None
         self.task_logs: TaskLogs | None = None
         self.servers: list[str] = []
-        self._index_loop: asyncio.Task[None] | None = None
         self.live: LiveStatus | None = None
         self.registry: ReplicaRegistry | None = None
 
@@ -77,9 +78,9 @@ class Gateway:
         self.task_logs = TaskLogs(store, self.config.max_retention, replicas=self.config.nats.replicas)
         await self.task_logs.ensure_stream()
         self._spawn("function logs", self.task_logs.run)
-        self.index = TaskIndex(store, self.config.max_retention)
-        self.service = TaskService(self.config, store, self.index, self.runtimes)
-        self._index_loop = self._spawn("index", self.index.run)
+        await self._start_history(servers)
+        assert self.history is not None
+        self.service = TaskService(self.config, store, self.history, self.runtimes)
         self.live = LiveStatus(self.nc, self.service.get_task)
         # Announced before any worker starts: no replica may think these functions gone.
         self.registry = ReplicaRegistry(store.js, self.config.functions, replicas=self.config.nats.replicas)
@@ -105,8 +106,14 @@ class Gateway:
         self._spawn("delay scheduler", DelayScheduler(store).run)
         await self.nc.subscribe(f"{c.STOP_SUBJECT}.>", cb=self._on_stop)
         await self._start_triggers()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.index.caught_up.wait(), 10)
+
+    async def _start_history(self, servers: list[str]) -> None:
+        """The task index: its database, and its feed on a NATS connection of its own."""
+        history = self.history = TaskHistory(self.config)
+        await history.try_open(timeout=10)
+        nc = self.history_nc = await connect(servers, name="fngate-index")
+        lean_headers(nc)
+        self._spawn("task index", lambda: history.run(nc))
 
     async def _connect(self, servers: list[str]) -> NATS:
         delay = 0.5
@@ -124,15 +131,10 @@ class Gateway:
         return task
 
     async def _on_reconnect(self) -> None:
-        """Rebuild the task view: its ordered consumers may not have survived the outage
-        (a restarted server forgets them), and waiting for their heartbeats to notice is slow."""
+        """Every consumer the gateway pulls from is durable: nothing to rebuild. Live status
+        reads every watched task again, so changes made while away reach the waiting clients."""
         if self.live is not None:
-            self.live.refresh_all()  # changes made while away reach the waiting clients
-        if self.index is None or self._index_loop is None:
-            return
-        self._index_loop.cancel()
-        self._loops.remove(self._index_loop)
-        self._index_loop = self._spawn("index", self.index.run)
+            self.live.refresh_all()
 
     async def _on_stop(self, msg: Msg) -> None:
         task_id = msg.subject[len(c.STOP_SUBJECT) + 1 :]
@@ -208,6 +210,12 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await self.task_logs.flush_once()
             self.task_logs.close()
+        for nc in (self.history_nc,):
+            if nc is not None:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+        if self.history is not None:
+            await self.history.close()
         if self.nc is not None:
             # Loops are stopped, so there is nothing to drain: flush what was published, close.
             with contextlib.suppress(Exception):
@@ -246,6 +254,8 @@ def create_app(config: Config) -> web.Application:
         assert gateway.live is not None
         app[LIVE] = gateway.live
         app[EXTRA_HEALTH] = {}
+        assert gateway.history is not None
+        app[EXTRA_HEALTH]["index"] = gateway.history.check
         tune_gc()
         yield
         await gateway.close()

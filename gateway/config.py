@@ -190,6 +190,26 @@ class TriggerConfig(BaseModel):
     function: str
 
 
+class IndexConfig(_Model):
+    """Where the task history lives (gateway/history): `sqlite` (a file under nats.data_dir),
+    `sqlite:///path/to/file.db`, or `postgresql://user@host:5432/db` shared across hosts."""
+
+    url: str = "sqlite"
+    # A batch that a replica took but did not commit (it died) goes to another one after this.
+    ack_wait: Duration = Field(default=30.0, ge=1.0, le=600.0)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value == "sqlite" or value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            if value.startswith("sqlite:///") and len(value) == len("sqlite:///"):
+                raise ValueError("sqlite:/// needs a file path")
+            if value.startswith("postgres") and importlib.util.find_spec("asyncpg") is None:
+                raise ValueError("a postgresql:// index needs the asyncpg driver: pip install asyncpg")
+            return value
+        raise ValueError(f"must be sqlite, sqlite:///path or postgresql://user@host/db (got {value!r})")
+
+
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -221,6 +241,7 @@ class TracingConfig(_Model):
 class Config(_Model):
     nats: NatsConfig = NatsConfig()
     api: ApiConfig = ApiConfig()
+    index: IndexConfig = IndexConfig()
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig = TracingConfig()
     max_chain_depth: int = Field(default=16, ge=1, le=1000)

@@ -11,7 +11,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import metrics
 from .api import SERVICE
-from .index import QUEUED
 from .live import task_events
 from .openapi import openapi_document
 from .service import check_task_id
@@ -25,9 +24,9 @@ STATIC = Path(__file__).parent / "static"
 
 async def prometheus(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    for name in service.config.functions:
-        counts = service.index.function_counts(name).by_status
-        metrics.TASKS_QUEUED.labels(name).set(sum(counts[s] for s in QUEUED))
+    counts = await service.history.counts(list(service.config.functions))
+    for name, function_counts in counts.items():
+        metrics.TASKS_QUEUED.labels(name).set(function_counts.summary()["totals"]["queued"])
     body = generate_latest()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

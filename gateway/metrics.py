@@ -46,3 +46,12 @@ TRIGGER_MATCHED = Counter("fngate_trigger_matched_total", "Events that passed a 
 TRIGGER_DROPPED = Counter(
     "fngate_trigger_dropped_total", "Events a trigger's filter dropped (acknowledged, no task)", ["trigger", "type"]
 )
+INDEX_APPLIED = Counter("fngate_index_applied_total", "Stream messages applied to the task index here", ["stream"])
+INDEX_LAG_MESSAGES = Gauge("fngate_index_lag_messages", "Stream messages the index has not applied yet", ["stream"])
+INDEX_LAG_SECONDS = Gauge("fngate_index_lag_seconds", "Age of the oldest message the index has not applied", ["stream"])
+INDEX_APPLY_DELAY = Histogram(
+    "fngate_index_apply_delay_seconds",
+    "From a message stored in its stream to its batch committed in the index",
+    ["stream"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)

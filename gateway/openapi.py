@@ -14,7 +14,6 @@ from pydantic.json_schema import models_json_schema
 
 from . import __version__, schemas
 from .service import MAX_TASK_ID, TASK_ID_PATTERN
-from .status import TaskStatus
 
 
 def ref(model: type[BaseModel]) -> dict[str, str]:
@@ -172,13 +171,16 @@ def base_paths() -> dict[str, Any]:
                 "operationId": "listTasks",
                 "parameters": [
                     query("function", "only this function's tasks", {"type": "string"}),
-                    query(
-                        "status", "only tasks in this status", {"type": "string", "enum": [s.value for s in TaskStatus]}
-                    ),
+                    query("status", "only tasks in this status, or a comma list of statuses", {"type": "string"}),
                     query("since", "submitted at or after (ISO 8601 or epoch seconds)", {"type": "string"}),
                     query("until", "submitted at or before (ISO 8601 or epoch seconds)", {"type": "string"}),
                     query("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}),
-                    query("cursor", "next_cursor of the previous page", {"type": "string", "pattern": "^[0-9]+$"}),
+                    query("source", "source TYPE or TYPE:NAME", {"type": "string"}),
+                    query("condition", "only tasks that ended with this condition", {"type": "string"}),
+                    query("chain", "only tasks of this chain id", {"type": "string"}),
+                    query("prefix", "task id prefix", {"type": "string"}),
+                    query("order", "by submit time", {"type": "string", "enum": ["desc", "asc"], "default": "desc"}),
+                    query("cursor", "next_cursor of the previous page", {"type": "string"}),
                 ],
                 "responses": {
                     "200": json_body(ref(schemas.TaskPage), "a page of tasks"),

@@ -19,7 +19,7 @@ from .errors import (
     TaskNotFound,
 )
 from .flow import stats as flow_stats
-from .index import TaskIndex
+from .history import TaskHistory, TaskQuery
 from .invocation import TASK_ID, BatchItem, Invocation, Lineage, Source, new_task_id
 from .invocation import TASK_ID_PATTERN as TASK_ID_PATTERN  # re-exported (openapi)
 from .records import RERUN_SOURCE, Record, new_record, status_of
@@ -40,10 +40,12 @@ def check_task_id(task_id: str) -> str:
 
 
 class TaskService:
-    def __init__(self, config: Config, store: TaskStore, index: TaskIndex, runtimes: dict[str, Runtime]) -> None:
+    def __init__(
+        self, config: Config, store: TaskStore, history: TaskHistory, runtimes: dict[str, Runtime]
+    ) -> None:
         self.config = config
         self.store = store
-        self.index = index
+        self.history = history
         self.runtimes = runtimes
         self._sync_slots = {name: asyncio.Semaphore(f.concurrency) for name, f in config.functions.items()}
         self.sync_running: dict[str, int] = {name: 0 for name in config.functions}
@@ -215,8 +217,12 @@ class TaskService:
         return new_record(inv)
 
     async def _find_submission(self, task_id: str) -> Invocation | None:
-        entry = self.index.entries.get(task_id)
-        candidates = [entry.function] if entry else list(self.config.functions)
+        try:
+            known = await self.history.function_of(task_id)
+        except Exception as exc:  # the index unreachable: every function's subject is tried
+            log.warning("task index: cannot look up task %s: %s", task_id, exc)
+            known = None
+        candidates = [known] if known else list(self.config.functions)
         for function in candidates:
             inv = await self.store.get_submission(function, task_id)
             if inv is not None:
@@ -229,28 +235,11 @@ class TaskService:
             raise TaskNotFound(f"task {task_id!r} not found (or its payload passed retention)")
         return inv
 
-    async def list_tasks(
-        self,
-        *,
-        function: str | None = None,
-        status: TaskStatus | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 50,
-        cursor: int | None = None,
-    ) -> tuple[list[Record], int | None]:
-        entries, next_cursor = self.index.select(
-            function=function, status=status, since=since, until=until, limit=limit, before_seq=cursor
-        )
-        records = await asyncio.gather(*(self._record_for(e.task_id, e.function) for e in entries))
-        return [r for r in records if r is not None], next_cursor
-
-    async def _record_for(self, task_id: str, function: str) -> Record | None:
-        stored = await self.store.get_state(task_id)
-        if stored is not None:
-            return stored.record
-        inv = await self.store.get_submission(function, task_id)
-        return new_record(inv) if inv else None
+    async def list_tasks(self, query: TaskQuery) -> tuple[list[Record], str | None]:
+        """A page of the index, records as the index holds them (they may trail the streams
+        by its lag; `get_task` reads the stream); the cursor of the next page, or None."""
+        listed, cursor = await self.history.list(query)
+        return [json.loads(t.record) for t in listed], (str(cursor) if cursor else None)
 
     async def stop_task(self, task_id: str) -> Record:
         """Queued: Stopped at once. Running: Stopping, and the replica running it cancels it."""
@@ -295,7 +284,14 @@ class TaskService:
             concurrency_key=inv.concurrency_key,
         )
 
-    def function_summary(self, name: str) -> dict[str, Any]:
+    async def function_summaries(self, names: list[str]) -> list[dict[str, Any]]:
+        """Config summaries with live counts, the counts of all of them in one index read."""
+        for name in names:
+            self.function(name)
+        counts = await self.history.counts(names)
+        return [self.function_summary(name, counts[name].summary()) for name in names]
+
+    def function_summary(self, name: str, counts: dict[str, dict[str, int]]) -> dict[str, Any]:
         config = self.function(name)
         runtime: dict[str, Any]
         if config.handler:
@@ -304,7 +300,6 @@ class TaskService:
             runtime = {"url": redact_url(config.url)}
         else:
             runtime = {"command": (config.command or [])[:1]}
-        counts = self.index.function_counts(name).summary()
         counts["totals"]["running_sync"] = self.sync_running.get(name, 0)
         async_config = config.async_
         return {

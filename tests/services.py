@@ -162,6 +162,8 @@ class GatewayProcess(Service):
         super().__init__(workdir)
         self.config = config
         self.config.setdefault("api", {})["listen"] = f"127.0.0.1:{self.port}"
+        # Its own data dir (and so its own task index database), unless the test shares one.
+        self.config.setdefault("nats", {}).setdefault("data_dir", str(workdir / "data"))
         self.env = env or {}
         self.config_path = workdir / "fngate.yaml"
 

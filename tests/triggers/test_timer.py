@@ -41,7 +41,13 @@ async def test_two_replicas_make_one_task_per_tick(
 
     await wait_until(window_fired, timeout=20)
     healths = [await trigger_health(Api(http, gw.url), fn) for gw in replicas]
-    ids = {t["task_id"] for t in await tasks_of(api, fn)}
+    invoked = sum(h["invocations"] for h in healths)
+
+    async def listed() -> set[str] | None:  # a list may trail the stream by the index's lag
+        found = {t["task_id"] for t in await tasks_of(api, fn)}
+        return found if len(found) >= invoked else None
+
+    ids: set[str] = await wait_until(listed, timeout=10)
     # Every scheduled second made exactly one task, named after the tick: the ids are
     # consecutive whole seconds. A replica ticking on its own clock offset would have added
     # ids between them.

@@ -1,0 +1,293 @@
+"""The one feed of the history: durable JetStream pull consumers, shared by every replica.
+
+Each database has its own pair of durable consumers, named after the database's id (one on
+FNGATE_TASKS, headers only: the submission's header holds all a row needs; one on
+FNGATE_STATE: the task records). Replicas sharing a database pull from the same consumers,
+so JetStream hands every message to one of them; a new or deleted database gets new
+consumers and is fed from the start of the streams (the backfill).
+
+A batch is parsed, applied in one transaction, and only then acknowledged, each message
+explicitly. AckAll on the last message would be cheaper but is wrong with several pullers:
+it also acknowledges messages delivered to another replica that has not committed them yet,
+and those would be lost if that replica died. A crash before the commit leaves the batch
+unacknowledged (JetStream redelivers it after ack_wait); a crash after the commit and
+before the acks redelivers a batch that the plan then finds already applied.
+
+The feed runs on its own NATS connection, so a slow database or a backfill can never get
+the connection that serves submits cut off as a slow consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError, NotFoundError
+
+from .. import constants as c
+from .. import metrics
+from ..invocation import parse_iso
+from ..status import TaskStatus
+from .backend import Backend, OldestMs
+from .model import Fact, to_ms
+from .plan import merge
+
+log = logging.getLogger(__name__)
+BATCH = 2000  # messages per pull request and per transaction
+EXPIRES = 2.0  # seconds a pull request waits on the server when there is nothing new
+LINGER = 0.02  # a trickle of live messages is gathered this long into one batch
+ACK_WAIT = 30.0  # a batch not committed by then is handed to another replica
+INACTIVE = 3 * 86400.0  # consumers of a database nobody feeds any more are dropped by the server
+PROGRESS_EVERY = 5.0  # seconds between backfill progress lines
+V1_ACK_TOKENS = 9  # an ack subject without domain and account hash (older servers)
+
+
+def ack_position(reply: str) -> tuple[int, int, int]:
+    """(stream sequence, messages pending, stored at in ns) from a delivery's reply subject:
+    cheaper than the client's full `msg.metadata`, on every message."""
+    tokens = reply.split(".")
+    if len(tokens) == V1_ACK_TOKENS:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[5]), int(tokens[8]), int(tokens[7])
+    return int(tokens[Msg.Ack.StreamSeq]), int(tokens[Msg.Ack.NumPending]), int(tokens[Msg.Ack.Timestamp])
+
+
+def task_fact(msg: Msg, _seq: int) -> Fact | None:
+    """A submission (headers only): the task exists, Enqueued. Requeues of the same task
+    (retries, delays) carry the same fields and change nothing."""
+    meta = (msg.headers or {}).get(c.H_INVOCATION)
+    if not meta:
+        return None
+    f = meta.split("|")
+    if len(f) != 12 or f[0] != "1":
+        return None
+    try:
+        submitted = to_ms(float(f[3]))
+    except ValueError:
+        return None
+    return Fact(f[1], f[2], submitted, unquote(f[8]), unquote(f[9]), f[10] or "unknown", headers=msg.headers)
+
+
+def state_fact(msg: Msg, seq: int) -> Fact | None:
+    """A task record as of stream sequence `seq`."""
+    try:
+        text = msg.data.decode()
+        record = json.loads(text)
+        status = TaskStatus(record["status"])
+        source = record.get("source") or {}
+        finished = record.get("finished_at")
+        return Fact(
+            record["task_id"],
+            record["function"],
+            to_ms(parse_iso(record["submitted_at"])),
+            str(source.get("type", "")),
+            str(source.get("name", "")),
+            str((record.get("chain") or {}).get("id") or "unknown"),
+            status,
+            seq,
+            record.get("condition"),
+            to_ms(parse_iso(finished)) if finished else None,
+            text,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        return None
+
+
+@dataclass
+class Lag:
+    messages: int = 0
+    seconds: float = 0.0
+    checked: bool = False  # at least one look at the consumer succeeded
+
+
+@dataclass
+class StreamFeed:
+    """One stream's durable pull consumer, applied batch by batch."""
+
+    nc: NATS
+    backend: Backend
+    stream: str
+    subject: str
+    consumer: str
+    headers_only: bool
+    parse: Callable[[Msg, int], Fact | None]
+    oldest_ms: OldestMs
+    batch: int = BATCH
+    ack_wait: float = ACK_WAIT
+    lag: Lag = field(default_factory=Lag)
+    applied: int = 0
+    # The feed this one waits for while it has a backlog (the tasks feed waits for the state
+    # feed): in a backfill a task's record then makes its row, and its submission finds the
+    # row there, one insert per task instead of an insert and an update.
+    yield_to: StreamFeed | None = None
+    backlog: int = 0  # messages the consumer held after the last batch this replica took
+    backlog_at: float = 0.0
+    _buffer: list[Msg] = field(default_factory=list)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _credit: int = 0  # messages the open pull request may still bring
+    _deadline: float = 0.0
+    _sub: Subscription | None = None
+    _inbox: str = ""
+
+    def consumer_config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.consumer,
+            filter_subject=self.subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_ack_pending=self.batch * 4,
+            max_deliver=-1,
+            max_waiting=64,
+            headers_only=self.headers_only or None,
+            inactive_threshold=INACTIVE,
+        )
+
+    async def ensure_consumer(self) -> None:
+        try:
+            await self.nc.jetstream().add_consumer(self.stream, self.consumer_config())
+        except APIError as exc:
+            log.warning("task index: consumer %s not updated: %s", self.consumer, exc.description)
+
+    async def run(self) -> None:
+        await self.ensure_consumer()
+        self._inbox = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_message)
+        self._credit = 0
+        self._buffer.clear()
+        progress_at = time.monotonic()  # the first batch says how much there is to backfill
+        progress_applied = self.applied
+        progress_started = progress_at
+        try:
+            while True:
+                if self._credit <= 0 or time.monotonic() > self._deadline:
+                    await self._wait_for_priority()
+                    await self._request()
+                if not self._buffer:
+                    self._arrived.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._arrived.wait(), EXPIRES + 1)
+                    continue
+                if len(self._buffer) < self.batch and self._credit > 0:
+                    await asyncio.sleep(LINGER)
+                msgs = self._buffer[: self.batch]
+                del self._buffer[: self.batch]
+                if self._credit <= 0 and not self._behind_priority():
+                    await self._request()  # the server streams the next batch while this one is applied
+                pending = await self._apply(msgs)
+                now = time.monotonic()
+                if now >= progress_at:
+                    done = self.applied - progress_applied
+                    if pending > self.batch and done:
+                        log.info(
+                            "task index: backfilling %s: %d messages applied, %d to go (%.0f/s)",
+                            self.stream,
+                            self.applied,
+                            pending,
+                            done / max(now - progress_started, 1e-3),
+                        )
+                    progress_at, progress_applied, progress_started = now + PROGRESS_EVERY, self.applied, now
+        finally:
+            if self._sub is not None:
+                with contextlib.suppress(Exception):
+                    await self._sub.unsubscribe()
+
+    def _behind_priority(self) -> bool:
+        other = self.yield_to
+        # A backlog figure older than a few seconds is not trusted: that feed may be stuck.
+        return (
+            other is not None and other.backlog > other.batch and time.monotonic() - other.backlog_at < PROGRESS_EVERY
+        )
+
+    async def _wait_for_priority(self) -> None:
+        while self._behind_priority():
+            await asyncio.sleep(0.05)
+
+    async def _request(self) -> None:
+        self._credit = self.batch
+        self._deadline = time.monotonic() + EXPIRES + 1
+        request = {"batch": self.batch, "expires": int(EXPIRES * 1e9)}
+        await self.nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}", json.dumps(request).encode(), reply=self._inbox
+        )
+
+    async def _on_message(self, msg: Msg) -> None:
+        if not msg.data and msg.headers and "Status" in msg.headers:
+            # 404/408: nothing (more) for this request; 409: the server ended it. Ask again.
+            self._credit = 0
+            self._arrived.set()
+            return
+        self._credit -= 1
+        self._buffer.append(msg)
+        self._arrived.set()
+
+    async def _apply(self, msgs: list[Msg]) -> int:
+        """Apply and acknowledge one batch; returns how many messages the consumer still holds."""
+        facts: list[Fact] = []
+        pending = 0
+        newest_ns = 0
+        for msg in msgs:
+            seq, pending, stored_ns = ack_position(msg.reply)
+            newest_ns = max(newest_ns, stored_ns)
+            fact = self.parse(msg, seq)
+            if fact is not None:
+                facts.append(fact)
+        if facts:
+            await self.backend.apply(merge(facts), now=time.time(), oldest_ms=self.oldest_ms)
+        for msg in msgs:
+            await self.nc.publish(msg.reply, b"+ACK")
+        self.applied += len(msgs)
+        self.backlog, self.backlog_at = pending, time.monotonic()
+        metrics.INDEX_APPLIED.labels(self.stream).inc(len(msgs))
+        if newest_ns:
+            metrics.INDEX_APPLY_DELAY.labels(self.stream).observe(max(0.0, time.time() - newest_ns / 1e9))
+        return pending
+
+    async def check_lag(self) -> Lag:
+        """How far the consumer trails its stream, for the gauges and /readyz: messages not
+        yet applied (by any replica), and the age of the oldest of them."""
+        js = self.nc.jetstream()
+        try:
+            info = await js.consumer_info(self.stream, self.consumer)
+        except NotFoundError:
+            # Removed by an operator, or by the server after inactivity: make it again; the
+            # feed then re-applies the streams, which changes nothing already applied.
+            log.warning("task index: consumer %s is gone; creating it again", self.consumer)
+            await self.ensure_consumer()
+            return self.lag
+        behind = (info.num_pending or 0) + (info.num_ack_pending or 0)
+        seconds = 0.0
+        if behind:
+            floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
+            with contextlib.suppress(Exception):
+                oldest = await js.get_msg(self.stream, seq=floor + 1, next=True, subject=self.subject)
+                if oldest.time is not None:
+                    seconds = max(0.0, time.time() - oldest.time.timestamp())
+        self.lag = Lag(behind, seconds, True)
+        metrics.INDEX_LAG_MESSAGES.labels(self.stream).set(behind)
+        metrics.INDEX_LAG_SECONDS.labels(self.stream).set(seconds)
+        return self.lag
+
+
+def stream_feeds(
+    nc: NATS, backend: Backend, database_id: str, oldest_ms: OldestMs, ack_wait: float = ACK_WAIT
+) -> list[StreamFeed]:
+    prefix = f"fngate-index-{database_id}"
+    tasks = StreamFeed(
+        nc, backend, c.TASKS_STREAM, f"{c.TASKS_SUBJECT}.>", f"{prefix}-tasks", True, task_fact, oldest_ms
+    )
+    states = StreamFeed(
+        nc, backend, c.STATE_STREAM, f"{c.STATE_SUBJECT}.>", f"{prefix}-state", False, state_fact, oldest_ms
+    )
+    tasks.ack_wait = states.ack_wait = ack_wait
+    tasks.yield_to = states
+    return [tasks, states]

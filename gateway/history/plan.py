@@ -1,0 +1,118 @@
+"""How a batch of facts changes the history: pure, shared by every backend.
+
+A backend reads the rows the batch touches (under its write lock), hands them here, and
+writes the plan back in the same transaction. Idempotent by stream sequence:
+- a task row is inserted once (a second fact for a known task never inserts again);
+- a row keeps the FNGATE_STATE sequence of the record it reflects, and a state fact applies
+  only when its sequence is newer (a redelivery, or an older record applied late, is a no-op);
+- counters move only when a row is inserted, deleted, or its status really changes.
+So a batch applied twice (a crash after commit, before the ack) changes nothing the second
+time, and a batch rolled back (a crash before commit) is applied whole on redelivery.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ..invocation import Invocation
+from ..records import encode, new_record
+from ..status import TaskStatus
+from .model import WINDOW, Fact, recent_kind
+
+# (function, status, state_seq) of a row already in the history
+Existing = Mapping[str, tuple[str, str, int]]
+# (task_id, function, submitted_ms, status, state_seq, source_type, source_name, condition, chain_id,
+#  finished_ms, record)
+InsertRow = tuple[str, str, int, str, int, str, str, str | None, str, int | None, str]
+# (status, state_seq, condition, finished_ms, record, task_id)
+UpdateRow = tuple[str, int, str | None, int | None, str, str]
+
+
+@dataclass
+class Plan:
+    inserts: list[InsertRow] = field(default_factory=list)
+    updates: list[UpdateRow] = field(default_factory=list)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (function, status) -> delta
+    recent: Counter[tuple[str, str, int]] = field(default_factory=Counter)  # (function, kind, second) -> delta
+
+    @property
+    def empty(self) -> bool:
+        return not (self.inserts or self.updates)
+
+
+def merge(facts: Iterable[Fact]) -> dict[str, Fact]:
+    """One fact per task: the newest state, or the submission when there is no state."""
+    merged: dict[str, Fact] = {}
+    for fact in facts:
+        known = merged.get(fact.task_id)
+        if known is None or fact.state_seq > known.state_seq:
+            merged[fact.task_id] = fact
+    return merged
+
+
+def plan(
+    facts: Mapping[str, Fact],
+    existing: Existing,
+    *,
+    now: float,
+    oldest_ms: Callable[[str], int],
+) -> Plan:
+    """`oldest_ms(function)`: submissions before it are past retention and not indexed."""
+    result = Plan()
+    recent_from = int(now) - WINDOW
+    for task_id, fact in facts.items():
+        row = existing.get(task_id)
+        if row is None:
+            if fact.submitted_ms < oldest_ms(fact.function):
+                continue
+            result.inserts.append(
+                (
+                    task_id,
+                    fact.function,
+                    fact.submitted_ms,
+                    fact.status.value,
+                    fact.state_seq,
+                    fact.source_type,
+                    fact.source_name,
+                    fact.condition,
+                    fact.chain_id,
+                    fact.finished_ms,
+                    record_of(fact),
+                )
+            )
+            result.counts[(fact.function, fact.status.value)] += 1
+            second = fact.submitted_ms // 1000
+            if second >= recent_from:
+                result.recent[(fact.function, "submitted", second)] += 1
+            _note_finished(result, fact, fact.status, recent_from)
+            continue
+        function, status, state_seq = row
+        if fact.state_seq <= state_seq:
+            continue
+        result.updates.append(
+            (fact.status.value, fact.state_seq, fact.condition, fact.finished_ms, record_of(fact), task_id)
+        )
+        if fact.status.value != status:
+            result.counts[(function, status)] -= 1
+            result.counts[(function, fact.status.value)] += 1
+            _note_finished(result, fact, fact.status, recent_from)
+    return result
+
+
+def record_of(fact: Fact) -> str:
+    """The record a row shows in a list: the state's own, or a submission's first record
+    (made here, for the rows actually inserted: a backfill's submissions mostly find theirs)."""
+    if fact.record is not None:
+        return fact.record
+    return encode(new_record(Invocation.from_message(fact.headers, b""))).decode()
+
+
+def _note_finished(result: Plan, fact: Fact, status: TaskStatus, recent_from: int) -> None:
+    kind = recent_kind(status)
+    if kind is None or fact.finished_ms is None:
+        return
+    second = fact.finished_ms // 1000
+    if second >= recent_from:
+        result.recent[(fact.function, kind, second)] += 1

@@ -1,0 +1,182 @@
+"""The shared history database for replicas on several hosts: PostgreSQL through asyncpg.
+
+Batches are written with `unnest` over arrays (one statement per table, whatever the batch
+size) under a transaction-scoped advisory lock, which serialises the feed's batches and
+retention's deletes across every replica: reading the rows a batch touches and writing the
+plan back is then atomic. Text columns use the "C" collation, so a task id prefix is a
+range of the primary key and the order matches byte order on every server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import asyncpg
+
+from .model import WINDOW, Counts, Fact, Listed, TaskQuery
+from .plan import Plan, plan
+from .sql import INDEXES, SCHEMA_VERSION, numbered, select_sql
+
+ANALYZE_EVERY = 100_000  # rows this replica inserted between two ANALYZE of the table
+LOCK_KEY = 0x666E67617465  # "fngate": the advisory lock every writer takes
+TEXT = 'TEXT COLLATE "C"'
+SCHEMA = [
+    f"""CREATE TABLE IF NOT EXISTS tasks (
+        task_id {TEXT} PRIMARY KEY, function {TEXT} NOT NULL, submitted_ms BIGINT NOT NULL,
+        status {TEXT} NOT NULL, state_seq BIGINT NOT NULL, source_type {TEXT} NOT NULL,
+        source_name {TEXT} NOT NULL, condition {TEXT}, chain_id {TEXT} NOT NULL, finished_ms BIGINT,
+        record TEXT NOT NULL
+    )""",
+    *(f"CREATE INDEX IF NOT EXISTS {name} ON tasks {columns}" for name, columns in INDEXES.items()),
+    f"""CREATE TABLE IF NOT EXISTS counts (
+        function {TEXT} NOT NULL, status {TEXT} NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (function, status)
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS recent (
+        function {TEXT} NOT NULL, kind {TEXT} NOT NULL, second BIGINT NOT NULL, n BIGINT NOT NULL,
+        PRIMARY KEY (function, kind, second)
+    )""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+]
+INSERT_TASKS = """INSERT INTO tasks (task_id, function, submitted_ms, status, state_seq, source_type,
+    source_name, condition, chain_id, finished_ms, record)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[],
+    $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[])"""
+UPDATE_TASKS = """UPDATE tasks SET status = u.status, state_seq = u.state_seq, condition = u.condition,
+    finished_ms = u.finished_ms, record = u.record
+    FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[])
+    AS u(status, state_seq, condition, finished_ms, record, task_id) WHERE tasks.task_id = u.task_id"""
+UPSERT_COUNTS = """INSERT INTO counts (function, status, n) SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+    ON CONFLICT (function, status) DO UPDATE SET n = counts.n + excluded.n"""
+UPSERT_RECENT = """INSERT INTO recent (function, kind, second, n)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+    ON CONFLICT (function, kind, second) DO UPDATE SET n = recent.n + excluded.n"""
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+class PostgresBackend:
+    name = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.pool: asyncpg.Pool | None = None
+        self._inserted_since_analyze = 0
+
+    async def open(self) -> None:
+        # Custom plans only: a generic plan for the listing (LIMIT and filters as parameters)
+        # may walk the wrong index for some filter values, and replanning costs microseconds.
+        self.pool = await asyncpg.create_pool(
+            self.url,
+            min_size=1,
+            max_size=4,
+            command_timeout=60,
+            server_settings={"plan_cache_mode": "force_custom_plan"},
+        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Two replicas creating the schema at once would collide in the catalog.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+            for statement in SCHEMA:
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO meta VALUES ('schema', $1), ('db_id', $2) ON CONFLICT DO NOTHING",
+                SCHEMA_VERSION,
+                uuid.uuid4().hex[:16],
+            )
+
+    def _pool(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise RuntimeError("the history database is not open")
+        return self.pool
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    async def database_id(self) -> str:
+        return str(await self._pool().fetchval("SELECT value FROM meta WHERE key = 'db_id'"))
+
+    async def apply(self, facts: Mapping[str, Fact], *, now: float, oldest_ms: Callable[[str], int]) -> Plan:
+        async with self._pool().acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+            rows = await conn.fetch(
+                "SELECT task_id, function, status, state_seq FROM tasks WHERE task_id = ANY($1::text[])", list(facts)
+            )
+            existing = {r[0]: (r[1], r[2], r[3]) for r in rows}
+            changes = plan(facts, existing, now=now, oldest_ms=oldest_ms)
+            if changes.inserts:
+                await conn.execute(INSERT_TASKS, *_columns(changes.inserts, 11))
+            if changes.updates:
+                await conn.execute(UPDATE_TASKS, *_columns(changes.updates, 6))
+            deltas = [(f, s, n) for (f, s), n in changes.counts.items() if n]
+            if deltas:
+                await conn.execute(UPSERT_COUNTS, *_columns(deltas, 3))
+            if changes.recent:
+                recent = [(f, k, s, n) for (f, k, s), n in changes.recent.items()]
+                await conn.execute(UPSERT_RECENT, *_columns(recent, 4))
+        self._inserted_since_analyze += len(changes.inserts)
+        if self._inserted_since_analyze >= ANALYZE_EVERY:
+            # A backfill grows the table faster than autovacuum looks at it: without fresh
+            # statistics the planner may pick a scan over an index range for a filter.
+            self._inserted_since_analyze = 0
+            await self._pool().execute("ANALYZE tasks")
+        return changes
+
+    async def select(self, query: TaskQuery) -> list[Listed]:
+        sql, params = select_sql(query)
+        rows = await self._pool().fetch(numbered(sql), *params)
+        return [Listed(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def counts(self, functions: Sequence[str], *, now: float) -> dict[str, Counts]:
+        names = list(functions)
+        statuses: dict[str, dict[str, int]] = {n: {} for n in names}
+        recent: dict[str, dict[str, int]] = {n: {} for n in names}
+        pool = self._pool()
+        async with pool.acquire() as conn:
+            for r in await conn.fetch("SELECT function, status, n FROM counts WHERE function = ANY($1::text[])", names):
+                statuses[r[0]][r[1]] = r[2]
+            for r in await conn.fetch(
+                "SELECT function, kind, SUM(n) FROM recent WHERE function = ANY($1::text[]) AND second > $2 "
+                "GROUP BY function, kind",
+                names,
+                int(now) - WINDOW,
+            ):
+                recent[r[0]][r[1]] = r[2]
+        return {n: Counts.from_rows(statuses[n], recent[n]) for n in names}
+
+    async def function_of(self, task_id: str) -> str | None:
+        value = await self._pool().fetchval("SELECT function FROM tasks WHERE task_id = $1", task_id)
+        return None if value is None else str(value)
+
+    async def functions(self) -> list[str]:
+        rows = await self._pool().fetch("SELECT DISTINCT function FROM counts WHERE n > 0")
+        return [str(r[0]) for r in rows]
+
+    async def purge(self, function: str, before_ms: int, limit: int) -> int:
+        async with self._pool().acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+            rows = await conn.fetch(
+                "DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM tasks WHERE function = $1 "
+                "AND submitted_ms < $2 ORDER BY submitted_ms LIMIT $3) RETURNING status",
+                function,
+                before_ms,
+                limit,
+            )
+            gone: dict[str, int] = {}
+            for r in rows:
+                gone[r[0]] = gone.get(r[0], 0) + 1
+            if gone:
+                deltas = [(function, s, -n) for s, n in gone.items()]
+                await conn.execute(UPSERT_COUNTS, *_columns(deltas, 3))
+        return len(rows)
+
+    async def purge_recent(self, before_second: int) -> int:
+        result = await self._pool().execute("DELETE FROM recent WHERE second < $1", before_second)
+        return int(str(result).split()[-1])
+
+    def __repr__(self) -> str:
+        return "PostgresBackend()"

@@ -1,0 +1,222 @@
+"""The default history database: one SQLite file under nats.data_dir.
+
+WAL journal, so readers never wait for the feed's writes and several gateway processes on
+one host can share the file; `BEGIN IMMEDIATE` takes the one write lock SQLite has, which
+serialises the feed's batches across those processes. The stdlib driver is blocking, so each
+connection lives on its own thread (a writer and a reader): the event loop never waits on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from .model import WINDOW, Counts, Fact, Listed, TaskQuery
+from .plan import Plan, plan
+from .sql import COLUMNS, INDEXES, SCHEMA_VERSION, select_sql
+
+T = TypeVar("T")
+CACHE_KIB = 64 * 1024  # page cache per connection: the hot ends of the indexes stay in memory
+CHUNK = 500  # ids per IN (...) list: well under SQLite's bound on parameters
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS tasks (
+        task_id TEXT PRIMARY KEY, function TEXT NOT NULL, submitted_ms INTEGER NOT NULL,
+        status TEXT NOT NULL, state_seq INTEGER NOT NULL, source_type TEXT NOT NULL,
+        source_name TEXT NOT NULL, condition TEXT, chain_id TEXT NOT NULL, finished_ms INTEGER,
+        record TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    *(f"CREATE INDEX IF NOT EXISTS {name} ON tasks {columns}" for name, columns in INDEXES.items()),
+    """CREATE TABLE IF NOT EXISTS counts (
+        function TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (function, status)
+    )""",
+    """CREATE TABLE IF NOT EXISTS recent (
+        function TEXT NOT NULL, kind TEXT NOT NULL, second INTEGER NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (function, kind, second)
+    )""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+]
+UPSERT_COUNT = (
+    "INSERT INTO counts (function, status, n) VALUES (?, ?, ?) "
+    "ON CONFLICT (function, status) DO UPDATE SET n = n + excluded.n"
+)
+UPSERT_RECENT = (
+    "INSERT INTO recent (function, kind, second, n) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (function, kind, second) DO UPDATE SET n = n + excluded.n"
+)
+
+
+class _Connection:
+    """A sqlite3 connection used from its own single thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fngate-sqlite")
+        self.conn: sqlite3.Connection | None = None
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a process crash (the feed's SIGKILL), and only
+        # an OS crash may lose the last ones, which the feed then applies again.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        self.conn = conn
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            if self.conn is None:
+                self._open()
+            assert self.conn is not None
+            return fn(self.conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+
+    async def close(self) -> None:
+        def shut(conn: sqlite3.Connection) -> None:
+            conn.close()
+
+        if self.conn is not None:
+            await self.run(shut)
+            self.conn = None
+        self.executor.shutdown(wait=False)
+        # Usable again: a failed open is closed and retried.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fngate-sqlite")
+
+
+def _write(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+class SqliteBackend:
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writer = _Connection(path)
+        self.reader = _Connection(path)
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def create(conn: sqlite3.Connection) -> None:
+            for statement in SCHEMA:
+                conn.execute(statement)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('db_id', ?)", (uuid.uuid4().hex[:16],))
+
+        await self.writer.run(lambda conn: _write(conn, create))
+
+    async def close(self) -> None:
+        await self.writer.close()
+        await self.reader.close()
+
+    async def database_id(self) -> str:
+        row = await self.reader.run(lambda conn: conn.execute("SELECT value FROM meta WHERE key = 'db_id'").fetchone())
+        return str(row[0])
+
+    async def apply(self, facts: Mapping[str, Fact], *, now: float, oldest_ms: Callable[[str], int]) -> Plan:
+        def work(conn: sqlite3.Connection) -> Plan:
+            ids = list(facts)
+            existing: dict[str, tuple[str, str, int]] = {}
+            for i in range(0, len(ids), CHUNK):
+                chunk = ids[i : i + CHUNK]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT task_id, function, status, state_seq FROM tasks WHERE task_id IN ({marks})"
+                for task_id, function, status, state_seq in conn.execute(sql, chunk):
+                    existing[task_id] = (function, status, state_seq)
+            changes = plan(facts, existing, now=now, oldest_ms=oldest_ms)
+            if changes.inserts:
+                conn.executemany(f"INSERT INTO tasks ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", changes.inserts)
+            if changes.updates:
+                conn.executemany(
+                    "UPDATE tasks SET status = ?, state_seq = ?, condition = ?, finished_ms = ?, record = ? "
+                    "WHERE task_id = ?",
+                    changes.updates,
+                )
+            deltas = [(f, s, n) for (f, s), n in changes.counts.items() if n]
+            if deltas:
+                conn.executemany(UPSERT_COUNT, deltas)
+            if changes.recent:
+                conn.executemany(UPSERT_RECENT, [(f, k, s, n) for (f, k, s), n in changes.recent.items()])
+            return changes
+
+        return await self.writer.run(lambda conn: _write(conn, work))
+
+    async def select(self, query: TaskQuery) -> list[Listed]:
+        sql, params = select_sql(query)
+        rows = await self.reader.run(lambda conn: conn.execute(sql, params).fetchall())
+        return [Listed(*row) for row in rows]
+
+    async def counts(self, functions: Sequence[str], *, now: float) -> dict[str, Counts]:
+        names = list(functions)
+
+        def read(conn: sqlite3.Connection) -> dict[str, Counts]:
+            marks = ",".join("?" * len(names))
+            statuses: dict[str, dict[str, int]] = {n: {} for n in names}
+            recent: dict[str, dict[str, int]] = {n: {} for n in names}
+            if names:
+                for function, status, n in conn.execute(
+                    f"SELECT function, status, n FROM counts WHERE function IN ({marks})", names
+                ):
+                    statuses[function][status] = n
+                rows = conn.execute(
+                    f"SELECT function, kind, SUM(n) FROM recent WHERE function IN ({marks}) AND second > ? "
+                    "GROUP BY function, kind",
+                    [*names, int(now) - WINDOW],
+                )
+                for function, kind, n in rows:
+                    recent[function][kind] = n
+            return {n: Counts.from_rows(statuses[n], recent[n]) for n in names}
+
+        return await self.reader.run(read)
+
+    async def function_of(self, task_id: str) -> str | None:
+        row = await self.reader.run(
+            lambda conn: conn.execute("SELECT function FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    async def functions(self) -> list[str]:
+        rows = await self.reader.run(
+            lambda conn: conn.execute("SELECT DISTINCT function FROM counts WHERE n > 0").fetchall()
+        )
+        return [str(r[0]) for r in rows]
+
+    async def purge(self, function: str, before_ms: int, limit: int) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            rows = conn.execute(
+                "DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM tasks WHERE function = ? AND submitted_ms < ? "
+                "ORDER BY submitted_ms LIMIT ?) RETURNING status",
+                (function, before_ms, limit),
+            ).fetchall()
+            gone: dict[str, int] = {}
+            for (status,) in rows:
+                gone[status] = gone.get(status, 0) + 1
+            conn.executemany(UPSERT_COUNT, [(function, s, -n) for s, n in gone.items()])
+            return len(rows)
+
+        return await self.writer.run(lambda conn: _write(conn, work))
+
+    async def purge_recent(self, before_second: int) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM recent WHERE second < ?", (before_second,)).rowcount
+
+        return await self.writer.run(lambda conn: _write(conn, work))
+
+    def __repr__(self) -> str:
+        return f"SqliteBackend({str(self.path)!r})"
+
+

@@ -1,0 +1,219 @@
+"""The feed against real services: gateways sharing one index database (SQLite file or
+PostgreSQL) fed from one nats-server, with replicas killed and consumers deleted under them."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import pytest
+
+from gateway import constants as c
+from gateway.history import open_backend
+from gateway.history.backend import Backend
+from tests.conftest import Api, GatewayFactory, wait_until
+from tests.history.streams import fill
+from tests.services import GatewayProcess, NatsServer
+
+BULK = "bulk"  # a function no gateway here runs: its tasks keep the states the test wrote
+
+
+@pytest.fixture
+def nats_alone(tmp_path: Path) -> Any:
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()
+
+
+def config(nats_url: str, index_url: str, **functions: Any) -> dict[str, Any]:
+    return {
+        "nats": {"url": nats_url},
+        "index": {"url": index_url, "ack_wait": "2s"},
+        "functions": functions or {"echo": {"handler": "python:examples.functions:echo"}},
+    }
+
+
+async def applied(http: aiohttp.ClientSession, gw: GatewayProcess) -> int:
+    """Messages this replica applied to the index, from its /metrics."""
+    async with http.get(f"{gw.url}/metrics") as resp:
+        text = await resp.text()
+    return int(sum(float(v) for v in re.findall(r'^fngate_index_applied_total\{[^}]*\} ([0-9.e+]+)$', text, re.M)))
+
+
+async def opened(index_url: str, tmp_path: Path) -> Backend:
+    backend = open_backend(index_url, tmp_path)
+    await backend.open()
+    return backend
+
+
+async def settled(backend: Backend, function: str, want: dict[str, int], timeout: float = 60) -> dict[str, int]:
+    async def check() -> dict[str, int] | None:
+        totals = (await backend.counts([function], now=0))[function].summary()["totals"]
+        return totals if all(totals[k] == v for k, v in want.items()) else None
+
+    try:
+        result: dict[str, int] = await wait_until(check, timeout=timeout, interval=0.25)
+    except AssertionError:
+        totals = (await backend.counts([function], now=0))[function].summary()["totals"]
+        raise AssertionError(f"counts {totals}, wanted {want}") from None
+    return result
+
+
+async def test_sigkill_of_a_replica_mid_batch_loses_and_double_counts_nothing(
+    gateway_factory: GatewayFactory, http: aiohttp.ClientSession, nats_alone: NatsServer, index_url: str, tmp_path: Path
+) -> None:
+    total, done = 30_000, 10_000
+    await fill(nats_alone.url, BULK, total, succeeded=done)
+    first = gateway_factory(config(nats_alone.url, index_url))
+    second = gateway_factory(config(nats_alone.url, index_url))
+    # Killed while it holds batches: taken from the consumer, not all of them committed or acked.
+    await wait_until(lambda: applied(http, first), timeout=30, interval=0.02)
+    first.stop(signal.SIGKILL)
+    backend = await opened(index_url, tmp_path)
+    try:
+        await settled(backend, BULK, {"submitted": total, "completed": done, "queued": total - done})
+        assert await applied(http, second) > 0
+        # And it stays so: redeliveries of what the killed replica had committed change nothing.
+        await wait_until(lambda: lag_is_zero(http, second), timeout=30, interval=0.5)
+        await settled(backend, BULK, {"submitted": total, "completed": done, "queued": total - done}, timeout=1)
+    finally:
+        await backend.close()
+
+
+async def lag_is_zero(http: aiohttp.ClientSession, gw: GatewayProcess) -> bool:
+    async with http.get(f"{gw.url}/readyz") as resp:
+        index = (await resp.json())["checks"]["index"]
+    return bool(index["known"] and index["lag_messages"] == 0)
+
+
+async def test_two_replicas_feed_at_once_while_serving_submits(
+    gateway_factory: GatewayFactory, http: aiohttp.ClientSession, nats_alone: NatsServer, index_url: str, tmp_path: Path
+) -> None:
+    total = 20_000
+    ids = await fill(nats_alone.url, BULK, total)
+    gws = [gateway_factory(config(nats_alone.url, index_url)) for _ in range(2)]
+    # Submits are served during the backfill, through both replicas.
+    live = [await Api(http, gw.url).submit("echo", {"n": n}) for n in range(10) for gw in gws]
+    backend = await opened(index_url, tmp_path)
+    try:
+        await settled(backend, BULK, {"submitted": total, "queued": total})
+        await settled(backend, "echo", {"submitted": len(live), "completed": len(live)})
+        assert all([await applied(http, gw) > 0 for gw in gws]), "both replicas took batches"
+        body = await wait_until(lambda: listed(http, gws[1], f"function={BULK}&limit=1000&order=asc"))
+        assert [t["task_id"] for t in body["tasks"]] == ids[:1000]
+        assert "task index: backfilling" in gws[0].log() + gws[1].log()
+    finally:
+        await backend.close()
+
+
+async def listed(http: aiohttp.ClientSession, gw: GatewayProcess, query: str) -> dict[str, Any] | None:
+    async with http.get(f"{gw.url}/v1/tasks?{query}") as resp:
+        body: dict[str, Any] = await resp.json()
+        assert resp.status == 200, body
+    return body if body["tasks"] else None
+
+
+async def test_the_feed_goes_on_when_its_consumers_vanish(
+    gateway_factory: GatewayFactory, http: aiohttp.ClientSession, nats_alone: NatsServer, index_url: str
+) -> None:
+    gw = gateway_factory(config(nats_alone.url, index_url))
+    api = Api(http, gw.url)
+    before = [await api.submit("echo", {"n": n}) for n in range(3)]
+
+    async def succeeded(ids: list[str]) -> dict[str, Any] | None:
+        status, body = await api.get("/v1/tasks?function=echo&status=Succeeded&limit=100")
+        assert status == 200, body
+        return body if set(ids) <= {t["task_id"] for t in body["tasks"]} else None
+
+    await wait_until(lambda: succeeded(before), timeout=20)
+    nc = await nats.connect(nats_alone.url)
+    try:
+        jsm = nc.jsm()
+        deleted = 0
+        for stream in (c.TASKS_STREAM, c.STATE_STREAM):
+            for consumer in await jsm.consumers_info(stream):
+                if consumer.name.startswith("fngate-index-"):
+                    await jsm.delete_consumer(stream, consumer.name)
+                    deleted += 1
+        assert deleted == 2
+    finally:
+        await nc.close()
+    after = [await api.submit("echo", {"n": n}) for n in range(3, 6)]
+    body = await wait_until(lambda: succeeded(after), timeout=60, interval=0.5)
+    assert {t["task_id"] for t in body["tasks"]} == set(before) | set(after)
+    # Made again, the consumers replay both streams from the start: nothing counts twice.
+    status, summary = await api.get("/v1/functions/echo")
+    assert status == 200 and summary["counts"]["totals"]["completed"] == 6, summary
+    assert summary["counts"]["totals"]["submitted"] == 6, summary
+    assert "is gone; creating it again" in gw.log()
+
+
+async def test_readyz_and_metrics_show_the_lag(
+    gateway_factory: GatewayFactory, http: aiohttp.ClientSession, nats_alone: NatsServer, index_url: str, tmp_path: Path
+) -> None:
+    gw = gateway_factory(config(nats_alone.url, index_url))
+    await wait_until(lambda: lag_is_zero(http, gw), timeout=20, interval=0.25)
+    release = await hold_write_lock(index_url)  # the database stops taking the feed's batches
+    try:
+        await fill(nats_alone.url, BULK, 500)
+
+        async def lagging() -> dict[str, Any] | None:
+            async with http.get(f"{gw.url}/readyz") as resp:
+                body: dict[str, Any] = await resp.json()
+            index = body["checks"]["index"]
+            return body if index["lag_messages"] >= 500 and index["lag_seconds"] > 0 else None
+
+        body = await wait_until(lagging, timeout=20, interval=0.25)
+        assert body["ready"] is True  # a trailing index does not take the replica out of service
+        async with http.get(f"{gw.url}/metrics") as resp:
+            text = await resp.text()
+        assert re.search(r'^fngate_index_lag_messages\{stream="FNGATE_TASKS"\} [1-9]', text, re.M), text[-2000:]
+    finally:
+        await release()
+    await wait_until(lambda: lag_is_zero(http, gw), timeout=30, interval=0.25)
+
+
+async def hold_write_lock(index_url: str) -> Any:
+    """Take the writers' lock of the index database; returns the coroutine that lets it go."""
+    if index_url.startswith("sqlite://"):
+        import sqlite3
+
+        conn = sqlite3.connect(index_url[len("sqlite://") :], isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+
+        async def release_sqlite() -> None:
+            conn.execute("ROLLBACK")
+            conn.close()
+
+        return release_sqlite
+    import asyncpg
+
+    from gateway.history.postgres import LOCK_KEY
+
+    pg = await asyncpg.connect(index_url)
+    await pg.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+
+    async def release_pg() -> None:
+        await pg.close()
+
+    return release_pg
+
+
+async def test_submits_go_on_while_the_index_database_is_unreachable(
+    gateway_factory: GatewayFactory, http: aiohttp.ClientSession, nats_alone: NatsServer
+) -> None:
+    from tests.services import free_port
+
+    gw = gateway_factory(config(nats_alone.url, f"postgresql://postgres@127.0.0.1:{free_port()}/fngate"))
+    api = Api(http, gw.url)
+    task_id = await api.submit("echo", {"n": 1})
+    assert (await api.wait_status(task_id, "Succeeded"))["task_id"] == task_id  # read by id: the stream
+    for path in ("/v1/tasks?function=echo", "/v1/functions/echo"):
+        status, body = await api.get(path)
+        assert status == 503 and body["error"]["code"] == "ServiceUnavailable", body
+    assert "task index failed" in gw.log()
