@@ -219,15 +219,16 @@ class TaskService:
     async def _find_submission(self, task_id: str) -> Invocation | None:
         try:
             known = await self.history.function_of(task_id)
-        except Exception as exc:  # the index unreachable: every function's subject is tried
+        except Exception as exc:  # the index unreachable: the stream is asked across functions
             log.warning("task index: cannot look up task %s: %s", task_id, exc)
             known = None
-        candidates = [known] if known else list(self.config.functions)
-        for function in candidates:
-            inv = await self.store.get_submission(function, task_id)
+        if known:
+            inv = await self.store.get_submission(known, task_id)
             if inv is not None:
                 return inv
-        return None
+        # Not in the index yet (it trails the stream by its lag), or of a function this
+        # replica does not run: one last-by-subject lookup over every function's subject.
+        return await self.store.get_submission("*", task_id)
 
     async def payload_of(self, task_id: str) -> Invocation:
         inv = await self._find_submission(task_id)

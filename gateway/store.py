@@ -221,6 +221,7 @@ class TaskStore:
         await self.publisher.publish(inv.delay_subject, inv.payload, inv.headers())
 
     async def get_submission(self, function: str, task_id: str) -> Invocation | None:
+        """The task's latest message on the task stream; `function` may be `*` (any function)."""
         msg = await self._last_message(c.TASKS_STREAM, f"{c.TASKS_SUBJECT}.{function}.{task_id}")
         if msg is None:
             return None
