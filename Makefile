@@ -44,12 +44,12 @@ run: setup services
 test: setup-test
 	$(MAKE) services WITH_TEST_TOOLS=1
 	$(BIN)/ruff check .
-	$(BIN)/mypy gateway triggers sinks
+	$(BIN)/mypy gateway triggers sinks tests
 	$(BIN)/pytest -p no:cacheprovider -q
 
 lint: setup-test
 	$(BIN)/ruff check .
-	$(BIN)/mypy gateway triggers sinks
+	$(BIN)/mypy gateway triggers sinks tests
 
 bench: setup
 	$(MAKE) services WITH_BENCH_TOOLS=1

@@ -31,7 +31,7 @@ async def journaled(event: Any, context: Any) -> Any:
 
 
 def read_journal(path: str) -> list[tuple[str, str, int, float, int]]:
-    rows = []
+    rows: list[tuple[str, str, int, float, int]] = []
     if not os.path.exists(path):
         return rows
     with open(path) as handle:

@@ -88,7 +88,7 @@ async def test_invoke_and_tasks_commands(
 
 
 async def test_global_options_table_paging_and_clear_errors(
-    nats_server: NatsServer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path, unique: str
+    nats_server: NatsServer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path, unique: Any
 ) -> None:
     token = "cli-token-0123456789"
     fn = unique("table")

@@ -116,7 +116,7 @@ def api_schema(fuzz_gateway: GatewayProcess) -> schemathesis.BaseSchema:
     return schemathesis.openapi.from_url(f"{fuzz_gateway.url}/openapi.json", config=config, timeout=REQUEST_TIMEOUT)
 
 
-def is_failing_on_purpose(response: Response, case: Case) -> bool:
+def is_failing_on_purpose(response: Response, case: Case[Any]) -> bool:
     """The documented 502 FunctionError of the `fail` function (sync invocation or sync trigger)."""
     path = case.operation.path
     if response.status_code != 502:
@@ -129,7 +129,7 @@ def is_failing_on_purpose(response: Response, case: Case) -> bool:
         return False
 
 
-def no_server_error(ctx: CheckContext, response: Response, case: Case) -> bool | None:
+def no_server_error(ctx: CheckContext, response: Response, case: Case[Any]) -> bool | None:
     """not_a_server_error, but for the 502 the `fail` function answers by design."""
     if is_failing_on_purpose(response, case):
         return None
@@ -139,13 +139,13 @@ def no_server_error(ctx: CheckContext, response: Response, case: Case) -> bool |
 CHECKS = [no_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-def has_negatable_inputs(operation: APIOperation) -> bool:
+def has_negatable_inputs(operation: APIOperation[Any, Any, Any, Any]) -> bool:
     """Whether the document constrains a parameter (else no negative data exists for it)."""
     parameters = operation.definition.raw.get("parameters", [])
     return any(p["in"] in ("header", "query") or "pattern" in p.get("schema", {}) for p in parameters)
 
 
-def case_strategy(operation: APIOperation, task_ids: list[str]) -> st.SearchStrategy[Case]:
+def case_strategy(operation: APIOperation[Any, Any, Any, Any], task_ids: list[str]) -> st.SearchStrategy[Case[Any]]:
     """Generated cases, some with real function names and task ids (so the happy paths run too)
     and some with tricky task ids."""
     variants: list[dict[str, Any]] = []
@@ -166,7 +166,7 @@ def case_strategy(operation: APIOperation, task_ids: list[str]) -> st.SearchStra
     return st.one_of(strategies)
 
 
-def bound_live_waits(case: Case, task_ids: list[str]) -> None:
+def bound_live_waits(case: Case[Any], task_ids: list[str]) -> None:
     """Live status waits by design: a long-poll is kept under a second, and the event stream
     (which ends only after a terminal status) is read for tasks that have ended."""
     wait = (case.query or {}).get("wait")
@@ -200,7 +200,7 @@ def test_operation_conforms_to_the_document(
         phases=[Phase.explicit, Phase.generate, Phase.shrink],
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
-    def fuzz(case: Case) -> None:
+    def fuzz(case: Case[Any]) -> None:
         bound_live_waits(case, task_ids)
         case.call_and_validate(checks=CHECKS, timeout=REQUEST_TIMEOUT)
 

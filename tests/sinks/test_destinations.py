@@ -30,7 +30,8 @@ async def destination_entry(api: Api, task_id: str, on: str, status: str, timeou
         record = await api.task(task_id)
         for entry in record["destinations"]:
             if entry["on"] == on and entry["status"] == status:
-                return entry
+                found: dict[str, Any] = entry
+                return found
         return None
 
     entry: dict[str, Any] = await wait_until(check, timeout)
@@ -155,8 +156,14 @@ async def test_queue_mqtt_with_user_properties(
     loop = asyncio.get_running_loop()
     subscribed = asyncio.Event()
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_message = lambda c, u, m: loop.call_soon_threadsafe(received.put_nowait, m)
-    client.on_subscribe = lambda *args: loop.call_soon_threadsafe(subscribed.set)
+    def on_message(c: Any, u: Any, m: Any) -> None:
+        loop.call_soon_threadsafe(received.put_nowait, m)
+
+    def on_subscribe(*args: Any) -> None:
+        loop.call_soon_threadsafe(subscribed.set)
+
+    client.on_message = on_message
+    client.on_subscribe = on_subscribe
     client.on_connect = lambda c, u, f, r, p: c.subscribe(topic, qos=1)
     client.connect("127.0.0.1", mosquitto.port)
     client.loop_start()

@@ -54,7 +54,7 @@ async def test_filter_and_batch_make_array_tasks_of_the_matching_messages(
     api = Api(http, gw.url)
     assert (await trigger_health(api, fn))["ready"] is True  # /readyz was 200: subscribed
 
-    messages = []
+    messages: list[tuple[str, bytes, dict[str, str]]] = []
     for i in range(24):
         topic = f"{base}/hot" if i % 2 == 0 else f"{base}/cold"
         messages.append((topic, json.dumps({"i": i, "t": 40 if i % 4 == 0 else 20}).encode(), {}))

@@ -112,7 +112,8 @@ def test_or_of_patterns() -> None:
 
 def test_events_that_are_not_objects_do_not_match() -> None:
     pattern = compile_pattern({"data": {"kind": [{"exists": True}]}})
-    for event in (None, [], "text", 3, {"data": "not an object"}, {"data": [1, 2]}):
+    events: tuple[object, ...] = (None, [], "text", 3, {"data": "not an object"}, {"data": [1, 2]})
+    for event in events:
         assert pattern.matches(event) is False
     assert compile_pattern({"data": {"x": [{"exists": False}]}}).matches({"data": "s"}) is True
 

@@ -31,7 +31,7 @@ async def test_readyz_holds_every_trigger_and_follows_a_broker_outage(
     broker.start()
     try:
         inbox = tmp_path / "inbox"
-        triggers = [
+        triggers: list[dict[str, Any]] = [
             {"name": f"{fn}-http", "type": "http", "path": f"/hooks/{fn}"},
             {"name": f"{fn}-timer", "type": "timer", "every": "1h"},
             {
