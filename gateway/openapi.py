@@ -348,7 +348,9 @@ def trigger_operation(path: str, method: str) -> dict[str, Any]:
 
 
 def openapi_document(app: web.Application) -> dict[str, Any]:
-    paths = base_paths()
+    from .bulk.openapi import bulk_paths
+
+    paths = {**base_paths(), **bulk_paths()}
     from .api import TRIGGER_PATHS
 
     trigger_paths: set[str] = app.get(TRIGGER_PATHS) or set()

@@ -13,10 +13,10 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import InvalidKeyError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
-from ..errors import NotFound
+from ..errors import NotFound, ServiceUnavailable
 from ..invocation import iso
 
 BUCKET = "fngate_operations"
@@ -71,8 +71,10 @@ class OperationRecords:
     async def get(self, op_id: str) -> dict[str, Any]:
         try:
             entry = await self._kv().get(op_id)
-        except Exception:  # KeyNotFoundError, or a key name the bucket refuses
+        except (KeyNotFoundError, KeyDeletedError, InvalidKeyError):
             raise OperationNotFound(f"operation {op_id!r} not found") from None
+        except Exception as exc:
+            raise ServiceUnavailable(f"operations cannot be read right now ({type(exc).__name__}); retry") from None
         if entry.value is None:
             raise OperationNotFound(f"operation {op_id!r} not found")
         value: dict[str, Any] = json.loads(entry.value)
@@ -84,6 +86,8 @@ class OperationRecords:
             keys = await kv.keys()
         except NoKeysError:
             return []
+        except Exception as exc:
+            raise ServiceUnavailable(f"operations cannot be read right now ({type(exc).__name__}); retry") from None
         records = []
         for key in keys:
             try:
