@@ -101,6 +101,12 @@ def lineage_headers() -> list[dict[str, Any]]:
 
 
 def base_paths() -> dict[str, Any]:
+    from .bulk.openapi import bulk_paths
+
+    return {**core_paths(), **bulk_paths()}
+
+
+def core_paths() -> dict[str, Any]:
     return {
         "/v1/functions/{fn}/invocations": {
             "post": {
@@ -348,9 +354,7 @@ def trigger_operation(path: str, method: str) -> dict[str, Any]:
 
 
 def openapi_document(app: web.Application) -> dict[str, Any]:
-    from .bulk.openapi import bulk_paths
-
-    paths = {**base_paths(), **bulk_paths()}
+    paths = base_paths()
     from .api import TRIGGER_PATHS
 
     trigger_paths: set[str] = app.get(TRIGGER_PATHS) or set()
