@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -32,8 +33,8 @@ SUBJECT = "fngate.ops"
 DURABLE = "fngate-bulk"
 CHUNK = 500  # task ids per message
 ACK_WAIT = 15.0  # seconds before a chunk whose replica went silent is redelivered
-PULLERS = 2  # chunks in flight per replica (one reads JetStream while the other submits)
-PAGE = 1000
+PULLERS = 4  # chunks in flight per replica: reads of payloads and enqueues overlap
+PAGE = 5000  # task ids per index read at creation
 
 
 class BulkOperations:
@@ -69,7 +70,7 @@ class BulkOperations:
         tasks: list[Task] = []
         cursor = None
         while len(tasks) < limit:
-            page_query = replace(query, limit=min(PAGE, limit - len(tasks)), cursor=cursor)
+            page_query = replace(query, limit=min(PAGE, limit - len(tasks)), cursor=cursor, ids_only=True)
             page, cursor = await self.service.history.list(page_query)
             tasks.extend((t.function, t.task_id) for t in page)
             if cursor is None:
@@ -80,7 +81,9 @@ class BulkOperations:
         return len(await self.matching(request.query, request.limit))
 
     async def create(self, kind: str, request: BulkRequest) -> dict[str, Any]:
+        started = time.monotonic()
         tasks = await self.matching(request.query, request.limit)
+        read = time.monotonic() - started
         op_id = f"op-{secrets.token_hex(8)}"
         chunks = [tasks[i : i + CHUNK] for i in range(0, len(tasks), CHUNK)]
         record = new_record(op_id, kind, request.filter, len(tasks), len(chunks))
@@ -98,7 +101,10 @@ class BulkOperations:
             ]
         except Exception as exc:
             raise ServiceUnavailable(f"operation {op_id} could not be queued whole ({exc}); retry") from None
-        log.info("operation %s: %s of %d tasks in %d chunks (%s)", op_id, kind, len(tasks), len(acks), request.filter)
+        log.info(
+            "operation %s: %s of %d tasks in %d chunks (%s); ids read in %.2fs, queued in %.2fs",
+            op_id, kind, len(tasks), len(acks), request.filter, read, time.monotonic() - started - read,
+        )  # fmt: skip
         return public(record)
 
     # --- the replicas' side ----------------------------------------------------------------
