@@ -1,5 +1,6 @@
 """Bulk rerun: the rate of `POST /v1/tasks/rerun` over `settings.backlog // 2` Failed tasks
-(100,000 by default; FNGATE_BENCH_BULK overrides), from the request to the operation's end.
+(100,000 by default; FNGATE_BENCH_BULK overrides), from the request to the operation's end;
+FNGATE_BENCH_BULK_REPLICAS (default 1) gateways pull the operation's chunks.
 
 Phase 1: a gateway whose function fails at once (max_retries 0) is filled with wrk until its
 index counts the wanted number Failed. Phase 2: a second gateway on the same index runs the
@@ -44,6 +45,7 @@ def failed_count(base: str) -> int:
 
 def run(run_stack: Stack, settings: Settings) -> list[Figure]:
     wanted = int(os.environ.get("FNGATE_BENCH_BULK", settings.backlog // 2))
+    replicas = int(os.environ.get("FNGATE_BENCH_BULK_REPLICAS", 1))
     nats_server = run_stack.nats()
     index = f"sqlite://{run_stack.root / 'index.db'}"
     base = {"nats": {"url": nats_server.url}, "index": {"url": index}}
@@ -58,6 +60,8 @@ def run(run_stack: Stack, settings: Settings) -> list[Figure]:
 
     parked = {**function("park", concurrency=1, timeout="2h"), "async": {"max_retries": 0}}
     gateway = run_stack.gateway({**base, "functions": {FUNCTION: parked}, "logging": {"level": "info"}})
+    for _ in range(replicas - 1):  # more pullers of the operation's chunks, sharing the index
+        run_stack.gateway({**base, "functions": {FUNCTION: parked}})
 
     def settled() -> bool:  # the index has caught up with the streams: nothing competes with the run
         _, ready = call(gateway.url, "GET", "/readyz")
@@ -90,5 +94,5 @@ def run(run_stack: Stack, settings: Settings) -> list[Figure]:
         "fill_seconds": round(fill_seconds, 1),
         "gateway_log": [line for line in gateway.log().splitlines() if "operation op-" in line][-3:],
     }
-    name = f"rerun of {accepted['matched']:,} Failed tasks"
+    name = f"rerun of {accepted['matched']:,} Failed tasks, {replicas} replica(s)"
     return [Figure("bulk", name, rate, "tasks/s", None, None, ">= 5,000 tasks/s", rate >= 5000, extra)]
