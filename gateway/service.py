@@ -40,7 +40,9 @@ def check_task_id(task_id: str) -> str:
 
 
 class TaskService:
-    def __init__(self, config: Config, store: TaskStore, history: TaskHistory, runtimes: dict[str, Runtime]) -> None:
+    def __init__(
+        self, config: Config, store: TaskStore, history: TaskHistory, runtimes: dict[str, Runtime]
+    ) -> None:
         self.config = config
         self.store = store
         self.history = history

@@ -218,3 +218,5 @@ class SqliteBackend:
 
     def __repr__(self) -> str:
         return f"SqliteBackend({str(self.path)!r})"
+
+
