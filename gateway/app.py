@@ -16,6 +16,8 @@ from nats.aio.msg import Msg
 from . import constants as c
 from . import tracing
 from .api import CONFIG, EXTRA_HEALTH, SERVICE, STORE, TRIGGER_PATHS, add_routes, auth_middleware, errors_middleware
+from .bulk import BulkOperations
+from .bulk.routes import BULK, add_bulk_routes
 from .config import Config
 from .console import TASK_LOGS, add_console_routes
 from .destinations import Dispatcher
@@ -60,6 +62,7 @@ class Gateway:
         self.servers: list[str] = []
         self.live: LiveStatus | None = None
         self.registry: ReplicaRegistry | None = None
+        self.bulk: BulkOperations | None = None
 
     async def start(self) -> None:
         tracing.configure(self.config.tracing)
@@ -104,6 +107,9 @@ class Gateway:
                 log.info("function %r is not in this config; its tasks end Invalid once no live replica has it", name)
                 self._spawn(f"invalidator {name}", InvalidWorker(name, store, self._on_terminal, self.registry).run)
         self._spawn("delay scheduler", DelayScheduler(store).run)
+        self.bulk = BulkOperations(self.service, store.js, replicas=self.config.nats.replicas)
+        await self.bulk.open()
+        self._spawn("bulk operations", self.bulk.run)
         await self.nc.subscribe(f"{c.STOP_SUBJECT}.>", cb=self._on_stop)
         await self._start_triggers()
 
@@ -239,6 +245,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[TRIGGER_PATHS] = set()
     add_routes(app)
+    add_bulk_routes(app)
     add_console_routes(app)
     gateway = Gateway(config, app)
     gateway.build_triggers()
@@ -253,6 +260,8 @@ def create_app(config: Config) -> web.Application:
         app[TASK_LOGS] = gateway.task_logs
         assert gateway.live is not None
         app[LIVE] = gateway.live
+        assert gateway.bulk is not None
+        app[BULK] = gateway.bulk
         app[EXTRA_HEALTH] = {}
         assert gateway.history is not None
         app[EXTRA_HEALTH]["index"] = gateway.history.check

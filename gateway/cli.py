@@ -185,6 +185,11 @@ def cmd_tasks(args: argparse.Namespace) -> int:
             return print_response(status, body)
         print(task_table(json.loads(body)))
         return 0
+    if args.tasks_command in ("stop", "rerun"):
+        from .clibulk import bulk_or_one, run_bulk
+
+        if bulk_or_one(args):
+            return run_bulk(client, args.tasks_command, args)
     if args.tasks_command == "get":
         status, _, body = client.call("GET", f"/v1/tasks/{args.id}")
     else:
@@ -237,10 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--cursor", help="the next_cursor of the previous page")
     listing.add_argument("--json", action="store_true", help="the API's JSON answer instead of a table")
     client_options(listing)
-    for name in ("get", "stop", "rerun"):
-        one = tasks_sub.add_parser(name)
-        one.add_argument("id")
-        client_options(one)
+    one = tasks_sub.add_parser("get")
+    one.add_argument("id")
+    client_options(one)
+    from .clibulk import add_filter_options
+
+    for name in ("stop", "rerun"):
+        helped = f"{name} one task by id, or every task the filter options match (a bulk operation)"
+        bulk = tasks_sub.add_parser(name, help=helped)
+        add_filter_options(bulk)
+        client_options(bulk)
     tasks.set_defaults(func=cmd_tasks)
     return parser
 

@@ -101,6 +101,12 @@ def lineage_headers() -> list[dict[str, Any]]:
 
 
 def base_paths() -> dict[str, Any]:
+    from .bulk.openapi import bulk_paths
+
+    return {**core_paths(), **bulk_paths()}
+
+
+def core_paths() -> dict[str, Any]:
     return {
         "/v1/functions/{fn}/invocations": {
             "post": {

@@ -280,8 +280,39 @@ class TaskLogs(_Strict):
     truncated: bool
 
 
+# --- bulk operations -------------------------------------------------------------------------
+
+
+class BulkCount(_Strict):
+    """A dry run: how many tasks the filter matches (up to `limit`)."""
+
+    matched: int
+
+
+class OperationAccepted(_Strict):
+    operation_id: str
+    matched: int
+
+
+class Operation(_Strict):
+    operation_id: str
+    kind: Literal["rerun", "stop"]
+    filter: dict[str, str]
+    status: Literal["Running", "Succeeded", "Failed"]
+    matched: int
+    done: int = Field(description="tasks acted on (rerun enqueued, or stopped / already ended)")
+    failed: int = Field(description="tasks that could not be acted on (payload gone, function removed)")
+    started_at: str
+    finished_at: str | None
+
+
+class OperationList(_Strict):
+    operations: list[Operation]
+
+
 RESPONSE_MODELS: list[type[BaseModel]] = [
     Error, Accepted, Task, TaskPage, Function, FunctionList, TriggerList, Health, Readiness, TaskLogs,
+    BulkCount, OperationAccepted, Operation, OperationList,
 ]  # fmt: skip
 
 

@@ -175,3 +175,57 @@ async def test_invoke_async_wait(nats_server: NatsServer, gateway_factory: Gatew
 
     result = await asyncio.to_thread(fngate, "invoke", fn, "--wait", "-d", "{}", url=gw.url)
     assert result.returncode == 2 and "--async" in result.stderr
+
+
+async def test_bulk_rerun_and_stop_commands_follow_the_operation(
+    nats_server: NatsServer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, unique: Any
+) -> None:
+    fail, echo = unique("clifail"), unique("cliecho")
+    gw = gateway_factory(
+        {
+            "nats": {"url": nats_server.url},
+            "functions": {
+                fail: {"handler": "python:examples.functions:fail", "async": {"max_retries": 0}},
+                echo: {"handler": "python:examples.functions:echo"},
+            },
+        }
+    )
+    api = Api(http, gw.url)
+    failed = await asyncio.gather(*(api.submit(fail, {"n": n}) for n in range(6)))
+    for task_id in failed:
+        await api.wait_status(task_id, "Failed")
+    from tests.conftest import wait_until
+
+    async def counted() -> Any:
+        out = await asyncio.to_thread(
+            fngate, "tasks", "rerun", "--function", fail, "--status", "Failed", "--dry-run", url=gw.url
+        )
+        return out if out.returncode == 0 and json.loads(out.stdout) == {"matched": 6} else None
+
+    await wait_until(counted)
+    result = await asyncio.to_thread(
+        fngate, "tasks", "rerun", "--function", fail, "--status", "Failed", "--since", "0", url=gw.url
+    )
+    assert result.returncode == 0, result.stderr
+    op = json.loads(result.stdout)
+    assert (op["kind"], op["status"], op["matched"], op["done"]) == ("rerun", "Succeeded", 6, 6)
+    assert f"rerun {op['operation_id']}: 6/6 done, 0 failed" in result.stderr
+
+    delayed = await asyncio.gather(*(api.submit(echo, {}, X_Delay="600") for _ in range(3)))
+
+    async def enqueued() -> bool:
+        out = await asyncio.to_thread(
+            fngate, "tasks", "stop", "--function", echo, "--status", "Enqueued", "--dry-run", url=gw.url
+        )
+        return json.loads(out.stdout) == {"matched": 3}
+
+    await wait_until(enqueued)
+    result = await asyncio.to_thread(fngate, "tasks", "stop", "--function", echo, "--status", "Enqueued", url=gw.url)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["done"] == 3
+    assert {(await api.task(t))["status"] for t in delayed} == {"Stopped"}
+
+    result = await asyncio.to_thread(fngate, "tasks", "stop", url=gw.url)
+    assert result.returncode == 2 and "--function" in result.stderr
+    result = await asyncio.to_thread(fngate, "tasks", "rerun", "x", "--function", fail, url=gw.url)
+    assert result.returncode == 1 and "not both" in result.stderr

@@ -297,3 +297,62 @@ async def test_banner_instead_of_stale_data_while_nats_is_away(
 def test_screenshots_are_committed() -> None:
     for name in SCREENSHOTS:
         assert (IMAGES / f"{name}.png").stat().st_size > 10_000, name
+
+
+async def test_bulk_rerun_from_the_task_list(
+    nats_server: NatsServer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, browser: Browser, unique: Any
+) -> None:
+    fail = unique("redrive")
+    gw = gateway_factory(
+        admin_api(nats_server.url, {fail: {"handler": "python:examples.functions:fail", "async": {"max_retries": 0}}})
+    )
+    api = Api(http, gw.url, token=TOKEN)
+    failed = [await api.submit(fail, {"n": n}) for n in range(4)]
+    for task_id in failed:
+        await api.wait_status(task_id, "Failed")
+
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    page.on("dialog", lambda dialog: dialog.accept())
+    await sign_in(page, gw.url)
+    await page.goto(f"{gw.url}/#/tasks?function={fail}&status=Failed")
+    # The total matched is the dry-run count of the filter (the index may trail a moment).
+    for _ in range(20):
+        await expect(page.locator("#tasks tbody tr[data-task]")).to_have_count(4)
+        if await page.locator("#bulk-matched").text_content() == "4":
+            break
+        await page.reload()
+    await expect(page.locator("#bulk-matched")).to_have_text("4")
+    await expect(page.locator("#tasks-count")).to_contain_text("of 4 matching")
+
+    # One picked row: one rerun; the pick survives the list's refreshes.
+    await page.check(f'input[data-pick="{failed[0]}"]')
+    await expect(page.locator("#bulk-picked")).to_have_text("1 picked")
+    await page.click("#bulk-rerun")
+    await expect(page.locator("#bulk-progress")).to_have_attribute("data-status", "Succeeded")
+    await expect(page.locator("#bulk-progress")).to_contain_text("1/1 done")
+
+    # The rerun failed too: the count follows the list's refreshes.
+    await expect(page.locator("#bulk-matched")).to_have_text("5", timeout=20_000)
+
+    # All matching: one bulk operation, followed to its end.
+    await page.check("#select-all-matching")
+    await expect(page.locator("#bulk-picked")).to_have_text("(5 tasks)")
+    await page.click("#bulk-rerun")
+    await expect(page.locator("#bulk-progress")).to_have_attribute("data-status", "Succeeded", timeout=30_000)
+    await expect(page.locator("#bulk-progress")).to_contain_text("5/5 done, 0 failed")
+    op_id = await page.locator("#bulk-progress").get_attribute("data-operation")
+    status, op = await api.get(f"/v1/operations/{op_id}")
+    assert status == 200 and (op["kind"], op["matched"], op["done"]) == ("rerun", 5, 5)
+    await shot(page, "tasks-bulk")
+
+    async def reruns() -> list[str] | None:
+        _, body = await api.get(f"/v1/tasks?function={fail}&limit=100")
+        found = [t["rerun_of"] for t in body["tasks"] if t.get("rerun_of")]
+        return found if len(found) >= 6 else None
+
+    from tests.conftest import wait_until
+
+    found = await wait_until(reruns)
+    # The picked one twice (by hand, then in bulk), the others and the first rerun once each.
+    assert len(found) == 6 and found.count(failed[0]) == 2 and set(failed) <= set(found)
+    await page.close()

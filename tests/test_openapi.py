@@ -148,6 +148,16 @@ async def test_every_response_matches_the_document(
     await call("POST", "/v1/tasks/{id}/stop", f"/v1/tasks/{done}/stop")  # 409: already ended
     await call("POST", "/v1/tasks/{id}/rerun", f"/v1/tasks/{done}/rerun")
     await call("POST", "/v1/tasks/{id}/rerun", "/v1/tasks/no-such-task/rerun")
+    # bulk operations: a dry run, an operation, its record and the list, errors
+    bulk = {"filter": {"function": "echo", "status": "Stopped"}}
+    await call("POST", "/v1/tasks/rerun", json={**bulk, "dry_run": True})
+    _, operation = await call("POST", "/v1/tasks/rerun", json=bulk)
+    await call("POST", "/v1/tasks/stop", json={"filter": {"function": "echo", "status": "Enqueued"}, "dry_run": True})
+    await call("POST", "/v1/tasks/stop", json={"filter": {"function": "echo", "status": "Enqueued"}})
+    await call("POST", "/v1/tasks/stop", json={"filter": {}})  # 400
+    await call("GET", "/v1/operations/{id}", f"/v1/operations/{operation['operation_id']}")
+    await call("GET", "/v1/operations/{id}", "/v1/operations/op-nope")
+    await call("GET", "/v1/operations")
     # functions, triggers, the rest
     await call("GET", "/v1/functions")
     for fn in ("echo", "shell", "nope"):

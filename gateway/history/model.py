@@ -78,6 +78,7 @@ class TaskQuery:
     order: Order = "desc"
     limit: int = 50
     cursor: Cursor | None = None
+    ids_only: bool = False  # rows without their record (bulk operations need only the ids)
 
 
 @dataclass(frozen=True, slots=True)

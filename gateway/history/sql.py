@@ -64,7 +64,8 @@ def select_sql(query: TaskQuery) -> tuple[str, list[Any]]:
         else:
             add("submitted_ms >= ? AND (submitted_ms, task_id) > (?, ?)", ms, ms, task_id)
     direction = "DESC" if desc else "ASC"
-    sql = "SELECT task_id, function, submitted_ms, record FROM tasks"
+    record = "''" if query.ids_only else "record"
+    sql = f"SELECT task_id, function, submitted_ms, {record} FROM tasks"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY submitted_ms {direction}, task_id {direction} LIMIT ?"

@@ -6,6 +6,7 @@
 // selection column (bulk rerun / stop) wraps these without touching the filters.
 "use strict";
 import { api } from "./api.js";
+import { bulkBar, bulkState, countMatching, matchedText, withSelection } from "./bulk.js";
 import {
   CONDITIONS, STATUSES, TIME_ZONE, badge, between, duration, el, fromLocalInput, sourceText, taskLink,
   toLocalInput, when,
@@ -69,7 +70,9 @@ export function mount(view, params, ctx) {
   const body = el("div", { id: "tasks-body" });
   const summary = el("span", { id: "tasks-count", class: "muted" });
   const pager = el("div", { class: "pager" });
-  view.replaceChildren(el("h2", {}, "Tasks"), el("div", { class: "filters muted" }, "loading…"), body, pager);
+  const bulk = bulkState(params, ctx);
+  const bar = bulkBar(bulk);
+  view.replaceChildren(el("h2", {}, "Tasks"), el("div", { class: "filters muted" }, "loading…"), bar, body, pager);
   api("/v1/functions").then(({ functions }) => {
     if (ctx.current()) view.children[1].replaceWith(filterBar(params, functions.map((f) => f.name)));
   }).catch((error) => ctx.say(error.message, true));
@@ -79,10 +82,11 @@ export function mount(view, params, ctx) {
   if (!query.get("limit")) query.set("limit", "25");
   return {
     async refresh() {
-      const page = await api("/v1/tasks?" + query.toString());
+      const [page] = await Promise.all([api("/v1/tasks?" + query.toString()), countMatching(bulk)]);
       if (!ctx.current()) return;
-      body.replaceChildren(renderTable(page.tasks));
-      const matched = page.total ?? page.matched;
+      bar.refresh();
+      body.replaceChildren(withSelection(renderTable(page.tasks), bulk, () => bar.refresh()));
+      const matched = bulk.matched === null ? undefined : matchedText(bulk);
       summary.textContent = `${page.tasks.length} shown` + (matched !== undefined ? ` of ${matched} matching` : "");
       const buttons = [summary];
       if (params.get("cursor")) buttons.push(el("button", { class: "secondary", onclick: () => history.back() }, "Newer"));
