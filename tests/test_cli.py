@@ -217,7 +217,7 @@ async def test_bulk_rerun_and_stop_commands_follow_the_operation(
         out = await asyncio.to_thread(
             fngate, "tasks", "stop", "--function", echo, "--status", "Enqueued", "--dry-run", url=gw.url
         )
-        return json.loads(out.stdout) == {"matched": 3}
+        return bool(json.loads(out.stdout) == {"matched": 3})
 
     await wait_until(enqueued)
     result = await asyncio.to_thread(fngate, "tasks", "stop", "--function", echo, "--status", "Enqueued", url=gw.url)

@@ -112,7 +112,7 @@ async def test_bulk_requests_are_checked_and_scoped(
     nats_server: NatsServer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, unique: Any
 ) -> None:
     fail = unique("bulkscope")
-    tokens = [
+    tokens: list[dict[str, Any]] = [
         {"name": "ops", "token": "admin-token-123", "scopes": ["admin"]},
         {"name": "ci", "token": "invoke-token-123", "scopes": ["invoke"]},
         {"name": "dash", "token": "read-token-123", "scopes": ["read"]},
