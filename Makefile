@@ -37,6 +37,12 @@ services:
 		echo "installing$$missing with apt-get"; \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+	@# The tests create and drop their own database on the local PostgreSQL server: say so up front.
+	@if [ "$(WITH_TEST_TOOLS)" = 1 ] && ! $(PYTHON) -c "import socket; socket.create_connection(('127.0.0.1', 5432), 2)" 2>/dev/null; then \
+		echo "make test needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth) for the task-history tests;"; \
+		echo "start it (e.g. apt-get install postgresql && service postgresql start) and run make test again"; \
+		exit 1; \
+	fi
 
 run: setup services
 	$(BIN)/fngate serve -c examples/fngate.yaml
