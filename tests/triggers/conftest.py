@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from tests.conftest import Api, wait_until
-from tests.services import NatsServer
+from tests.services import NatsServer, Tansu
 
 ECHO = "python:examples.functions:echo"
+
+
+@pytest.fixture
+async def producer(kafka: Tansu) -> AsyncIterator[AIOKafkaProducer]:
+    """A Kafka producer on the session's broker, for the kafka trigger tests."""
+    client = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+    await client.start()
+    yield client
+    await client.stop()
 
 
 def trigger_config(

@@ -5,12 +5,11 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.conftest import Api, GatewayFactory, wait_until
@@ -24,14 +23,6 @@ from tests.triggers.conftest import (
     wait_holding,
     wait_tasks,
 )
-
-
-@pytest.fixture
-async def producer(kafka: Tansu) -> AsyncIterator[AIOKafkaProducer]:
-    client = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
-    await client.start()
-    yield client
-    await client.stop()
 
 
 def kafka_trigger(name: str, kafka: Tansu, topic: str) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +15,6 @@ from tests.conftest import Api, GatewayFactory, wait_until
 from tests.services import GatewayProcess, NatsServer, Tansu, wait_for_port
 from tests.triggers.conftest import event_of, tasks_of, trigger_config, trigger_health, wait_tasks
 from tests.triggers.test_kafka import kafka_trigger
-
-
-@pytest.fixture
-async def producer(kafka: Tansu) -> AsyncIterator[AIOKafkaProducer]:
-    client = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
-    await client.start()
-    yield client
-    await client.stop()
 
 
 async def test_ready_means_assigned_so_latest_gets_what_is_produced_right_after(
