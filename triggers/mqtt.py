@@ -137,12 +137,13 @@ class MqttTrigger(BaseTrigger):
         # Connecting happens in paho's thread, retried there: a broker that is down at
         # start-up or later is reconnected to, and on_connect subscribes again each time.
         client.connect_async(url.hostname or "127.0.0.1", url.port or (8883 if tls else 1883), **connect)
-        client.loop_start()
+        # Before paho's thread starts: its SUBACK sets "running", which must not be overwritten.
+        self.state = "connecting"
         self._tasks = [
             loop.create_task(self._pump(), name=f"mqtt {self.name} pump"),
             loop.create_task(self._acknowledge(), name=f"mqtt {self.name} ack"),
         ]
-        self.state = "connecting"
+        client.loop_start()
 
     def _client(self) -> paho.Client:
         client_id = self.options.client_id or f"fngate-{self.name}-{secrets.token_hex(4)}"
