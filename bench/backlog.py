@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import nats
 
-from gateway import constants as c
-from gateway.worker import consumer_name
+from gateway.pipeline.worker import consumer_name
+from gateway.tasks import constants as c
 
 from .harness import Figure, Settings, Stack, WrkResult, function, percentile, rss_mb, wait_for, wrk
 

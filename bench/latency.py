@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import nats
 
-from gateway import constants as c
-from gateway.records import decode
+from gateway.tasks import constants as c
+from gateway.tasks.records import decode
 
 from .end_to_end import _submit_all
 from .harness import BODY, Figure, Settings, Stack, function, percentile

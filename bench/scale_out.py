@@ -200,7 +200,7 @@ async def _complete_listing(base: str, n: int) -> None:
 async def _list_times(
     base: str, queries: list[str], index_url: str, run_stack: Stack
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    from gateway.config import Config
+    from gateway.config.model import Config
     from gateway.history import TaskHistory, open_backend, query_from_params
 
     api: dict[str, list[float]] = {q: [] for q in queries}

@@ -13,29 +13,39 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from . import constants as c
-from . import tracing
-from .api import CONFIG, EXTRA_HEALTH, SERVICE, STORE, TRIGGER_PATHS, add_routes, auth_middleware, errors_middleware
+from gateway.config.model import Config
+from gateway.jetstream.embedded import EmbeddedNats
+from gateway.jetstream.replicas import ReplicaRegistry
+from gateway.jetstream.store import TaskStore, connect
+from gateway.observe import tracing
+from gateway.pipeline.destinations import Dispatcher
+from gateway.pipeline.runtimes import Runtime, build_runtime
+from gateway.pipeline.supervise import supervised
+from gateway.pipeline.tasklogs import TaskLogs
+from gateway.pipeline.worker import DelayScheduler, FunctionWorker, InvalidWorker
+from gateway.tasks import constants as c
+from gateway.tasks.invocation import BatchItem, Invocation, Source
+from gateway.tasks.records import Record
+from gateway.web.api import (
+    CONFIG,
+    EXTRA_HEALTH,
+    SERVICE,
+    STORE,
+    TRIGGER_PATHS,
+    add_routes,
+    auth_middleware,
+    errors_middleware,
+)
+from gateway.web.console import TASK_LOGS, add_console_routes
+from gateway.web.live import LIVE, LiveStatus
+
 from .bulk import BulkOperations
 from .bulk.routes import BULK, add_bulk_routes
-from .config import Config
-from .console import TASK_LOGS, add_console_routes
-from .destinations import Dispatcher
-from .embedded import EmbeddedNats
 from .errors import ConfigError, ServiceUnavailable
 from .history import TaskHistory
 from .history.headers import install as lean_headers
-from .invocation import BatchItem, Invocation, Source
-from .live import LIVE, LiveStatus
-from .records import Record
-from .replicas import ReplicaRegistry
-from .runtimes import Runtime, build_runtime
 from .service import TaskService
-from .store import TaskStore, connect
-from .supervise import supervised
-from .tasklogs import TaskLogs
 from .tuning import tune_gc
-from .worker import DelayScheduler, FunctionWorker, InvalidWorker
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import attemptlog, lifecycle, metrics, tracing
-from .config import Config, FunctionConfig
+from gateway.config.model import Config, FunctionConfig
+from gateway.jetstream.store import StateConflict, TaskStore
+from gateway.observe import metrics, tracing
+from gateway.pipeline.runtimes import Context, Runtime, redact_url, run_with_timeout, task_logger
+from gateway.tasks import attemptlog, lifecycle
+from gateway.tasks.invocation import TASK_ID, BatchItem, Invocation, Lineage, Source, new_task_id
+from gateway.tasks.invocation import TASK_ID_PATTERN as TASK_ID_PATTERN  # re-exported (openapi)
+from gateway.tasks.records import RERUN_SOURCE, Record, new_record, status_of
+from gateway.tasks.status import TaskStatus
+
 from .errors import (
     BadRequest,
     FngateError,
@@ -20,12 +28,6 @@ from .errors import (
 )
 from .flow import stats as flow_stats
 from .history import TaskHistory, TaskQuery
-from .invocation import TASK_ID, BatchItem, Invocation, Lineage, Source, new_task_id
-from .invocation import TASK_ID_PATTERN as TASK_ID_PATTERN  # re-exported (openapi)
-from .records import RERUN_SOURCE, Record, new_record, status_of
-from .runtimes import Context, Runtime, redact_url, run_with_timeout, task_logger
-from .status import TaskStatus
-from .store import StateConflict, TaskStore
 
 log = logging.getLogger(__name__)
 MAX_TASK_ID = 128
@@ -40,9 +42,7 @@ def check_task_id(task_id: str) -> str:
 
 
 class TaskService:
-    def __init__(
-        self, config: Config, store: TaskStore, history: TaskHistory, runtimes: dict[str, Runtime]
-    ) -> None:
+    def __init__(self, config: Config, store: TaskStore, history: TaskHistory, runtimes: dict[str, Runtime]) -> None:
         self.config = config
         self.store = store
         self.history = history
@@ -268,7 +268,7 @@ class TaskService:
             return record
 
     async def _signal_stop(self, task_id: str) -> None:
-        from .constants import STOP_SUBJECT
+        from gateway.tasks.constants import STOP_SUBJECT
 
         await self.store.nc.publish(f"{STOP_SUBJECT}.{task_id}", b"")
 

@@ -18,10 +18,10 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from gateway.config import Config, DestinationConfig
-from gateway.invocation import Invocation, Lineage, iso
-from gateway.records import Record
-from gateway.tracing import TraceContext
+from gateway.config.model import Config, DestinationConfig
+from gateway.observe.tracing import TraceContext
+from gateway.tasks.invocation import Invocation, Lineage, iso
+from gateway.tasks.records import Record
 from gateway.units import parse_duration, parse_size
 
 KiB = 1024

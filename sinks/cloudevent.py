@@ -16,7 +16,7 @@ import json
 import time
 from urllib.parse import quote
 
-from gateway.invocation import iso
+from gateway.tasks.invocation import iso
 
 from .base import Delivery
 

@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 import aiohttp
 from pydantic import model_validator
 
-from gateway.invocation import lineage_headers
+from gateway.tasks.invocation import lineage_headers
 
 from . import cloudevent
 from .base import Delivery, KiB, PermanentDeliveryError, SinkContext, SinkOptions, TransientDeliveryError

@@ -12,7 +12,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from gateway.errors import DuplicateTask, FngateError
-from gateway.invocation import Source
+from gateway.tasks.invocation import Source
 
 from .base import Delivery, KiB, PermanentDeliveryError, SinkContext, SinkOptions, TransientDeliveryError
 

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from pydantic import Field, model_validator
 
-from gateway.invocation import lineage_headers
+from gateway.tasks.invocation import lineage_headers
 
 from .base import Delivery, KiB, PermanentDeliveryError, SinkContext, SinkOptions, TransientDeliveryError
 

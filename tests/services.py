@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from gateway.embedded import die_with_parent
+from gateway.jetstream.embedded import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -150,7 +150,7 @@ async def test_delay_runs_no_earlier(api: Api) -> None:
     await asyncio.sleep(0.5)
     assert (await api.task(task_id))["status"] == "Enqueued"
     record = await api.wait_status(task_id, "Succeeded")
-    from gateway.invocation import parse_iso
+    from gateway.tasks.invocation import parse_iso
 
     assert parse_iso(record["started_at"]) - parse_iso(record["submitted_at"]) >= 1.5
 

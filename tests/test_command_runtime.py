@@ -9,8 +9,8 @@ import logging
 
 import pytest
 
-from gateway.invocation import Invocation
-from gateway.runtimes import CommandRuntime, Context
+from gateway.pipeline.runtimes import CommandRuntime, Context
+from gateway.tasks.invocation import Invocation
 from gateway.tuning import new_event_loop
 
 PAYLOAD = b"x" * (1 << 20)  # far more than a pipe holds: the write meets the closed end

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import interpolate, load_config, parse_config
+from gateway.config.model import interpolate, load_config, parse_config
 from gateway.errors import ConfigError
 from gateway.units import parse_duration, parse_size
 from tests.services import ROOT

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from gateway.invocation import parse_iso
+from gateway.tasks.invocation import parse_iso
 from tests.conftest import Api, GatewayFactory
 from tests.services import ROOT, NatsServer
 

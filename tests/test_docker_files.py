@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from gateway.config import load_config
+from gateway.config.model import load_config
 from tests.services import ROOT
 
 DOCKER = ROOT / "docker"
@@ -89,7 +89,7 @@ def test_the_deployment_config_validates(tmp_path: Path) -> None:
     assert config.nats.servers == ["nats://n1:4222", "nats://n2:4222", "nats://n3:4222"]
     assert config.nats.replicas == 3 and config.api.host == "0.0.0.0" and config.api.tokens
     assert {t.type for t in config.triggers} == {"timer", "mqtt", "kafka"}
-    from gateway.cli import full_check
+    from gateway.cli.main import full_check
 
     path = tmp_path / "fngate.yaml"
     path.write_text(

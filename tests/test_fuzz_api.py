@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.openapi import base_paths
+from gateway.web.openapi import base_paths
 from tests.services import GatewayProcess, NatsServer
 
 TOKEN = "fuzz-admin-token-0123456789"

@@ -1,4 +1,4 @@
-"""gateway.live on a real nats-server, with the stored record in the test's hands: what a
+"""gateway.web.live on a real nats-server, with the stored record in the test's hands: what a
 watcher is shown when writes are published, stored late, or never stored (a lost
 compare-and-set), and how much a slow watcher holds."""
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import nats
 
-from gateway import constants as c
 from gateway.errors import TaskNotFound
-from gateway.live import QUEUE_LIMIT, LiveStatus, Watcher
+from gateway.tasks import constants as c
+from gateway.web.live import QUEUE_LIMIT, LiveStatus, Watcher
 from tests.services import NatsServer
 
 

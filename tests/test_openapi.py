@@ -14,7 +14,7 @@ from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
 from gateway.app import create_app
-from gateway.config import parse_config
+from gateway.config.model import parse_config
 from tests.conftest import Api, wait_until
 from tests.services import GatewayProcess, NatsServer, free_port
 from tests.sinks.conftest import Receiver
@@ -69,7 +69,7 @@ def test_every_served_route_is_documented() -> None:
         for route in resource
         if route.method != "HEAD" and not resource.canonical.startswith("/static")
     }
-    from gateway.openapi import openapi_document
+    from gateway.web.openapi import openapi_document
 
     document = openapi_document(app)
     validate(document)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from gateway import lifecycle
-from gateway.config import parse_config
+from gateway.config.model import parse_config
 from gateway.errors import ConfigError
-from gateway.invocation import Invocation
-from gateway.records import new_record, stamp
-from gateway.status import TaskStatus
+from gateway.tasks import lifecycle
+from gateway.tasks.invocation import Invocation
+from gateway.tasks.records import new_record, stamp
+from gateway.tasks.status import TaskStatus
 from tests.conftest import Api, GatewayFactory
 from tests.services import NatsServer
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.invocation import parse_iso
+from gateway.tasks.invocation import parse_iso
 from tests.conftest import Api, GatewayFactory
 from tests.services import NatsServer
 

@@ -138,8 +138,8 @@ async def test_query_string_tokens_only_on_the_streaming_routes(
 
 def test_every_route_declares_its_scope() -> None:
     from gateway.app import create_app
-    from gateway.config import parse_config
-    from gateway.scopes import access_for
+    from gateway.config.model import parse_config
+    from gateway.web.scopes import access_for
 
     app = create_app(parse_config({"nats": {"url": "nats://127.0.0.1:1"}, "functions": {}}))
     undeclared = [
@@ -154,8 +154,8 @@ async def test_an_undeclared_route_needs_admin() -> None:
     from aiohttp import web
     from aiohttp.test_utils import TestServer
 
-    from gateway.api import auth_middleware, errors_middleware
-    from gateway.config import parse_config
+    from gateway.config.model import parse_config
+    from gateway.web.api import auth_middleware, errors_middleware
 
     config = parse_config(
         {"api": {"tokens": [{"name": n, "token": TOKENS[n], "scopes": [s]} for n, s in SCOPES.items()]}}
@@ -177,7 +177,7 @@ async def test_an_undeclared_route_needs_admin() -> None:
 def test_no_log_line_shows_a_urls_credentials(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
     import logging
 
-    from gateway.logs import setup_logging
+    from gateway.observe.logs import setup_logging
 
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)

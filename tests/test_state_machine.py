@@ -15,11 +15,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from gateway import lifecycle
 from gateway.errors import TaskNotStoppable
-from gateway.invocation import Invocation
-from gateway.records import Record, new_record, status_of
-from gateway.status import TERMINAL, TaskStatus, can_transition
+from gateway.tasks import lifecycle
+from gateway.tasks.invocation import Invocation
+from gateway.tasks.records import Record, new_record, status_of
+from gateway.tasks.status import TERMINAL, TaskStatus, can_transition
 
 MAX_RETRIES = 2
 MAX_EVENT_AGE = 100.0

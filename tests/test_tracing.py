@@ -247,7 +247,7 @@ def test_check_validates_the_tracing_section(tmp_path: Path) -> None:
 
 
 def test_trace_context_is_parsed_as_the_w3c_spec_says() -> None:
-    from gateway.tracing import derived_id, from_headers, parse
+    from gateway.observe.tracing import derived_id, from_headers, parse
 
     context = parse(TRACEPARENT.upper(), " vendor=abc ")
     assert context is not None and context.traceparent == TRACEPARENT and context.tracestate == "vendor=abc"

@@ -24,10 +24,10 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from gateway import metrics
-from gateway.config import TriggerConfig
+from gateway.config.model import TriggerConfig
 from gateway.errors import ConfigError, DuplicateTask, FngateError
-from gateway.invocation import BatchItem, Lineage, Source, iso, new_task_id
+from gateway.observe import metrics
+from gateway.tasks.invocation import BatchItem, Lineage, Source, iso, new_task_id
 
 from .pattern import EventPattern
 

@@ -21,8 +21,8 @@ from pydantic import Field
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from gateway.config import Duration, TriggerConfig
-from gateway.invocation import iso, new_task_id
+from gateway.config.model import Duration, TriggerConfig
+from gateway.tasks.invocation import iso, new_task_id
 
 from .base import BaseTrigger, TriggerContext, parse_options, stable_id
 from .shaping import FilterOptions

@@ -15,9 +15,9 @@ from typing import Literal
 from aiohttp import web
 from pydantic import Field, field_validator
 
-from gateway.config import Size, TriggerConfig
+from gateway.config.model import Size, TriggerConfig
 from gateway.errors import BadRequest, FngateError, Forbidden, PayloadTooLarge, Unauthorized
-from gateway.invocation import lineage_from_headers, new_task_id
+from gateway.tasks.invocation import lineage_from_headers, new_task_id
 from gateway.units import format_size
 
 from .base import BaseTrigger, TriggerContext, parse_options, stable_id

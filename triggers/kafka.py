@@ -21,8 +21,8 @@ from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from aiokafka.helpers import create_ssl_context
 from pydantic import Field, field_validator, model_validator
 
-from gateway.config import TriggerConfig
-from gateway.invocation import BatchItem, lineage_from_headers
+from gateway.config.model import TriggerConfig
+from gateway.tasks.invocation import BatchItem, lineage_from_headers
 
 from .base import RETRY_MAX, BaseTrigger, TriggerContext, parse_options, stable_id, text_or_base64
 from .shaping import BatchedOptions, batch_task, chunks

@@ -26,8 +26,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BeforeValidator, Field, field_validator
 
-from gateway.config import Duration, TriggerConfig
-from gateway.invocation import BatchItem, lineage_from_headers, new_task_id
+from gateway.config.model import Duration, TriggerConfig
+from gateway.tasks.invocation import BatchItem, lineage_from_headers, new_task_id
 
 from .base import BaseTrigger, TriggerContext, parse_options
 from .shaping import BatchedOptions, batch_task, chunks

@@ -20,8 +20,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import Field
 
-from gateway.config import TriggerConfig
-from gateway.invocation import BatchItem, lineage_from_headers, new_task_id
+from gateway.config.model import TriggerConfig
+from gateway.tasks.invocation import BatchItem, lineage_from_headers, new_task_id
 
 from .base import RETRY_MAX, BaseTrigger, TriggerContext, parse_options
 from .shaping import BatchedOptions, batch_task, chunks

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gateway.config import Duration
-from gateway.invocation import BatchItem, Lineage
+from gateway.config.model import Duration
+from gateway.tasks.invocation import BatchItem, Lineage
 
 from .base import TriggerOptions, stable_id
 from .pattern import EventPattern, PatternError, compile_pattern

@@ -31,8 +31,8 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from pydantic import Field, JsonValue, field_validator, model_validator
 
-from gateway.config import Duration, TriggerConfig
-from gateway.invocation import iso
+from gateway.config.model import Duration, TriggerConfig
+from gateway.tasks.invocation import iso
 
 from .base import BaseTrigger, TriggerContext, TriggerOptions, parse_options
 

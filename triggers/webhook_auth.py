@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from gateway.config import Duration
+from gateway.config.model import Duration
 from gateway.errors import Unauthorized
 
 from .base import TriggerOptions

@@ -16,10 +16,11 @@ import logging
 import time
 from collections.abc import Sequence
 
-from .. import metrics
+from gateway.observe import metrics
+from gateway.tasks.invocation import Invocation, Source
+from gateway.tasks.records import RERUN_SOURCE
+
 from ..errors import DuplicateTask, FngateError, ServiceUnavailable, TaskNotStoppable
-from ..invocation import Invocation, Source
-from ..records import RERUN_SOURCE
 from ..service import TaskService
 
 log = logging.getLogger(__name__)

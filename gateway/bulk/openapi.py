@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import schemas
-from ..openapi import error_responses, json_body, path_param, ref
+from gateway.web import schemas
+from gateway.web.openapi import error_responses, json_body, path_param, ref
+
 from .request import FILTER_KEYS, MAX_LIMIT
 
 FILTER = {

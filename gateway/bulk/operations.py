@@ -20,11 +20,12 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError
 
-from .. import constants as c
+from gateway.pipeline.supervise import cancel_requested
+from gateway.tasks import constants as c
+
 from ..errors import ServiceUnavailable
 from ..history import TaskQuery
 from ..service import TaskService
-from ..supervise import cancel_requested
 from .actions import Task, rerun_chunk, stop_chunk
 from .records import KEEP, OperationRecords, new_record, public
 from .request import BulkRequest

@@ -16,8 +16,9 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import InvalidKeyError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
+from gateway.tasks.invocation import iso
+
 from ..errors import NotFound, ServiceUnavailable
-from ..invocation import iso
 
 BUCKET = "fngate_operations"
 KEEP = 7 * 86400.0  # seconds an operation record is kept

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .. import schemas
+from gateway.web import schemas
+from gateway.web.schemas import shape
+
 from ..errors import ServiceUnavailable
-from ..schemas import shape
 from .operations import BulkOperations
 from .records import public
 from .request import parse_request

@@ -33,16 +33,18 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
-from .. import constants as c
-from ..invocation import Invocation
-from ..puller import Puller
-from ..supervise import cancel_requested
+from gateway.jetstream.puller import Puller
+from gateway.pipeline.supervise import cancel_requested
+from gateway.tasks import constants as c
+from gateway.tasks.invocation import Invocation
+
 from . import names as n
 from .admission import Admission, Group, Waiter
 from .limits import PRIORITIES, parse_rate
 
 if TYPE_CHECKING:
-    from ..worker import FunctionWorker
+    from gateway.pipeline.worker import FunctionWorker
+
     from .runner import FlowRunner
 
 WINDOW = 2000  # waiting tasks a leader keeps in memory; the rest is parked

@@ -10,14 +10,15 @@ from typing import TYPE_CHECKING
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError
 
-from .. import constants as c
+from gateway.tasks import constants as c
+
 from .leader import WINDOW, FlowLeader
 from .names import FLOW_STREAM, LEADER_SUBJECT, LEADERS_STREAM, PARK_SUBJECT
 from .runner import FlowRunner
 
 if TYPE_CHECKING:
-    from ..store import TaskStore
-    from ..worker import FunctionWorker
+    from gateway.jetstream.store import TaskStore
+    from gateway.pipeline.worker import FunctionWorker
 
 REPLICA = f"replica-{secrets.token_hex(4)}"  # this process, in the leader claim
 _ensured: set[int] = set()

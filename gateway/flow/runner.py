@@ -21,7 +21,8 @@ from . import names as n
 from . import stats
 
 if TYPE_CHECKING:
-    from ..worker import FunctionWorker
+    from gateway.pipeline.worker import FunctionWorker
+
     from .leader import FlowLeader
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .. import metrics
-from ..config import FunctionConfig
+from gateway.config.model import FunctionConfig
+from gateway.observe import metrics
 
 REASONS = ("concurrency", "key", "rate")
 _latest: dict[str, tuple[float, dict[str, Any]]] = {}

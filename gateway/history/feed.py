@@ -34,10 +34,11 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
-from .. import constants as c
-from .. import metrics
-from ..invocation import parse_iso
-from ..status import TaskStatus
+from gateway.observe import metrics
+from gateway.tasks import constants as c
+from gateway.tasks.invocation import parse_iso
+from gateway.tasks.status import TaskStatus
+
 from .backend import Backend, OldestMs
 from .model import Fact, to_ms
 from .plan import merge

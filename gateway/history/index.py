@@ -14,7 +14,8 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from ..config import Config
+from gateway.config.model import Config
+
 from ..errors import FngateError, ServiceUnavailable
 from .backend import Backend, open_backend
 from .feed import StreamFeed, stream_feeds
@@ -35,6 +36,8 @@ async def unavailable_as_503() -> AsyncIterator[None]:
     except Exception as exc:
         log.warning("task index: query failed: %s: %s", type(exc).__name__, exc)
         raise ServiceUnavailable("the task index is unavailable right now; retry later") from None
+
+
 LAG_INTERVAL = 2.0  # seconds between looks at the consumers' lag
 Loop = tuple[str, Callable[[], Coroutine[Any, Any, None]]]
 Page = tuple[list[Listed], Cursor | None]
@@ -126,11 +129,9 @@ class TaskHistory:
             rows = await self.backend.select(replace(wanted, statuses=statuses))
         else:
             pages = await asyncio.gather(*(self.backend.select(replace(wanted, statuses=(s,))) for s in statuses))
-            rows = list(
-                heapq.merge(
-                    *pages, key=lambda r: (r.submitted_ms, r.task_id), reverse=query.order == "desc"
-                )
-            )[: wanted.limit]
+            rows = list(heapq.merge(*pages, key=lambda r: (r.submitted_ms, r.task_id), reverse=query.order == "desc"))[
+                : wanted.limit
+            ]
         if len(rows) <= query.limit:
             return rows, None
         rows = rows[: query.limit]

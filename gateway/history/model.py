@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.tasks.status import TaskStatus
+
 from ..errors import BadRequest
-from ..status import TaskStatus
 
 WINDOW = 60  # seconds of the "last minute" counts
 QUEUED = frozenset({TaskStatus.ENQUEUED, TaskStatus.RETRYING, TaskStatus.DEQUEUED})

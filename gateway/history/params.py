@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from gateway.tasks.invocation import parse_iso
+from gateway.tasks.status import TaskStatus
+
 from ..errors import BadRequest
-from ..invocation import parse_iso
-from ..status import TaskStatus
 from .model import Cursor, TaskQuery, to_ms
 
 MAX_LIMIT = 1000

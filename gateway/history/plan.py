@@ -16,9 +16,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..invocation import Invocation
-from ..records import encode, new_record
-from ..status import TaskStatus
+from gateway.tasks.invocation import Invocation
+from gateway.tasks.records import encode, new_record
+from gateway.tasks.status import TaskStatus
+
 from .model import WINDOW, Fact, recent_kind
 
 # (function, status, state_seq) of a row already in the history

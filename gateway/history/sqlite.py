@@ -218,5 +218,3 @@ class SqliteBackend:
 
     def __repr__(self) -> str:
         return f"SqliteBackend({str(self.path)!r})"
-
-

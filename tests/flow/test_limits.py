@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import parse_config
+from gateway.config.model import parse_config
 from gateway.errors import ConfigError
 from gateway.flow.admission import Admission, Waiter
 from gateway.flow.limits import TokenBucket, parse_rate

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from gateway.history import TaskQuery
 from gateway.history.model import Fact
-from gateway.status import TaskStatus
+from gateway.tasks.status import TaskStatus
 
 
 @dataclass

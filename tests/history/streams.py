@@ -6,10 +6,10 @@ import time
 
 import nats
 
-from gateway.invocation import Invocation, Lineage, Source
-from gateway.records import encode, new_record, stamp
-from gateway.status import TaskStatus
-from gateway.store import TaskStore
+from gateway.jetstream.store import TaskStore
+from gateway.tasks.invocation import Invocation, Lineage, Source
+from gateway.tasks.records import encode, new_record, stamp
+from gateway.tasks.status import TaskStatus
 
 RETENTION = 7 * 86400.0  # a gateway's streams with the default retention
 CHUNK = 1000

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.invocation import iso
+from gateway.tasks.invocation import iso
 from tests.conftest import Api, GatewayFactory, wait_until
 from tests.services import NatsServer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import parse_config
+from gateway.config.model import parse_config
 from gateway.errors import ConfigError
 
 

@@ -12,9 +12,9 @@ import aiohttp
 import nats
 import pytest
 
-from gateway import constants as c
 from gateway.history import open_backend
 from gateway.history.backend import Backend
+from gateway.tasks import constants as c
 from tests.conftest import Api, GatewayFactory, wait_until
 from tests.history.streams import fill
 from tests.services import GatewayProcess, NatsServer
@@ -42,7 +42,7 @@ async def applied(http: aiohttp.ClientSession, gw: GatewayProcess) -> int:
     """Messages this replica applied to the index, from its /metrics."""
     async with http.get(f"{gw.url}/metrics") as resp:
         text = await resp.text()
-    return int(sum(float(v) for v in re.findall(r'^fngate_index_applied_total\{[^}]*\} ([0-9.e+]+)$', text, re.M)))
+    return int(sum(float(v) for v in re.findall(r"^fngate_index_applied_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)))
 
 
 async def opened(index_url: str, tmp_path: Path) -> Backend:

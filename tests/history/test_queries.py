@@ -12,13 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import Config
+from gateway.config.model import Config
 from gateway.history import Backend, Cursor, TaskHistory, TaskQuery
 from gateway.history.model import Fact
 from gateway.history.plan import merge
 from gateway.history.retention import Retention
-from gateway.invocation import Invocation, Lineage, Source
-from gateway.status import TaskStatus
+from gateway.tasks.invocation import Invocation, Lineage, Source
+from gateway.tasks.status import TaskStatus
 from tests.history.reference import Model
 
 NOW_MS = int(time.time() * 1000)

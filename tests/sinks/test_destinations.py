@@ -156,6 +156,7 @@ async def test_queue_mqtt_with_user_properties(
     loop = asyncio.get_running_loop()
     subscribed = asyncio.Event()
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+
     def on_message(c: Any, u: Any, m: Any) -> None:
         loop.call_soon_threadsafe(received.put_nowait, m)
 

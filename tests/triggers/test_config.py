@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from gateway.cli import full_check
+from gateway.cli.main import full_check
 
 
 def check(tmp_path: Path, triggers: list[dict[str, Any]]) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.invocation import parse_iso
+from gateway.tasks.invocation import parse_iso
 from tests.conftest import Api, GatewayFactory, wait_until
 from tests.services import NatsServer
 from tests.triggers.conftest import assert_cloud_event, event_of, tasks_of, trigger_config, trigger_health, wait_tasks

@@ -1,0 +1,309 @@
+"""JetStream as the pipeline and the store of tasks.
+
+- FNGATE_TASKS (limits retention, max_age = duplicate_window = retention): one message per
+  invocation on `fngate.tasks.{fn}.{id}`. A submit carries `Nats-Msg-Id: {id}`, so the
+  server refuses a task id that any function's task holds within retention: the durable
+  enqueue and the deployment-wide dedup by task id are a single acked write. (Requeues
+  carry no message id: a retry is the same task, not a new one.)
+- FNGATE_STATE (one message per subject): the latest task record on `fngate.state.{id}`.
+  Writes are compare-and-set on the subject's last sequence, so a stop request and a worker
+  never overwrite each other's status.
+- FNGATE_DELAY (work queue): invocations waiting for a not-before time (X-Delay, retry
+  backoff); a scheduler moves them back to FNGATE_TASKS when due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RawStreamMsg, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import APIError, NotFoundError
+
+from gateway.errors import DuplicateTask, PayloadTooLarge, ServiceUnavailable
+from gateway.jetstream.publisher import AckPublisher, DuplicateMessage, PendingAck
+from gateway.observe import metrics
+from gateway.tasks import constants as c
+from gateway.tasks.invocation import Invocation
+from gateway.tasks.records import Record, decode, encode
+from gateway.units import format_size
+
+log = logging.getLogger(__name__)
+UNAVAILABLE = (NatsTimeout, NoRespondersError, ConnectionClosedError, OutboundBufferLimitError, asyncio.TimeoutError)
+
+
+MESSAGE_OVERHEAD = 4096  # room for the invocation's headers within the server's max_payload
+
+
+class StateConflict(Exception):
+    """The task record changed since it was read: re-read and decide again."""
+
+
+# A submit that failed this way may still have been stored (the message can reach the server
+# after the wait for its ack gave up): the caller learns which by submitting again with the
+# same X-Task-Id, which answers 409 if the first try landed.
+RETRY_SAME_ID = "the task may or may not have been enqueued: retry with the same X-Task-Id (409 means it was)"
+
+
+def submit_error(inv: Invocation, exc: Exception) -> Exception:
+    """What a failed submit means to the caller: a duplicate, NATS unavailable, or as it is."""
+    if isinstance(exc, DuplicateMessage):
+        return DuplicateTask(f"task id {inv.task_id!r} is already taken")
+    if isinstance(exc, APIError):
+        if exc.err_code == c.ERR_WRONG_LAST_SEQUENCE:
+            return DuplicateTask(f"task id {inv.task_id!r} is already taken")
+        return ServiceUnavailable(f"JetStream refused the task ({exc.description}); nothing was enqueued, retry later")
+    if isinstance(exc, NoRespondersError):
+        return ServiceUnavailable(
+            f"JetStream has no stream leader for this task right now (a NATS node may be restarting); {RETRY_SAME_ID}"
+        )
+    if isinstance(exc, UNAVAILABLE):
+        return ServiceUnavailable(f"NATS did not acknowledge the task in time; {RETRY_SAME_ID}")
+    return exc
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    record: Record
+    seq: int
+
+
+class TaskStore:
+    def __init__(self, nc: NATS, *, retention: float, replicas: int = 1, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=timeout)
+        self.retention = retention
+        self.replicas = replicas
+        self.timeout = timeout
+        self.ready = False
+        self.publisher = AckPublisher(nc, timeout)
+        # Why JetStream last refused to store a task record (a full store, a limit), until a
+        # write succeeds again: a /readyz check, a metric and a log line.
+        self.write_refused: str | None = None
+
+    async def ensure_streams(self) -> None:
+        """Create or update the streams; idempotent, safe for every replica at start-up."""
+        await self.publisher.start()
+        streams = [
+            StreamConfig(
+                name=c.TASKS_STREAM,
+                subjects=[f"{c.TASKS_SUBJECT}.>"],
+                retention=RetentionPolicy.LIMITS,
+                max_age=self.retention,
+                # Task ids are unique across the deployment for as long as tasks are kept.
+                duplicate_window=self.retention,
+                storage=StorageType.FILE,
+                num_replicas=self.replicas,
+                allow_direct=True,
+            ),
+            StreamConfig(
+                name=c.STATE_STREAM,
+                subjects=[f"{c.STATE_SUBJECT}.>"],
+                retention=RetentionPolicy.LIMITS,
+                max_msgs_per_subject=1,
+                max_age=self.retention,
+                storage=StorageType.FILE,
+                num_replicas=self.replicas,
+                allow_direct=True,
+                discard=DiscardPolicy.OLD,
+            ),
+            StreamConfig(
+                name=c.DELAY_STREAM,
+                subjects=[f"{c.DELAY_SUBJECT}.>"],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                num_replicas=self.replicas,
+            ),
+        ]
+        for config in streams:
+            await self.ensure_stream(config)
+        self.ready = True
+
+    async def ensure_stream(self, config: StreamConfig) -> None:
+        """Create a stream, or bring an existing one to this config (another replica's or an older one)."""
+        try:
+            await self.js.add_stream(config)
+        except APIError as exc:
+            if exc.err_code != c.ERR_STREAM_NAME_IN_USE:
+                raise
+            await self.js.update_stream(config)
+
+    def check_connected(self) -> None:
+        if not self.nc.is_connected:
+            raise ServiceUnavailable("NATS is unreachable; nothing was enqueued, retry later (with the same X-Task-Id)")
+
+    async def submit(self, inv: Invocation) -> int:
+        """Durably enqueue a new task; DuplicateTask when the id is already known."""
+        self.check_connected()
+        try:
+            seq = await self.publisher.publish(inv.subject, inv.payload, self._submit_headers(inv))
+        except Exception as exc:
+            if isinstance(exc, APIError) and exc.err_code == c.ERR_INSUFFICIENT_RESOURCES:
+                self._refused(exc)
+            error = submit_error(inv, exc)
+            if isinstance(error, DuplicateTask):
+                error.task = await self.holder(inv, exc.seq if isinstance(exc, DuplicateMessage) else None)
+            raise error from None
+        if self.write_refused is not None:
+            self._stored()
+        return seq
+
+    def _refused(self, exc: APIError) -> None:
+        self.write_refused = exc.description or f"error {exc.err_code}"
+        metrics.STORE_WRITABLE.set(0)
+
+    def _stored(self) -> None:
+        self.write_refused = None
+        metrics.STORE_WRITABLE.set(1)
+
+    async def holder(self, inv: Invocation, seq: int | None) -> dict[str, Any]:
+        """{task_id, function, status} of the task that holds `inv`'s id: its submission is
+        message `seq` of the task stream (its subject names the function), its status is in
+        its record. Best effort: a read that fails leaves what is known."""
+        holder: dict[str, Any] = {"task_id": inv.task_id, "function": inv.function if seq is None else None}
+        with contextlib.suppress(Exception):
+            if seq is not None:
+                msg = await self.js.get_msg(c.TASKS_STREAM, seq=seq, direct=True)
+                holder["function"] = (msg.subject or "").split(".")[2]
+            stored = await self.get_state(inv.task_id)
+            holder["status"] = stored.record["status"] if stored else "Enqueued"
+        holder.setdefault("status", None)
+        return holder
+
+    async def submit_many(self, invs: Sequence[Invocation]) -> list[Exception | None]:
+        """Enqueue a batch: every message is sent before any ack is awaited, which spares a
+        coroutine chain and a task per message (a trigger's batch of events). One outcome per
+        invocation, in order: None when enqueued, else the exception `submit` would raise."""
+        self.check_connected()
+        outcomes: list[Exception | None] = [None] * len(invs)
+        sent: list[tuple[int, PendingAck]] = []
+        for i, inv in enumerate(invs):
+            try:
+                sent.append((i, await self.publisher.send(inv.subject, inv.payload, self._submit_headers(inv))))
+            except Exception as exc:
+                outcomes[i] = submit_error(inv, exc)
+        for i, pending in sent:
+            try:
+                await self.publisher.acked(pending)
+            except Exception as exc:
+                outcomes[i] = submit_error(invs[i], exc)
+        return outcomes
+
+    def _submit_headers(self, inv: Invocation) -> dict[str, str]:
+        limit = self.nc.max_payload
+        if len(inv.payload) > limit - MESSAGE_OVERHEAD:
+            raise PayloadTooLarge(
+                f"payload of {len(inv.payload)} bytes is over what the NATS server accepts "
+                f"({format_size(limit - MESSAGE_OVERHEAD)}; raise max_payload on the server)"
+            )
+        headers = inv.headers()
+        # The enqueue and the dedup by id in one write: the message id across every function
+        # (within the duplicate window), the subject sequence within this one as a backstop.
+        headers[c.H_MSG_ID] = inv.task_id
+        headers[c.H_EXPECTED_LAST_SUBJECT_SEQ] = "0"
+        return headers
+
+    async def requeue(self, inv: Invocation) -> None:
+        """Put an invocation back in its function's queue (after a delay, or a retry)."""
+        await self.publisher.publish(inv.subject, inv.payload, inv.headers())
+
+    async def defer(self, inv: Invocation) -> None:
+        """Park an invocation until its not_before time."""
+        await self.publisher.publish(inv.delay_subject, inv.payload, inv.headers())
+
+    async def get_submission(self, function: str, task_id: str) -> Invocation | None:
+        """The task's latest message on the task stream; `function` may be `*` (any function)."""
+        msg = await self._last_message(c.TASKS_STREAM, f"{c.TASKS_SUBJECT}.{function}.{task_id}")
+        if msg is None:
+            return None
+        try:
+            return Invocation.from_message(msg.headers, msg.data)
+        except (KeyError, ValueError, IndexError) as exc:
+            # One unreadable message must not break a get or a listing: it is skipped.
+            log.warning("unreadable task message %s (seq %s): %s", msg.subject, msg.seq, exc)
+            return None
+
+    async def get_state(self, task_id: str) -> StoredRecord | None:
+        msg = await self._last_message(c.STATE_STREAM, f"{c.STATE_SUBJECT}.{task_id}")
+        if msg is None or not msg.data:
+            return None
+        try:
+            return StoredRecord(decode(msg.data), msg.seq or 0)
+        except ValueError as exc:
+            log.warning("unreadable task record %s (seq %s): %s", msg.subject, msg.seq, exc)
+            return None
+
+    async def _last_message(self, stream: str, subject: str) -> RawStreamMsg | None:
+        """The subject's last message by direct get (any replica answers); None when there is none."""
+        try:
+            return await self.js.get_last_msg(stream, subject, direct=True)
+        except NotFoundError:
+            return None
+        except APIError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    async def put_state(self, record: Record, expected_seq: int | None) -> int:
+        """Write a task record; with expected_seq, only if nobody wrote it since (CAS)."""
+        headers = None
+        if expected_seq is not None:
+            headers = {c.H_EXPECTED_LAST_SUBJECT_SEQ: str(expected_seq)}
+        try:
+            seq = await self.publisher.publish(f"{c.STATE_SUBJECT}.{record['task_id']}", encode(record), headers)
+        except APIError as exc:
+            if exc.err_code == c.ERR_WRONG_LAST_SEQUENCE:
+                raise StateConflict(record["task_id"]) from None
+            self._refused(exc)
+            metrics.STATE_WRITES_REFUSED.inc()
+            raise
+        if self.write_refused is not None:
+            self._stored()
+        return seq
+
+    async def function_consumers(self) -> list[str]:
+        """Function names that have a durable consumer on the task stream."""
+        infos = await self.js.consumers_info(c.TASKS_STREAM)
+        return [
+            info.name[len(c.FUNCTION_CONSUMER_PREFIX) :]
+            for info in infos
+            if info.name and info.name.startswith(c.FUNCTION_CONSUMER_PREFIX)
+        ]
+
+
+async def connect(
+    servers: list[str], name: str = "fngate", on_reconnect: Callable[[], Awaitable[None]] | None = None
+) -> NATS:
+    """Connect, and keep reconnecting forever: a gateway recovers from a NATS outage by itself."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("NATS connection error: %s", exc)
+
+    async def on_disconnect() -> None:
+        log.warning("NATS disconnected; submits answer 503 until it is back")
+
+    async def reconnected() -> None:
+        log.info("NATS reconnected")
+        if on_reconnect is not None:
+            await on_reconnect()
+
+    return await nats.connect(
+        servers=servers,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=2,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=reconnected,
+    )

@@ -1,0 +1,1 @@
+"""Logs, metrics, tracing and redaction: leaves every other room may use."""

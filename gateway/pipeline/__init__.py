@@ -1,0 +1,1 @@
+"""What runs tasks: workers, runtimes, destinations, task logs, supervision of loops."""

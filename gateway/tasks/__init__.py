@@ -1,0 +1,1 @@
+"""The task itself, pure: its status, record, lifecycle and invocation. Imports no nats, no aiohttp."""

@@ -1,0 +1,1 @@
+"""The HTTP side: routes, middleware, console, OpenAPI, live status."""
