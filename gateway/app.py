@@ -20,27 +20,19 @@ from gateway.jetstream.store import TaskStore, connect
 from gateway.observe import tracing
 from gateway.pipeline.destinations import Dispatcher
 from gateway.pipeline.runtimes import Runtime, build_runtime
-from gateway.pipeline.supervise import supervised
 from gateway.pipeline.tasklogs import TaskLogs
 from gateway.pipeline.worker import DelayScheduler, FunctionWorker, InvalidWorker
+from gateway.supervise import supervised
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import BatchItem, Invocation, Source
 from gateway.tasks.records import Record
-from gateway.web.api import (
-    CONFIG,
-    EXTRA_HEALTH,
-    SERVICE,
-    STORE,
-    TRIGGER_PATHS,
-    add_routes,
-    auth_middleware,
-    errors_middleware,
-)
-from gateway.web.console import TASK_LOGS, add_console_routes
-from gateway.web.live import LIVE, LiveStatus
+from gateway.web.api import add_routes, auth_middleware, errors_middleware
+from gateway.web.console import add_console_routes
+from gateway.web.keys import BULK, CONFIG, HISTORY, LIVE, SERVICE, STORE, TASK_LOGS, TRIGGER_PATHS, TRIGGERS
+from gateway.web.live import LiveStatus
 
 from .bulk import BulkOperations
-from .bulk.routes import BULK, add_bulk_routes
+from .bulk.routes import add_bulk_routes
 from .errors import ConfigError, ServiceUnavailable
 from .history import TaskHistory
 from .history.headers import install as lean_headers
@@ -243,9 +235,6 @@ class Gateway:
         await asyncio.to_thread(tracing.shutdown)  # sends the spans still buffered
 
 
-GATEWAY = web.AppKey("gateway", Gateway)
-
-
 def create_app(config: Config) -> web.Application:
     app = web.Application(
         client_max_size=config.api.max_request_body,
@@ -259,7 +248,7 @@ def create_app(config: Config) -> web.Application:
     add_console_routes(app)
     gateway = Gateway(config, app)
     gateway.build_triggers()
-    app[GATEWAY] = gateway
+    app[TRIGGERS] = gateway.triggers
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await gateway.start()
@@ -272,9 +261,8 @@ def create_app(config: Config) -> web.Application:
         app[LIVE] = gateway.live
         assert gateway.bulk is not None
         app[BULK] = gateway.bulk
-        app[EXTRA_HEALTH] = {}
         assert gateway.history is not None
-        app[EXTRA_HEALTH]["index"] = gateway.history.check
+        app[HISTORY] = gateway.history
         tune_gc()
         yield
         await gateway.close()

@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError
 
-from gateway.pipeline.supervise import cancel_requested
+from gateway.supervise import cancel_requested
 from gateway.tasks import constants as c
 
 from ..errors import ServiceUnavailable

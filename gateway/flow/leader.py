@@ -34,7 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
 from gateway.jetstream.puller import Puller
-from gateway.pipeline.supervise import cancel_requested
+from gateway.supervise import cancel_requested
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import Invocation
 

@@ -26,7 +26,7 @@ from nats.js.errors import APIError
 from gateway.config.model import Config
 from gateway.jetstream.store import StateConflict, TaskStore
 from gateway.observe import metrics, tracing
-from gateway.pipeline.supervise import cancel_requested
+from gateway.supervise import cancel_requested
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import Invocation, Lineage, iso
 from gateway.tasks.records import Record

@@ -29,7 +29,7 @@ from gateway.jetstream.replicas import BEAT, ReplicaRegistry
 from gateway.jetstream.store import UNAVAILABLE, StateConflict, StoredRecord, TaskStore
 from gateway.observe import metrics, tracing
 from gateway.pipeline.runtimes import Context, Runtime, run_with_timeout, task_logger
-from gateway.pipeline.supervise import cancel_requested, supervised
+from gateway.supervise import cancel_requested, supervised
 from gateway.tasks import attemptlog, lifecycle
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import TASK_ID, Invocation

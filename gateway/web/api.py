@@ -16,12 +16,13 @@ from gateway.config.model import Config
 from gateway.errors import BadRequest, DuplicateTask, FngateError, Forbidden, Unauthorized
 from gateway.flow.limits import check_key, check_priority
 from gateway.history import query_from_params
-from gateway.jetstream.store import UNAVAILABLE, TaskStore
+from gateway.jetstream.store import UNAVAILABLE
 from gateway.observe.redact import redact_text
-from gateway.service import TaskService, check_task_id
+from gateway.service import check_task_id
 from gateway.tasks.invocation import Source, valid_traceparent
 from gateway.units import format_size
 from gateway.web import schemas
+from gateway.web.keys import CONFIG, HISTORY, SERVICE, STORE, TRIGGER_PATHS, TRIGGERS
 from gateway.web.requests import (
     ClientGone,
     check_content_type,
@@ -32,14 +33,9 @@ from gateway.web.requests import (
 )
 from gateway.web.schemas import shape
 from gateway.web.scopes import ADMIN, Access, access_for
+from triggers.base import readiness
 
 log = logging.getLogger(__name__)
-SERVICE = web.AppKey("service", TaskService)
-STORE = web.AppKey("store", TaskStore)
-CONFIG = web.AppKey("config", Config)
-EXTRA_HEALTH = web.AppKey("extra_health", dict)
-# Paths that triggers registered: they authenticate their callers themselves (signatures).
-TRIGGER_PATHS = web.AppKey("trigger_paths", set)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -279,21 +275,15 @@ async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, Any] = {"nats": store.nc.is_connected, "streams": store.ready}
     # False while JetStream refuses to store task records (a full store): tasks cannot finish.
     checks["store_writable"] = store.write_refused is None
-    extra = request.app.get(EXTRA_HEALTH) or {}
-    for name, probe in extra.items():
-        checks[name] = probe()
-    from gateway.app import GATEWAY
-    from triggers.base import readiness  # every trigger receiving: subscribed, assigned, watching
-
-    triggers_ready, checks["triggers"] = readiness(request.app[GATEWAY].triggers)
+    checks["index"] = request.app[HISTORY].check()  # reported; a lagging index does not gate readiness
+    # Every trigger receiving: subscribed, assigned, watching.
+    triggers_ready, checks["triggers"] = readiness(request.app[TRIGGERS])
     ready = bool(checks["nats"] and checks["streams"] and checks["store_writable"] and triggers_ready)
     return web.json_response(shape(schemas.Readiness, {"ready": ready, "checks": checks}), status=200 if ready else 503)
 
 
 async def list_triggers(request: web.Request) -> web.Response:
-    from gateway.app import GATEWAY  # app.py imports this module, so its key is looked up late
-
-    triggers = shape(schemas.TriggerList, {"triggers": [trigger.health() for trigger in request.app[GATEWAY].triggers]})
+    triggers = shape(schemas.TriggerList, {"triggers": [trigger.health() for trigger in request.app[TRIGGERS]]})
     # A trigger's last error may quote a broker URL as its library wrote it, credentials too.
     return web.Response(text=redact_text(json.dumps(triggers)), content_type="application/json")
 

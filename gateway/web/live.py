@@ -39,6 +39,7 @@ from prometheus_client import Gauge
 from gateway.errors import BadRequest, FngateError, ResourceExhausted
 from gateway.tasks import constants as c
 from gateway.tasks.records import Record, status_of
+from gateway.web.keys import LIVE
 
 log = logging.getLogger(__name__)
 Reader = Callable[[str], Awaitable[Record]]
@@ -236,9 +237,6 @@ class LiveStatus:
                     return
                 await asyncio.sleep(delay)
                 delay *= 2
-
-
-LIVE = web.AppKey("live", LiveStatus)
 
 
 def parse_wait(value: str) -> float:
