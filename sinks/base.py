@@ -192,17 +192,18 @@ def payload_value(payload: bytes) -> Any:
 def result_record(record: Record, inv: Invocation) -> dict[str, Any]:
     """The record a destination receives (CONTRACT: Destinations)."""
     succeeded = record["status"] == "Succeeded"
-    error = record.get("error") or {}
+    error = record.get("error")
     return {
         "timestamp": iso(time.time()),
         "task_id": record["task_id"],
         "function": record["function"],
-        "condition": record.get("condition") or ("Succeeded" if succeeded else error.get("type", "FunctionError")),
+        "condition": record.get("condition")
+        or ("Succeeded" if succeeded else error["type"] if error else "FunctionError"),
         "attempts": record.get("attempts", 0),
         "request_payload": payload_value(inv.payload),
         "response": {
             "status_code": 200 if succeeded else 500,
-            "function_error": None if succeeded else error.get("message"),
+            "function_error": None if succeeded or not error else error["message"],
         },
         "response_payload": record.get("result") if succeeded else None,
     }

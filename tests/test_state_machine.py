@@ -199,7 +199,11 @@ class TaskLifecycle(RuleBasedStateMachine):
             from_run = status is TaskStatus.RETRYING or (
                 status is TaskStatus.FAILED and record.get("condition") in RUN_FAILURE_CONDITIONS
             )
-            from_run = from_run or (status is TaskStatus.EXPIRED and record["error"]["type"] == "TransientError")
+            from_run = from_run or (
+                status is TaskStatus.EXPIRED
+                and (error := record["error"]) is not None
+                and error["type"] == "TransientError"
+            )
             if from_run:
                 assert errors and {k: errors[-1][k] for k in ("type", "message")} == record["error"]
 

@@ -135,13 +135,6 @@ def delivery_trace(task_id: str, on: str, attempt: int, parent: TraceContext | N
     return parent.child(derived_id(16, "delivery", task_id, on, attempt)) if parent else None
 
 
-def record_of(traceparent: str | None, tracestate: str | None) -> dict[str, str] | None:
-    """The task record's `trace`: the context the task came with."""
-    if not traceparent:
-        return None
-    return {H_TRACEPARENT: traceparent, **({H_TRACESTATE: tracestate} if tracestate else {})}
-
-
 # --- export -----------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -29,7 +29,7 @@ from gateway.observe import metrics, tracing
 from gateway.supervise import cancel_requested
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import Invocation, Lineage, iso
-from gateway.tasks.records import Record
+from gateway.tasks.records import DestinationEntry, Record
 from gateway.tasks.status import TaskStatus
 from sinks.base import (
     Delivery,
@@ -147,23 +147,23 @@ class Dispatcher:
             stored = await self.store.get_state(task_id)
             if stored is None:
                 return
-            record = dict(stored.record)
+            record = stored.record.copy()
             entries = record.get("destinations") or []
             previous = next((e for e in entries if e.get("on") == entry["on"]), None)
-            done_before = int((previous or {}).get("attempts") or 0)
+            done_before = (previous["attempts"] or 0) if previous else 0
             if not entry["attempts"] and done_before:
                 return  # queued again (a redelivered task's hook): the entry already tells more
             if entry["attempts"]:
                 # The server's delivery count can start again (a delivery re-published after a
                 # crash); the attempts recorded on the task never go backwards.
                 entry = {**entry, "attempts": max(entry["attempts"], done_before + 1)}
-            history = list((previous or {}).get("history") or [])
+            history = list(previous.get("history") or []) if previous else []
             if entry["attempts"]:
                 # Every attempt's outcome stays visible (the last MAX_HISTORY of them).
                 history.append({"attempt": entry["attempts"], "status": entry["status"], "error": entry["error"],
                                 "at": entry["last_attempt_at"]})  # fmt: skip
             others = [e for e in entries if e.get("on") != entry["on"]]
-            record["destinations"] = [*others, {**entry, "history": history[-MAX_HISTORY:]}]
+            record["destinations"] = [*others, cast(DestinationEntry, {**entry, "history": history[-MAX_HISTORY:]})]
             try:
                 await self.store.put_state(record, stored.seq)
                 return

@@ -20,8 +20,8 @@ MAX_DETAIL = 3900
 
 
 def reason(record: Record) -> str:
-    error = record.get("error") or {}
-    text = f"{error.get('type', '?')}: {error.get('message', '')}"
+    error = record.get("error")
+    text = f"{error['type']}: {error['message']}" if error else "?: "
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 

@@ -7,12 +7,13 @@ decisions here lets a property test drive every interleaving without a broker.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import TaskNotStoppable
 from gateway.tasks.invocation import iso
-from gateway.tasks.records import Record, stamp, status_of
+from gateway.tasks.records import AttemptError, Record, stamp, status_of
 from gateway.tasks.status import TaskStatus
 
 MAX_TRANSIENT_BACKOFF = 300.0
@@ -22,9 +23,14 @@ MAX_ERRORS = 50
 MAX_ERROR_MESSAGE = 2048
 
 
-def failed_attempt(record: Record, *, attempt: int, at: float, error: dict[str, str]) -> list[dict[str, Any]]:
+def failed_attempt(record: Record, *, attempt: int, at: float, error: Mapping[str, str]) -> list[AttemptError]:
     """The record's `errors` with one more entry for a failed attempt, oldest first."""
-    entry = {"attempt": attempt, "at": iso(at), "type": error["type"], "message": error["message"][:MAX_ERROR_MESSAGE]}
+    entry: AttemptError = {
+        "attempt": attempt,
+        "at": iso(at),
+        "type": error["type"],
+        "message": error["message"][:MAX_ERROR_MESSAGE],
+    }
     errors = [*(record.get("errors") or []), entry]
     if len(errors) > MAX_ERRORS:
         keep = MAX_ERRORS // 2

@@ -29,7 +29,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -196,7 +196,7 @@ class LiveStatus:
         except ValueError:
             candidate = None
         if isinstance(candidate, dict) and isinstance(candidate.get("timeline"), list):
-            watched.candidates = [*watched.candidates, candidate][-MAX_CANDIDATES:]
+            watched.candidates = [*watched.candidates, cast(Record, candidate)][-MAX_CANDIDATES:]
         self.changed(watched)
 
     def changed(self, watched: Watched) -> None:
