@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.config.model import Config, FunctionConfig
-from gateway.jetstream.store import StateConflict, TaskStore
+from gateway.jetstream.store import StoredRecord, TaskStore
 from gateway.observe import metrics, tracing
 from gateway.pipeline.runtimes import Context, Runtime, redact_url, run_with_timeout, task_logger
 from gateway.tasks import attemptlog, lifecycle
@@ -245,27 +245,30 @@ class TaskService:
     async def stop_task(self, task_id: str) -> Record:
         """Queued: Stopped at once. Running: Stopping, and the replica running it cancels it."""
         check_task_id(task_id)
-        while True:
-            stored = await self.store.get_state(task_id)
+        base: Record | None = None
+
+        async def decide(stored: StoredRecord | None) -> Record | None:
+            nonlocal base
             if stored is None:
                 inv = await self._find_submission(task_id)
                 if inv is None:
                     raise TaskNotFound(f"task {task_id!r} not found")
-                base, expected = new_record(inv), 0
+                base = new_record(inv)
             else:
-                base, expected = stored.record, stored.seq
+                base = stored.record
             record = lifecycle.stop(base, time.time())
-            if record is base:  # already Stopping: nudge the replica running it again
-                await self._signal_stop(task_id)
-                return base
-            try:
-                await self.store.put_state(record, expected)
-            except StateConflict:
-                continue
-            attemptlog.stop_requested(record)
-            if status_of(record) is TaskStatus.STOPPING:
-                await self._signal_stop(task_id)
-            return record
+            return None if record is base else record
+
+        written = await self.store.update_state(task_id, decide)
+        if written is None:  # already Stopping: nudge the replica running it again
+            assert base is not None
+            await self._signal_stop(task_id)
+            return base
+        record = written.record
+        attemptlog.stop_requested(record)
+        if status_of(record) is TaskStatus.STOPPING:
+            await self._signal_stop(task_id)
+        return record
 
     async def _signal_stop(self, task_id: str) -> None:
         from gateway.tasks.constants import STOP_SUBJECT

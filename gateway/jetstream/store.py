@@ -77,6 +77,19 @@ class StoredRecord:
     seq: int
 
 
+# What to write given the task's current record (None: it has none yet); None writes nothing.
+Decide = Callable[[StoredRecord | None], Awaitable[Record | None]]
+# Told of each write JetStream refused (its store full, a limit) and how many so far.
+Refused = Callable[[APIError, int], None]
+
+
+class _Unread:
+    """The default of update_state's `known`: nothing is known, read the record first."""
+
+
+UNREAD = _Unread()
+
+
 class TaskStore:
     def __init__(self, nc: NATS, *, retention: float, replicas: int = 1, timeout: float = 5.0) -> None:
         self.nc = nc
@@ -269,6 +282,46 @@ class TaskStore:
         if self.write_refused is not None:
             self._stored()
         return seq
+
+    async def update_state(
+        self,
+        task_id: str,
+        decide: Decide,
+        *,
+        known: StoredRecord | _Unread | None = UNREAD,
+        on_refused: Refused | None = None,
+    ) -> StoredRecord | None:
+        """Compare-and-set of a task record: `decide` says what to write given the current
+        record, which is written only if nobody wrote it since; after a conflict the record
+        is read again and `decide` asked again. The record written and its sequence, or None
+        when `decide` chose to write nothing.
+
+        `known`: the state the caller already holds (None: no record yet), tried without a
+        read first. `on_refused`: a write JetStream refuses is retried with backoff until it
+        is stored, each refusal told to it (without it, the APIError is raised).
+        """
+        stored = None if isinstance(known, _Unread) else known
+        unread = isinstance(known, _Unread)
+        refused = 0
+        while True:
+            if unread:
+                stored = await self.get_state(task_id)
+            unread = True
+            record = await decide(stored)
+            if record is None:
+                return None
+            while True:
+                try:
+                    seq = await self.put_state(record, stored.seq if stored else 0)
+                    return StoredRecord(record, seq)
+                except StateConflict:
+                    break
+                except APIError as exc:
+                    if on_refused is None:
+                        raise
+                    on_refused(exc, refused)
+                    refused += 1
+                    await asyncio.sleep(min(0.25 * 2 ** min(refused, 5), 5.0))
 
     async def function_consumers(self) -> list[str]:
         """Function names that have a durable consumer on the task stream."""

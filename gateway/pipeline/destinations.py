@@ -24,7 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 from nats.js.errors import APIError
 
 from gateway.config.model import Config
-from gateway.jetstream.store import StateConflict, TaskStore
+from gateway.jetstream.store import StoredRecord, TaskStore
 from gateway.observe import metrics, tracing
 from gateway.pipeline.supervise import cancel_requested
 from gateway.tasks import constants as c
@@ -143,32 +143,31 @@ class Dispatcher:
 
     async def update_entry(self, task_id: str, entry: dict[str, Any]) -> None:
         """Put this destination's entry on the task record (compare-and-set, re-read on conflict)."""
-        while True:
-            stored = await self.store.get_state(task_id)
+
+        async def decide(stored: StoredRecord | None) -> Record | None:
             if stored is None:
-                return
+                return None
             record = dict(stored.record)
             entries = record.get("destinations") or []
             previous = next((e for e in entries if e.get("on") == entry["on"]), None)
             done_before = int((previous or {}).get("attempts") or 0)
             if not entry["attempts"] and done_before:
-                return  # queued again (a redelivered task's hook): the entry already tells more
-            if entry["attempts"]:
+                return None  # queued again (a redelivered task's hook): the entry already tells more
+            update = entry
+            if update["attempts"]:
                 # The server's delivery count can start again (a delivery re-published after a
                 # crash); the attempts recorded on the task never go backwards.
-                entry = {**entry, "attempts": max(entry["attempts"], done_before + 1)}
+                update = {**update, "attempts": max(update["attempts"], done_before + 1)}
             history = list((previous or {}).get("history") or [])
-            if entry["attempts"]:
+            if update["attempts"]:
                 # Every attempt's outcome stays visible (the last MAX_HISTORY of them).
-                history.append({"attempt": entry["attempts"], "status": entry["status"], "error": entry["error"],
-                                "at": entry["last_attempt_at"]})  # fmt: skip
-            others = [e for e in entries if e.get("on") != entry["on"]]
-            record["destinations"] = [*others, {**entry, "history": history[-MAX_HISTORY:]}]
-            try:
-                await self.store.put_state(record, stored.seq)
-                return
-            except StateConflict:
-                continue
+                history.append({"attempt": update["attempts"], "status": update["status"], "error": update["error"],
+                                "at": update["last_attempt_at"]})  # fmt: skip
+            others = [e for e in entries if e.get("on") != update["on"]]
+            record["destinations"] = [*others, {**update, "history": history[-MAX_HISTORY:]}]
+            return record
+
+        await self.store.update_state(task_id, decide)
 
     async def run(self) -> None:
         js = self.store.js

@@ -26,7 +26,7 @@ from gateway.config.model import FunctionConfig
 from gateway.errors import FunctionError, FunctionTimeout, TransientError
 from gateway.jetstream.puller import Puller
 from gateway.jetstream.replicas import BEAT, ReplicaRegistry
-from gateway.jetstream.store import UNAVAILABLE, StateConflict, StoredRecord, TaskStore
+from gateway.jetstream.store import UNAVAILABLE, UNREAD, StoredRecord, TaskStore
 from gateway.observe import metrics, tracing
 from gateway.pipeline.runtimes import Context, Runtime, run_with_timeout, task_logger
 from gateway.pipeline.supervise import cancel_requested, supervised
@@ -197,19 +197,19 @@ class FunctionWorker:
             return
         base = new_record(Invocation(task_id, function, b"", submitted_at=submitted_at))
         error = {"type": "InvalidInvocation", "message": f"unreadable invocation: {reason}"[:500]}
-        with contextlib.suppress(StateConflict):  # a record exists: leave it as it is
-            await self.store.put_state(stamp(base, TaskStatus.FAILED, error=error, condition="InvalidInvocation"), 0)
+        failed = stamp(base, TaskStatus.FAILED, error=error, condition="InvalidInvocation")
+
+        async def decide(stored: StoredRecord | None) -> Record | None:
+            return failed if stored is None else None  # a record exists: leave it as it is
+
+        await self.store.update_state(task_id, decide, known=None)
 
     async def _claim(self, inv: Invocation, msg: Msg) -> tuple[Record, int] | None:
         """Move the task to Running, unless it is already finished, stopped, expired or looping."""
-        stored: StoredRecord | None = None
-        # A first delivery of a fresh task has no record yet: skip the read and let the
-        # compare-and-set against "no record" tell us if a stop request got there first.
-        first_try = inv.attempt == 0 and inv.transient == 0 and msg.metadata.num_delivered == 1
-        while True:
-            if stored is None and not first_try:
-                stored = await self.store.get_state(inv.task_id)
-            first_try = False
+        decision = lifecycle.Claim(None)
+
+        async def decide(stored: StoredRecord | None) -> Record | None:
+            nonlocal decision
             decision = lifecycle.claim(
                 stored.record if stored else new_record(inv),
                 now=time.time(),
@@ -219,18 +219,19 @@ class FunctionWorker:
                 depth=inv.lineage.depth,
                 max_depth=self.max_chain_depth,
             )
-            if decision.record is None:
-                return None
-            try:
-                seq = await self.store.put_state(decision.record, stored.seq if stored else 0)
-            except StateConflict:
-                stored = await self.store.get_state(inv.task_id)
-                continue
-            if decision.run:
-                return decision.record, seq
-            attemptlog.ended_unrun(decision.record, inv.attempt + 1)
-            await self.on_terminal(decision.record, inv)
+            return decision.record
+
+        # A first delivery of a fresh task has no record yet: skip the read and let the
+        # compare-and-set against "no record" tell us if a stop request got there first.
+        first_try = inv.attempt == 0 and inv.transient == 0 and msg.metadata.num_delivered == 1
+        written = await self.store.update_state(inv.task_id, decide, known=None if first_try else UNREAD)
+        if written is None:
             return None
+        if decision.run:
+            return written.record, written.seq
+        attemptlog.ended_unrun(written.record, inv.attempt + 1)
+        await self.on_terminal(written.record, inv)
+        return None
 
     async def _execute(self, inv: Invocation, msg: Msg, record: Record, seq: int) -> None:
         attempt = inv.attempt + 1
@@ -327,32 +328,33 @@ class FunctionWorker:
 
         A write that JetStream refuses (its store full, a limit reached) is retried, with
         backoff, until it is stored: giving up would leave the task Running for ever."""
-        refused = 0
-        while True:
-            try:
-                await self.store.put_state(record, seq)
-                if refused:
-                    self.log.warning("task %s: outcome stored after %d refused writes", inv.task_id, refused)
-                return record
-            except APIError as exc:
-                if refused % 20 == 0:
-                    self.log.error(
-                        "task %s: JetStream refused to store its outcome (%s); retrying until it is stored",
-                        inv.task_id,
-                        exc.description or exc.err_code,
-                    )
-                refused += 1
-                await asyncio.sleep(min(0.25 * 2 ** min(refused, 5), 5.0))
-                continue
-            except StateConflict:
-                stored = await self.store.get_state(inv.task_id)
-                if stored is None:
-                    seq = 0
-                    continue
-                rebased = lifecycle.rebase(record, stored.record, time.time())
+        claimed = StoredRecord(record, seq)  # what our claim wrote, as far as we know
+        ours = record
+        refusals = 0
+
+        async def decide(stored: StoredRecord | None) -> Record | None:
+            nonlocal ours
+            if stored is not None and stored is not claimed:  # somebody wrote since our claim
+                rebased = lifecycle.rebase(ours, stored.record, time.time())
                 if rebased is None:
                     return None
-                record, seq = rebased, stored.seq
+                ours = rebased
+            return ours
+
+        def refused(exc: APIError, count: int) -> None:
+            nonlocal refusals
+            refusals = count + 1
+            if count % 20 == 0:
+                self.log.error(
+                    "task %s: JetStream refused to store its outcome (%s); retrying until it is stored",
+                    inv.task_id,
+                    exc.description or exc.err_code,
+                )
+
+        written = await self.store.update_state(inv.task_id, decide, known=claimed, on_refused=refused)
+        if written is not None and refusals:
+            self.log.warning("task %s: outcome stored after %d refused writes", inv.task_id, refusals)
+        return written.record if written is not None else None
 
     async def _heartbeats(self) -> None:
         """Keep the claims of running tasks alive, and notice stop requests we missed.
@@ -439,18 +441,14 @@ class InvalidWorker:
                 await msg.ack()
 
     async def _invalidate(self, inv: Invocation) -> None:
-        while True:
-            stored = await self.store.get_state(inv.task_id)
+        async def decide(stored: StoredRecord | None) -> Record | None:
             base = stored.record if stored else new_record(inv)
             if status_of(base).terminal:
-                return
+                return None
             error = {"type": "Invalid", "message": f"function {inv.function!r} is no longer configured"}
-            record = stamp(base, TaskStatus.INVALID, error=error)
-            try:
-                await self.store.put_state(record, stored.seq if stored else 0)
-            except StateConflict:
-                continue
-            return
+            return stamp(base, TaskStatus.INVALID, error=error)
+
+        await self.store.update_state(inv.task_id, decide)
 
 
 class DelayScheduler:
