@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.config.model import Config, FunctionConfig
+from gateway.config.model import MAX_DELAY, Config, FunctionConfig
 from gateway.jetstream.store import StoredRecord, TaskStore
 from gateway.observe import metrics, tracing
 from gateway.pipeline.runtimes import Context, Runtime, redact_url, run_with_timeout, task_logger
@@ -31,7 +31,6 @@ from .history import TaskHistory, TaskQuery
 
 log = logging.getLogger(__name__)
 MAX_TASK_ID = 128
-MAX_DELAY = 86400.0
 API_SOURCE = Source("api", "")
 
 
@@ -73,6 +72,7 @@ class TaskService:
         """Durably enqueue an async invocation; returns only after JetStream acknowledged it."""
         inv = self.invocation(
             function,
+            self.function(function),
             payload,
             source=source,
             content_type=content_type,
@@ -90,12 +90,14 @@ class TaskService:
     async def submit_many(self, function: str, items: Sequence[BatchItem], *, source: Source) -> list[Exception | None]:
         """Enqueue a trigger's batch of JSON events (each with its task id and lineage);
         one outcome per item, in order: None when enqueued, else why not (as `submit` raises)."""
-        self.function(function)
+        config = self.function(function)
         outcomes: list[Exception | None] = [None] * len(items)
         batch: list[tuple[int, Invocation]] = []
         for i, (payload, task_id, lineage) in enumerate(items):
             try:
-                batch.append((i, self.invocation(function, payload, source=source, task_id=task_id, lineage=lineage)))
+                batch.append(
+                    (i, self.invocation(function, config, payload, source=source, task_id=task_id, lineage=lineage))
+                )
             except FngateError as exc:
                 outcomes[i] = exc
         stored = await self.store.submit_many([inv for _, inv in batch])
@@ -109,6 +111,7 @@ class TaskService:
     def invocation(
         self,
         function: str,
+        config: FunctionConfig,
         payload: bytes,
         *,
         source: Source,
@@ -121,12 +124,12 @@ class TaskService:
         priority: str = "normal",
         concurrency_key: str = "",
     ) -> Invocation:
-        """A new invocation, its inputs checked (BadRequest, FunctionNotFound)."""
-        config = self.function(function)
+        """A new invocation of `function` (its `config` as `function()` found it), its inputs
+        checked (BadRequest): the one place a submitted task id and delay are checked."""
         if task_id is not None:
             check_task_id(task_id)
         if not 0 <= delay <= MAX_DELAY:
-            raise BadRequest(f"delay must be 0..{MAX_DELAY:g} seconds")
+            raise BadRequest(f"X-Delay must be a number of seconds 0..{MAX_DELAY:g}")
         if delay > config.max_delay:
             raise BadRequest(
                 f"X-Delay of {delay:g}s is over the {config.max_delay:g}s that function {function!r} allows "
@@ -176,6 +179,7 @@ class TaskService:
                 loop = asyncio.get_running_loop()
                 inv = self.invocation(
                     function,
+                    config,
                     payload,
                     source=source,
                     content_type=content_type,
@@ -277,7 +281,6 @@ class TaskService:
 
     async def rerun(self, task_id: str) -> str:
         inv = await self.payload_of(check_task_id(task_id))
-        self.function(inv.function)
         # The new task names the one it repeats (its record's `rerun_of`, see new_record).
         return await self.submit(
             inv.function,

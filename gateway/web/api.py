@@ -146,6 +146,8 @@ def is_loopback(host: str) -> bool:
 async def invoke(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     name = request.match_info["fn"]
+    # Not the submit's check (the service makes it): an unknown function is a 404 before
+    # its body is read or its headers judged, whatever else is wrong with the request.
     service.function(name)
     kind = request.headers.get("X-Invocation-Type", "sync").lower()
     if kind not in ("sync", "async"):
@@ -165,16 +167,13 @@ async def invoke(request: web.Request) -> web.StreamResponse:
             lineage=request_lineage(request.headers),
         )
         return web.Response(body=body, status=200, content_type=result_type.split(";")[0])
-    task_id = request.headers.get("X-Task-Id")
-    if task_id is not None:
-        check_task_id(task_id)
-    delay = parse_delay(request.headers.get("X-Delay"))
+    # The task id and the delay's range are checked by the service, as for every submit.
     task_id = await service.submit(
         name,
         payload,
         content_type=content_type,
-        task_id=task_id,
-        delay=delay,
+        task_id=request.headers.get("X-Task-Id"),
+        delay=parse_delay(request.headers.get("X-Delay")),
         source=Source("api", ""),
         lineage=request_lineage(request.headers),
         traceparent=valid_traceparent(request.headers.get("traceparent")),
