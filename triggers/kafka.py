@@ -22,6 +22,7 @@ from aiokafka.helpers import create_ssl_context
 from pydantic import Field, field_validator, model_validator
 
 from gateway.config.model import TriggerConfig
+from gateway.pipeline.supervise import supervised
 from gateway.tasks.invocation import BatchItem, lineage_from_headers
 
 from .base import RETRY_MAX, BaseTrigger, TriggerContext, parse_options, stable_id, text_or_base64
@@ -94,7 +95,8 @@ class KafkaTrigger(BaseTrigger):
     async def start(self) -> None:
         # The broker may be down at start-up: connecting happens in the background, with retries.
         self.state = "connecting"
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"kafka {self.name}")
+        run = supervised(f"kafka trigger {self.name}", self._run, stopping=self._stopping)
+        self._task = asyncio.get_running_loop().create_task(run, name=f"kafka {self.name}")
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -27,6 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BeforeValidator, Field, field_validator
 
 from gateway.config.model import Duration, TriggerConfig
+from gateway.pipeline.supervise import supervised
 from gateway.tasks.invocation import BatchItem, lineage_from_headers, new_task_id
 
 from .base import BaseTrigger, TriggerContext, parse_options
@@ -140,8 +141,8 @@ class MqttTrigger(BaseTrigger):
         # Before paho's thread starts: its SUBACK sets "running", which must not be overwritten.
         self.state = "connecting"
         self._tasks = [
-            loop.create_task(self._pump(), name=f"mqtt {self.name} pump"),
-            loop.create_task(self._acknowledge(), name=f"mqtt {self.name} ack"),
+            loop.create_task(supervised(f"mqtt trigger {self.name}: pump", self._pump, stopping=self._stopping)),
+            loop.create_task(supervised(f"mqtt trigger {self.name}: ack", self._acknowledge, stopping=self._stopping)),
         ]
         client.loop_start()
 

@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from pydantic import Field
 
 from gateway.config.model import TriggerConfig
+from gateway.pipeline.supervise import supervised
 from gateway.tasks.invocation import BatchItem, lineage_from_headers, new_task_id
 
 from .base import RETRY_MAX, BaseTrigger, TriggerContext, parse_options
@@ -63,7 +64,9 @@ class NatsTrigger(BaseTrigger):
         if not self.servers:
             self.servers = self.context.nats_servers()
         self.state = "connecting"
-        self._task = asyncio.get_running_loop().create_task(self._connect(), name=f"nats {self.name}")
+        # Connecting ends once subscribed (nats-py reconnects from there); a failure starts it over.
+        connect = supervised(f"nats trigger {self.name}", self._connect, stopping=self._stopping, final_return=True)
+        self._task = asyncio.get_running_loop().create_task(connect, name=f"nats {self.name}")
 
     async def stop(self) -> None:
         self._stopping.set()  # from here a submit is tried once, not held

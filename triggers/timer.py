@@ -32,6 +32,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from pydantic import Field, JsonValue, field_validator, model_validator
 
 from gateway.config.model import Duration, TriggerConfig
+from gateway.pipeline.supervise import Background
 from gateway.tasks.invocation import iso
 
 from .base import BaseTrigger, TriggerContext, TriggerOptions, parse_options
@@ -206,6 +207,7 @@ class TimerTrigger(BaseTrigger):
         self.last_tick: datetime | None = None
         self.since: datetime | None = None
         self._catching_up = asyncio.Lock()
+        self._background = Background()
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load_state)
@@ -219,7 +221,7 @@ class TimerTrigger(BaseTrigger):
         scheduler.start()
         self.state = "running"
         if self.options.misfire == "run_once":
-            asyncio.get_running_loop().create_task(self.catch_up())
+            self._background.start(self.catch_up(), name=f"timer {self.name} catch-up")
 
     def _passed(self) -> bool:
         """An `at` time already past: APScheduler would fire it at once, which is catch-up's call."""

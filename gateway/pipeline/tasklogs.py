@@ -22,7 +22,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import APIError, NotFoundError
 
 from gateway.jetstream.store import TaskStore
-from gateway.pipeline.supervise import cancel_requested
+from gateway.pipeline.supervise import Background, cancel_requested
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import iso
 
@@ -53,6 +53,7 @@ class TaskLogs(logging.Handler):
         self._buffers: dict[str, Buffer] = {}
         self._lock = threading.Lock()  # plain handlers log from the thread pool
         self._finished: list[str] = []
+        self._flushes = Background()
 
     async def ensure_stream(self) -> None:
         config = StreamConfig(
@@ -106,7 +107,7 @@ class TaskLogs(logging.Handler):
         with self._lock:
             self._finished.append(task_id)
         with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().create_task(self.flush_once())
+            self._flushes.start(self.flush_once())
 
     async def run(self) -> None:
         while not cancel_requested():

@@ -122,7 +122,7 @@ class FunctionWorker:
             self.log.warning("consumer %s not updated: %s", config.durable_name, exc.description)
         puller = Puller(self.store.nc, c.TASKS_STREAM, consumer_name(self.name), self._dispatch)
         await puller.start()
-        heartbeats = asyncio.create_task(self._heartbeats())
+        heartbeats = asyncio.create_task(supervised(f"heartbeats of {self.name}", self._heartbeats))
         try:
             while not cancel_requested():
                 # Ask for as many as there are free slots here; max_ack_pending keeps the
