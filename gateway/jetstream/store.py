@@ -27,9 +27,10 @@ from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBuffer
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RawStreamMsg, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 
 from gateway.errors import DuplicateTask, PayloadTooLarge, ServiceUnavailable
+from gateway.jetstream.errors import not_found, store_full, stream_name_in_use, wrong_last_sequence
 from gateway.jetstream.publisher import AckPublisher, DuplicateMessage, PendingAck
 from gateway.observe import metrics
 from gateway.tasks import constants as c
@@ -59,7 +60,7 @@ def submit_error(inv: Invocation, exc: Exception) -> Exception:
     if isinstance(exc, DuplicateMessage):
         return DuplicateTask(f"task id {inv.task_id!r} is already taken")
     if isinstance(exc, APIError):
-        if exc.err_code == c.ERR_WRONG_LAST_SEQUENCE:
+        if wrong_last_sequence(exc):
             return DuplicateTask(f"task id {inv.task_id!r} is already taken")
         return ServiceUnavailable(f"JetStream refused the task ({exc.description}); nothing was enqueued, retry later")
     if isinstance(exc, NoRespondersError):
@@ -146,7 +147,7 @@ class TaskStore:
         try:
             await self.js.add_stream(config)
         except APIError as exc:
-            if exc.err_code != c.ERR_STREAM_NAME_IN_USE:
+            if not stream_name_in_use(exc):
                 raise
             await self.js.update_stream(config)
 
@@ -160,7 +161,7 @@ class TaskStore:
         try:
             seq = await self.publisher.publish(inv.subject, inv.payload, self._submit_headers(inv))
         except Exception as exc:
-            if isinstance(exc, APIError) and exc.err_code == c.ERR_INSUFFICIENT_RESOURCES:
+            if isinstance(exc, APIError) and store_full(exc):
                 self._refused(exc)
             error = submit_error(inv, exc)
             if isinstance(error, DuplicateTask):
@@ -259,10 +260,8 @@ class TaskStore:
         """The subject's last message by direct get (any replica answers); None when there is none."""
         try:
             return await self.js.get_last_msg(stream, subject, direct=True)
-        except NotFoundError:
-            return None
         except APIError as exc:
-            if exc.code == 404:
+            if not_found(exc):
                 return None
             raise
 
@@ -274,7 +273,7 @@ class TaskStore:
         try:
             seq = await self.publisher.publish(f"{c.STATE_SUBJECT}.{record['task_id']}", encode(record), headers)
         except APIError as exc:
-            if exc.err_code == c.ERR_WRONG_LAST_SEQUENCE:
+            if wrong_last_sequence(exc):
                 raise StateConflict(record["task_id"]) from None
             self._refused(exc)
             metrics.STATE_WRITES_REFUSED.inc()

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 
+from gateway.jetstream.errors import not_found
 from gateway.jetstream.store import TaskStore
 from gateway.pipeline.supervise import Background, cancel_requested
 from gateway.tasks import constants as c
@@ -140,10 +141,8 @@ class TaskLogs(logging.Handler):
         while True:
             try:
                 msg = await self.store.js.get_msg(c.LOGS_STREAM, seq=seq + 1, subject=subject, next=True, direct=True)
-            except NotFoundError:
-                break
             except APIError as exc:
-                if exc.code == 404:
+                if not_found(exc):
                     break
                 raise
             if not msg.seq or msg.seq <= seq:
