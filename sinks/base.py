@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from gateway.config.model import Config, DestinationConfig
+from gateway.errors import FngateError
 from gateway.observe.tracing import TraceContext
 from gateway.tasks.invocation import Invocation, Lineage, iso
 from gateway.tasks.records import Record
@@ -27,12 +28,18 @@ from gateway.units import parse_duration, parse_size
 KiB = 1024
 
 
-class TransientDeliveryError(Exception):
+class TransientDeliveryError(FngateError):
     """The destination may take it later: 5xx, connection refused, broker unavailable."""
 
+    status = 502
+    code = "TransientDeliveryError"
 
-class PermanentDeliveryError(Exception):
+
+class PermanentDeliveryError(FngateError):
     """No retry can help: 4xx, a bad destination, a record over the size limit."""
+
+    status = 502
+    code = "PermanentDeliveryError"
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
+from gateway.errors import FngateError
 from gateway.jetstream.errors import wrong_last_sequence
 from gateway.jetstream.puller import Puller
 from gateway.pipeline.supervise import cancel_requested
@@ -54,8 +55,8 @@ PARK_FETCH_EXPIRES = 1.0
 RANKS = {priority: rank for rank, priority in enumerate(PRIORITIES)}
 
 
-class LeadershipLost(Exception):
-    pass
+class LeadershipLost(FngateError):
+    code = "LeadershipLost"
 
 
 @dataclass(slots=True)

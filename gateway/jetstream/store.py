@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RawStreamMsg, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError
 
-from gateway.errors import DuplicateTask, PayloadTooLarge, ServiceUnavailable
+from gateway.errors import DuplicateTask, FngateError, PayloadTooLarge, ServiceUnavailable
 from gateway.jetstream.errors import not_found, store_full, stream_name_in_use, wrong_last_sequence
 from gateway.jetstream.publisher import AckPublisher, DuplicateMessage, PendingAck
 from gateway.observe import metrics
@@ -45,8 +45,11 @@ UNAVAILABLE = (NatsTimeout, NoRespondersError, ConnectionClosedError, OutboundBu
 MESSAGE_OVERHEAD = 4096  # room for the invocation's headers within the server's max_payload
 
 
-class StateConflict(Exception):
+class StateConflict(FngateError):
     """The task record changed since it was read: re-read and decide again."""
+
+    status = 409
+    code = "StateConflict"
 
 
 # A submit that failed this way may still have been stored (the message can reach the server

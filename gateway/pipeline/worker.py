@@ -23,7 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
 from gateway.config.model import FunctionConfig
-from gateway.errors import FunctionError, FunctionTimeout, TransientError
+from gateway.errors import FngateError, FunctionError, FunctionTimeout, TransientError
 from gateway.jetstream.puller import Puller
 from gateway.jetstream.replicas import BEAT, ReplicaRegistry
 from gateway.jetstream.store import UNAVAILABLE, UNREAD, StoredRecord, TaskStore
@@ -44,8 +44,10 @@ def consumer_name(function: str) -> str:
     return f"{c.FUNCTION_CONSUMER_PREFIX}{function}"
 
 
-class StopRequested(Exception):
-    pass
+class StopRequested(FngateError):
+    """An attempt cancelled by a stop request (an outcome, not a failure)."""
+
+    code = "StopRequested"
 
 
 def outcome_kind(error: BaseException | None) -> str:

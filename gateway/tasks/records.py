@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from gateway.errors import FngateError
 from gateway.observe.tracing import record_of
 from gateway.tasks.invocation import Invocation, iso
 from gateway.tasks.status import TaskStatus, can_transition
@@ -39,8 +40,10 @@ def new_record(inv: Invocation) -> Record:
     return record
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(FngateError, RuntimeError):
     """A bug: the pipeline tried a status change the state machine does not allow."""
+
+    code = "IllegalTransition"
 
 
 def stamp(record: Record, status: TaskStatus, at: float | None = None, **fields: Any) -> Record:

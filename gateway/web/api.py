@@ -59,6 +59,13 @@ def enqueued_response(task_id: str) -> web.Response:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except (ClientGone, ConnectionError, asyncio.IncompleteReadError):
+        # (ConnectionError: a route that reads its body itself, as the http triggers do.)
+        # Nobody is left to answer: a line, not a traceback (a closed upload is routine).
+        log.info(
+            "client %s went away before its request body arrived (%s %s)", request.remote, request.method, request.path
+        )
+        return error_response(400, "BadRequest", "the client went away before its request body arrived")
     except DuplicateTask as exc:
         body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message}}
         if exc.task:
@@ -69,13 +76,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except UNAVAILABLE:
         # A read that NATS did not answer in time (an outage, a leader election): not ours.
         return error_response(503, "ServiceUnavailable", "NATS did not answer in time; retry later")
-    except (ClientGone, ConnectionError, asyncio.IncompleteReadError):
-        # (ConnectionError: a route that reads its body itself, as the http triggers do.)
-        # Nobody is left to answer: a line, not a traceback (a closed upload is routine).
-        log.info(
-            "client %s went away before its request body arrived (%s %s)", request.remote, request.method, request.path
-        )
-        return error_response(400, "BadRequest", "the client went away before its request body arrived")
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CONFIG].api.max_request_body
         return error_response(413, "PayloadTooLarge", f"request body over the limit of {format_size(limit)}")

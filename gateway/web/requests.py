@@ -28,8 +28,11 @@ _CONTENT_TYPE = re.compile(r"[\x20-\x7e]{1,256}")
 _DEPTH = re.compile(r"[0-9]{1,6}")
 
 
-class ClientGone(Exception):
+class ClientGone(FngateError):
     """The client closed its connection before its request body arrived: nobody to answer."""
+
+    status = 400
+    code = "ClientGone"
 
 
 class RequestTimeout(FngateError):
