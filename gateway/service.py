@@ -17,7 +17,7 @@ from gateway.tasks import attemptlog, lifecycle
 from gateway.tasks.invocation import TASK_ID, BatchItem, Invocation, Lineage, Source, new_task_id
 from gateway.tasks.invocation import TASK_ID_PATTERN as TASK_ID_PATTERN  # re-exported (openapi)
 from gateway.tasks.records import RERUN_SOURCE, Record, new_record, status_of
-from gateway.tasks.status import TaskStatus
+from gateway.tasks.status import Outcome, TaskStatus
 
 from .errors import (
     BadRequest,
@@ -205,7 +205,7 @@ class TaskService:
                     tracing.emit_attempt(inv, 1, trace, context.trace, started, exc.code, exc.message)
                     raise
                 metrics.SYNC_INVOCATIONS.labels(function, "Succeeded").inc()
-                tracing.emit_attempt(inv, 1, trace, context.trace, started, "succeeded", None)
+                tracing.emit_attempt(inv, 1, trace, context.trace, started, Outcome.SUCCEEDED, None)
             finally:
                 self.sync_running[function] -= 1
         return encode_result(result)

@@ -14,6 +14,7 @@ import importlib
 import json
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -23,6 +24,7 @@ from gateway.errors import FngateError
 from gateway.observe.tracing import TraceContext
 from gateway.tasks.invocation import Invocation, Lineage, iso
 from gateway.tasks.records import Record
+from gateway.tasks.status import Condition, TaskStatus
 from gateway.units import parse_duration, parse_size
 
 KiB = 1024
@@ -42,11 +44,27 @@ class PermanentDeliveryError(FngateError):
     code = "PermanentDeliveryError"
 
 
+class On(StrEnum):
+    """Which destination of a function a record goes to."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+class DeliveryStatus(StrEnum):
+    """Where a destination's delivery of a task's record stands (the record's `destinations`)."""
+
+    PENDING = "pending"  # queued, or failed for now and retried
+    DELIVERED = "delivered"
+    FAILED = "failed"  # for good: refused, over the size limit, or retried for too long
+    SKIPPED = "skipped"  # never sent: the task was stopped as a recursive loop
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     task_id: str
     function: str
-    on: str  # "success" | "failure"
+    on: On
     condition: str
     body: bytes  # the result record, JSON
     lineage: Lineage  # of the task that produced the record; a consumer advances it by one hop
@@ -198,13 +216,14 @@ def payload_value(payload: bytes) -> Any:
 
 def result_record(record: Record, inv: Invocation) -> dict[str, Any]:
     """The record a destination receives (CONTRACT: Destinations)."""
-    succeeded = record["status"] == "Succeeded"
+    succeeded = record["status"] == TaskStatus.SUCCEEDED
     error = record.get("error") or {}
     return {
         "timestamp": iso(time.time()),
         "task_id": record["task_id"],
         "function": record["function"],
-        "condition": record.get("condition") or ("Succeeded" if succeeded else error.get("type", "FunctionError")),
+        "condition": record.get("condition")
+        or (Condition.SUCCEEDED if succeeded else error.get("type", Condition.FUNCTION_ERROR)),
         "attempts": record.get("attempts", 0),
         "request_payload": payload_value(inv.payload),
         "response": {

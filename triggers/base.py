@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from aiohttp import web
@@ -113,10 +114,21 @@ class TriggerContext:
     nats_servers: Callable[[], list[str]] = field(default=lambda: [])
 
 
+class TriggerState(StrEnum):
+    """A trigger's life (its health's `state`)."""
+
+    CREATED = "created"
+    CONNECTING = "connecting"  # to its broker or server, retried until it answers
+    RUNNING = "running"
+    HOLDING = "holding"  # running, with events held back while NATS does not take them
+    FAILED = "failed"  # its source refused it for good (an MQTT subscription refused)
+    STOPPED = "stopped"
+
+
 class Trigger(Protocol):
     name: str
     type: str
-    state: str
+    state: TriggerState
 
     async def start(self) -> None: ...
 
@@ -268,7 +280,7 @@ class BaseTrigger:
         self.context = context
         self.path = f"triggers.{config.name}"
         self.source = Source(self.type, self.name)
-        self.state = "created"
+        self.state = TriggerState.CREATED
         self._held = 0  # events waiting for NATS to take them
         self._stopping = asyncio.Event()
         self.pattern: EventPattern | None = None  # the trigger's `filter:`, set by the types that take one
@@ -289,14 +301,14 @@ class BaseTrigger:
     def ready(self) -> bool:
         """Whether the trigger receives events now (subscribed, assigned, watching, routed);
         a type with more to wait for than its start says so by overriding this."""
-        return self.state == "running"
+        return self.state is TriggerState.RUNNING
 
     def health(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "type": self.type,
             "function": self.function,
-            "state": "holding" if self._held and self.state == "running" else self.state,
+            "state": TriggerState.HOLDING if self._held and self.state is TriggerState.RUNNING else self.state,
             "ready": self.ready(),
             **self.context.stats.as_dict(),
         }

@@ -25,7 +25,7 @@ from gateway.config.model import Duration, TriggerConfig
 from gateway.pipeline.supervise import Background
 from gateway.tasks.invocation import iso, new_task_id
 
-from .base import BaseTrigger, TriggerContext, parse_options, stable_id
+from .base import BaseTrigger, TriggerContext, TriggerState, parse_options, stable_id
 from .shaping import FilterOptions
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class FileTrigger(BaseTrigger):
         observer.start()
         self._loops.loop(f"file trigger {self.name}: settle", self._settle_loop, stopping=self._stopping)
         self._loops.loop(f"file trigger {self.name}: submit", self._submit_loop, stopping=self._stopping)
-        self.state = "running"
+        self.state = TriggerState.RUNNING
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -98,7 +98,7 @@ class FileTrigger(BaseTrigger):
             self.observer.stop()
             await asyncio.to_thread(self.observer.join, 5)
         await self._loops.close()
-        self.state = "stopped"
+        self.state = TriggerState.STOPPED
 
     def health(self) -> dict[str, Any]:
         return {**super().health(), "path": str(self.root), "settling": len(self.settling)}

@@ -35,7 +35,7 @@ from gateway.config.model import Duration, TriggerConfig
 from gateway.pipeline.supervise import Background
 from gateway.tasks.invocation import iso
 
-from .base import BaseTrigger, TriggerContext, TriggerOptions, parse_options
+from .base import BaseTrigger, TriggerContext, TriggerOptions, TriggerState, parse_options
 
 log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -219,7 +219,7 @@ class TimerTrigger(BaseTrigger):
                 self.on_tick, self.schedule, id=self.name, coalesce=True, max_instances=1, misfire_grace_time=None
             )
         scheduler.start()
-        self.state = "running"
+        self.state = TriggerState.RUNNING
         if self.options.misfire == "run_once":
             self._background.start(self.catch_up(), name=f"timer {self.name} catch-up")
 
@@ -231,7 +231,7 @@ class TimerTrigger(BaseTrigger):
         self._stopping.set()
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        self.state = "stopped"
+        self.state = TriggerState.STOPPED
 
     def health(self) -> dict[str, Any]:
         health = super().health()

@@ -34,7 +34,7 @@ from gateway.tasks import attemptlog, lifecycle
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import TASK_ID, Invocation
 from gateway.tasks.records import Record, new_record, result_value, stamp, status_of
-from gateway.tasks.status import TaskStatus
+from gateway.tasks.status import Condition, Outcome, TaskStatus
 
 log = logging.getLogger(__name__)
 TerminalHook = Callable[[Record, Invocation], Awaitable[None]]
@@ -50,16 +50,16 @@ class StopRequested(FngateError):
     code = "StopRequested"
 
 
-def outcome_kind(error: BaseException | None) -> str:
+def outcome_kind(error: BaseException | None) -> Outcome:
     if error is None:
-        return "succeeded"
+        return Outcome.SUCCEEDED
     if isinstance(error, StopRequested):
-        return "stopped"
+        return Outcome.STOPPED
     if isinstance(error, TransientError):
-        return "transient"
+        return Outcome.TRANSIENT
     if isinstance(error, FunctionTimeout):
-        return "timeout"
-    return "function_error"
+        return Outcome.TIMEOUT
+    return Outcome.FUNCTION_ERROR
 
 
 def error_message(error: BaseException | None) -> str:
@@ -199,7 +199,7 @@ class FunctionWorker:
             return
         base = new_record(Invocation(task_id, function, b"", submitted_at=submitted_at))
         error = {"type": "InvalidInvocation", "message": f"unreadable invocation: {reason}"[:500]}
-        failed = stamp(base, TaskStatus.FAILED, error=error, condition="InvalidInvocation")
+        failed = stamp(base, TaskStatus.FAILED, error=error, condition=Condition.INVALID_INVOCATION)
 
         async def decide(stored: StoredRecord | None) -> Record | None:
             return failed if stored is None else None  # a record exists: leave it as it is
