@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
-import difflib
 import hashlib
-import importlib
 import json
 import logging
 import time
@@ -26,6 +24,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway.config.model import TriggerConfig
+from gateway.config.registry import Registry, UnknownType
 from gateway.errors import ConfigError, DuplicateTask, FngateError
 from gateway.observe import metrics
 from gateway.tasks.invocation import BatchItem, Lineage, Source, iso, new_task_id
@@ -142,32 +141,32 @@ class Trigger(Protocol):
 TriggerFactory = Callable[[TriggerConfig, TriggerContext], Trigger]
 
 
-def readiness(triggers: Sequence[Any]) -> tuple[bool, dict[str, dict[str, Any]]]:
+def readiness(triggers: Sequence[Trigger]) -> tuple[bool, dict[str, dict[str, Any]]]:
     """For /readyz: whether every trigger receives events, and each one's state."""
     states = {t.name: {"type": t.type, "state": t.state, "ready": bool(t.ready())} for t in triggers}
     return all(s["ready"] for s in states.values()), states
 
 
 # type name -> "module:Class"; imported only when a config uses it (a heavy library loads only then).
-REGISTRY: dict[str, str] = {
-    "http": "triggers.http:HttpTrigger",
-    "timer": "triggers.timer:TimerTrigger",
-    "file": "triggers.file:FileTrigger",
-    "kafka": "triggers.kafka:KafkaTrigger",
-    "mqtt": "triggers.mqtt:MqttTrigger",
-    "nats": "triggers.nats:NatsTrigger",
-}
+REGISTRY: Registry[TriggerFactory] = Registry(
+    "trigger",
+    {
+        "http": "triggers.http:HttpTrigger",
+        "timer": "triggers.timer:TimerTrigger",
+        "file": "triggers.file:FileTrigger",
+        "kafka": "triggers.kafka:KafkaTrigger",
+        "mqtt": "triggers.mqtt:MqttTrigger",
+        "nats": "triggers.nats:NatsTrigger",
+    },
+)
 
 
-def trigger_class(type_name: str, path: str = "triggers") -> Any:
-    target = REGISTRY.get(type_name)
-    if target is None:
-        hint = difflib.get_close_matches(type_name, list(REGISTRY), n=1)
-        suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; known types: {', '.join(sorted(REGISTRY))}"
-        raise ConfigError([f"{path}.type: unknown trigger type {type_name!r}{suggestion}"])
-    module_name, class_name = target.split(":")
+def trigger_class(type_name: str, path: str = "triggers") -> TriggerFactory:
+    """The class of a trigger type; ConfigError (at `path`) when unknown or not loadable."""
     try:
-        module = importlib.import_module(module_name)
+        return REGISTRY.load(type_name)
+    except UnknownType as exc:
+        raise ConfigError([f"{path}.type: {exc.message}"]) from None
     except ImportError as exc:
         raise ConfigError(
             [
@@ -175,7 +174,6 @@ def trigger_class(type_name: str, path: str = "triggers") -> Any:
                 "it is a core dependency of fngate: reinstall it"
             ]
         ) from None
-    return getattr(module, class_name)
 
 
 # --- shared by the trigger modules ----------------------------------------------------

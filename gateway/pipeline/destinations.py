@@ -45,6 +45,7 @@ from sinks.base import (
     result_record,
     sink_class,
 )
+from triggers.base import Submit
 
 log = logging.getLogger(__name__)
 FIRST_BACKOFF = 0.5
@@ -78,7 +79,7 @@ class Destination:
 
 
 class Dispatcher:
-    def __init__(self, config: Config, store: TaskStore, submit: Any, replicas: int = 1) -> None:
+    def __init__(self, config: Config, store: TaskStore, submit: Submit, replicas: int = 1) -> None:
         self.store = store
         self.replicas = replicas
         self.destinations: dict[tuple[str, str], Destination] = {}

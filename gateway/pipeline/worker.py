@@ -30,6 +30,7 @@ from gateway.jetstream.store import UNAVAILABLE, UNREAD, StoredRecord, TaskStore
 from gateway.observe import metrics, tracing
 from gateway.pipeline.runtimes import Context, Runtime, run_with_timeout, task_logger
 from gateway.pipeline.supervise import cancel_requested, supervised
+from gateway.pipeline.tasklogs import TaskLogs
 from gateway.tasks import attemptlog, lifecycle
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import TASK_ID, Invocation
@@ -89,7 +90,7 @@ class FunctionWorker:
         self.ack_wait = ack_wait
         self.max_chain_depth = max_chain_depth
         self._on_terminal = on_terminal
-        self.task_logs: Any = None  # TaskLogs, when the gateway keeps function logs
+        self.task_logs: TaskLogs | None = None  # when the gateway keeps function logs
         self.running: dict[str, asyncio.Task[Any]] = {}
         # What the heartbeat loop keeps claimed: task id -> (its message, when last renewed).
         self._claims: dict[str, tuple[Msg, float]] = {}
@@ -402,7 +403,7 @@ class InvalidWorker:
         self.store = store
         self._on_terminal = on_terminal
         self.registry = registry
-        self.task_logs: Any = None  # TaskLogs, when the gateway keeps function logs
+        self.task_logs: TaskLogs | None = None  # when the gateway keeps function logs
 
     async def gone(self) -> bool:
         if not self.registry.settled():
