@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -21,7 +21,7 @@ from gateway.observe import tracing
 from gateway.pipeline.destinations import Dispatcher
 from gateway.pipeline.runtimes import Runtime, build_runtime
 from gateway.pipeline.tasklogs import TaskLogs
-from gateway.pipeline.worker import DelayScheduler, FunctionWorker, InvalidWorker
+from gateway.pipeline.worker import DelayScheduler, FunctionWorker, InvalidWorker, TerminalHook
 from gateway.supervise import supervised
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import BatchItem, Invocation, Source
@@ -39,7 +39,11 @@ from .history.headers import install as lean_headers
 from .service import TaskService
 from .tuning import tune_gc
 
+if TYPE_CHECKING:  # triggers load with the config that uses them (build_triggers)
+    from triggers.base import Trigger
+
 log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Gateway:
@@ -56,9 +60,9 @@ class Gateway:
         self.service: TaskService | None = None
         self.runtimes: dict[str, Runtime] = {n: build_runtime(f) for n, f in config.functions.items()}
         self.workers: dict[str, FunctionWorker] = {}
-        self.triggers: list[Any] = []
+        self.triggers: list[Trigger] = []
         self._loops: list[asyncio.Task[None]] = []
-        self.terminal_hooks: list[Any] = []
+        self.terminal_hooks: list[TerminalHook] = []
         self.dispatcher: Dispatcher | None = None
         self.task_logs: TaskLogs | None = None
         self.servers: list[str] = []
@@ -133,7 +137,7 @@ class Gateway:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _spawn(self, name: str, factory: Any) -> asyncio.Task[None]:
+    def _spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         task = asyncio.create_task(supervised(name, factory), name=name)
         self._loops.append(task)
         return task
@@ -194,7 +198,7 @@ class Gateway:
         for trigger in self.triggers:
             await trigger.start()
 
-    def _add_route(self, method: str, path: str, handler: Any) -> None:
+    def _add_route(self, method: str, path: str, handler: Handler) -> None:
         if self.app is None:
             raise ConfigError([f"http trigger at {path}: no API server in this process"])
         self.app.router.add_route(method, path, handler)

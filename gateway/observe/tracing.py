@@ -226,9 +226,9 @@ def emit_attempt(
             "fngate.source.name": inv.source.name,
             "fngate.chain.id": inv.lineage.chain_id,
             "fngate.chain.depth": inv.lineage.depth,
-            "fngate.outcome": outcome,
+            "fngate.outcome": str(outcome),  # an Outcome, or a sync run's error code
         },
-        error=None if outcome == "succeeded" else (error or outcome),
+        error=None if outcome == "succeeded" else (error or str(outcome)),
     )
 
 
@@ -256,7 +256,7 @@ def emit_delivery(
             "fngate.destination.type": type_name,
             "fngate.destination.target": target,
             "fngate.delivery.attempt": attempt,
-            "fngate.outcome": outcome,
+            "fngate.outcome": str(outcome),  # an Outcome, or a sync run's error code
         },
         error=None if error is None else f"{outcome}: {error}",
     )

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any, Literal, NotRequired, TypedDict
 
+from gateway.errors import FngateError
 from gateway.tasks.invocation import Invocation, iso
 from gateway.tasks.status import TaskStatus, can_transition
 
@@ -125,8 +126,10 @@ def trace_entry(traceparent: str | None, tracestate: str | None) -> TraceEntry |
     return entry
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(FngateError, RuntimeError):
     """A bug: the pipeline tried a status change the state machine does not allow."""
+
+    code = "IllegalTransition"
 
 
 def stamp(record: Record, status: TaskStatus, at: float | None = None, **fields: Any) -> Record:

@@ -55,6 +55,13 @@ def enqueued_response(task_id: str) -> web.Response:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except (ClientGone, ConnectionError, asyncio.IncompleteReadError):
+        # (ConnectionError: a route that reads its body itself, as the http triggers do.)
+        # Nobody is left to answer: a line, not a traceback (a closed upload is routine).
+        log.info(
+            "client %s went away before its request body arrived (%s %s)", request.remote, request.method, request.path
+        )
+        return error_response(400, "BadRequest", "the client went away before its request body arrived")
     except DuplicateTask as exc:
         body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message}}
         if exc.task:
@@ -65,13 +72,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except UNAVAILABLE:
         # A read that NATS did not answer in time (an outage, a leader election): not ours.
         return error_response(503, "ServiceUnavailable", "NATS did not answer in time; retry later")
-    except (ClientGone, ConnectionError, asyncio.IncompleteReadError):
-        # (ConnectionError: a route that reads its body itself, as the http triggers do.)
-        # Nobody is left to answer: a line, not a traceback (a closed upload is routine).
-        log.info(
-            "client %s went away before its request body arrived (%s %s)", request.remote, request.method, request.path
-        )
-        return error_response(400, "BadRequest", "the client went away before its request body arrived")
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CONFIG].api.max_request_body
         return error_response(413, "PayloadTooLarge", f"request body over the limit of {format_size(limit)}")
@@ -142,6 +142,8 @@ def is_loopback(host: str) -> bool:
 async def invoke(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     name = request.match_info["fn"]
+    # Not the submit's check (the service makes it): an unknown function is a 404 before
+    # its body is read or its headers judged, whatever else is wrong with the request.
     service.function(name)
     kind = request.headers.get("X-Invocation-Type", "sync").lower()
     if kind not in ("sync", "async"):
@@ -161,16 +163,13 @@ async def invoke(request: web.Request) -> web.StreamResponse:
             lineage=request_lineage(request.headers),
         )
         return web.Response(body=body, status=200, content_type=result_type.split(";")[0])
-    task_id = request.headers.get("X-Task-Id")
-    if task_id is not None:
-        check_task_id(task_id)
-    delay = parse_delay(request.headers.get("X-Delay"))
+    # The task id and the delay's range are checked by the service, as for every submit.
     task_id = await service.submit(
         name,
         payload,
         content_type=content_type,
-        task_id=task_id,
-        delay=delay,
+        task_id=request.headers.get("X-Task-Id"),
+        delay=parse_delay(request.headers.get("X-Delay")),
         source=Source("api", ""),
         lineage=request_lineage(request.headers),
         traceparent=valid_traceparent(request.headers.get("traceparent")),
