@@ -10,11 +10,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.conftest import Api, GatewayFactory
+from tests.conftest import TERMINAL, Api, GatewayFactory, wait_all
 from tests.services import NatsServer, free_port
-from tests.test_faults import wait_all
-
-TERMINAL = {"Succeeded", "Failed", "Stopped", "Expired", "Invalid"}
 
 
 class FlakyEndpoint:

@@ -13,9 +13,8 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import Api, wait_until
+from tests.conftest import Api, wait_all, wait_until
 from tests.flow.conftest import Replicas, peak, runs
-from tests.test_faults import wait_all
 
 
 async def test_key_concurrency_across_replicas_and_other_keys_keep_running(

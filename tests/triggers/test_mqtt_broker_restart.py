@@ -18,11 +18,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from tests.conftest import Api, GatewayFactory, wait_until
+from tests.conftest import TERMINAL, Api, GatewayFactory, wait_until
 from tests.services import Mosquitto, NatsServer
 from tests.triggers.conftest import event_of, trigger_config, trigger_health
 
-TERMINAL = {"Succeeded", "Failed", "Stopped", "Expired", "Invalid"}
 # mosquitto's default max_inflight_messages: QoS 1 messages sent to a client and not yet acknowledged
 BROKER_INFLIGHT = 20
 
