@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import Api
+from tests.conftest import Api, wait_until
 from tests.services import GatewayProcess, NatsServer, free_port
 
 FUNCTIONS: dict[str, Any] = {
@@ -20,6 +20,8 @@ FUNCTIONS: dict[str, Any] = {
     "shout": {"handler": "python:examples.functions:shout"},
     "fail": {"handler": "python:examples.functions:fail", "async": {"max_retries": 0}},
     "sleepy": {"handler": "python:examples.functions:sleepy", "timeout": "300ms", "concurrency": 1},
+    # One slot and time to spare: a run that holds its slot for as long as the test needs.
+    "single": {"handler": "python:examples.functions:sleepy", "timeout": "10s", "concurrency": 1},
     "wc": {"command": ["wc", "-c"]},
     "false": {"command": ["false"]},
 }
@@ -87,9 +89,14 @@ async def test_sync_errors(api: Api) -> None:
 
 
 async def test_sync_concurrency_full_is_429(api: Api) -> None:
-    slow = asyncio.create_task(api.invoke("sleepy", {"seconds": 0.25}, mode="sync"))
-    await asyncio.sleep(0.1)
-    status, body, _ = await api.invoke("sleepy", {"seconds": 0.1}, mode="sync")
+    slow = asyncio.create_task(api.invoke("single", {"seconds": 1}, mode="sync"))
+
+    async def running() -> bool:
+        _, summary = await api.get("/v1/functions/single")
+        return bool(summary["counts"]["totals"]["running_sync"] == 1)
+
+    await wait_until(running, timeout=5)
+    status, body, _ = await api.invoke("single", {"seconds": 0.1}, mode="sync")
     assert status == 429 and body["error"]["code"] == "ResourceExhausted"
     assert (await slow)[0] == 200
 
@@ -250,8 +257,6 @@ async def test_functions_with_live_counts(api: Api) -> None:
     status, body = await api.get("/v1/functions")
     names = [f["name"] for f in body["functions"]]
     assert status == 200 and "shout" in names
-
-    from tests.conftest import wait_until
 
     async def counted() -> Any:
         _, one = await api.get("/v1/functions/shout")

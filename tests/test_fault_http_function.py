@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.conftest import TERMINAL, Api, GatewayFactory, wait_all
+from tests.conftest import TERMINAL, Api, GatewayFactory, wait_all, wait_until
 from tests.services import NatsServer, free_port
 
 
@@ -45,6 +45,14 @@ class FlakyEndpoint:
             self.runner = None
 
 
+async def retried(api: Api, task_id: str, times: int) -> None:
+    async def enough() -> bool:
+        record = await api.task(task_id)
+        return sum(1 for step in record["timeline"] if step["status"] == "Retrying") >= times
+
+    await wait_until(enough, timeout=30)
+
+
 async def test_http_function_down_then_slow_then_back(
     nats_server: NatsServer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, unique: Any
 ) -> None:
@@ -66,14 +74,13 @@ async def test_http_function_down_then_slow_then_back(
     api = Api(http, gw.url)
     try:
         down_ids = [await api.submit(name, {"i": i}) for i in range(20)]
-        await api.wait_status(down_ids[0], "Retrying")
-        await asyncio.sleep(1.0)
+        # Several transient failures each while the endpoint is down, then while it is slow.
+        await retried(api, down_ids[0], 3)
         assert not endpoint.calls
         endpoint.mode = "slow"
         await endpoint.up()
         slow_ids = [await api.submit(name, {"j": i}) for i in range(10)]
-        await api.wait_status(slow_ids[0], "Retrying")
-        await asyncio.sleep(1.0)
+        await retried(api, slow_ids[0], 2)
         endpoint.mode = "fine"
         records = await wait_all(api, down_ids + slow_ids, "Succeeded", timeout=60)
     finally:
