@@ -7,13 +7,14 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.services import GatewayProcess, Mosquitto, NatsServer, Tansu
+from tests.services import GatewayProcess, InProcessGateway, Mosquitto, NatsServer, Tansu
 
 _counter = itertools.count()
 # Every status a task ends in: a timeline that reaches one of them has ended.
@@ -91,6 +92,20 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
     yield make
     for gateway in started:
         gateway.kill()
+
+
+@asynccontextmanager
+async def module_gateway(
+    workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None
+) -> AsyncIterator[InProcessGateway]:
+    """One gateway for a module's tests, in-process on aiohttp's test server (the API,
+    security and observability tests: nothing there kills or freezes the gateway)."""
+    gateway = InProcessGateway(workdir, config, env)
+    try:
+        await gateway.start()
+        yield gateway
+    finally:
+        await gateway.stop()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import Api, wait_until
-from tests.services import GatewayProcess, NatsServer, free_port
+from tests.conftest import Api, module_gateway, wait_until
+from tests.services import Endpoint, InProcessGateway, NatsServer, free_port
 
 FUNCTIONS: dict[str, Any] = {
     "echo": {"handler": "python:examples.functions:echo"},
@@ -33,21 +33,19 @@ def endpoint_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def gateway(
+async def gateway(
     nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory, endpoint_port: int
-) -> Iterator[GatewayProcess]:
+) -> AsyncIterator[InProcessGateway]:
     functions = dict(FUNCTIONS)
     functions["remote"] = {"url": f"http://127.0.0.1:{endpoint_port}/fn", "timeout": "2s"}
     functions["unreachable"] = {"url": f"http://127.0.0.1:{free_port()}/fn", "async": {"max_event_age": "2s"}}
     config = {"nats": {"url": nats_server.url}, "api": {"max_request_body": "1KiB"}, "functions": functions}
-    gw = GatewayProcess(tmp_path_factory.mktemp("api-gw"), config)
-    gw.start()
-    yield gw
-    gw.stop()
+    async with module_gateway(tmp_path_factory.mktemp("api-gw"), config) as gw:
+        yield gw
 
 
 @pytest.fixture
-async def api(gateway: GatewayProcess, http: aiohttp.ClientSession) -> Api:
+async def api(gateway: InProcessGateway, http: aiohttp.ClientSession) -> Api:
     return Api(http, gateway.url)
 
 
@@ -62,13 +60,10 @@ async def endpoint(endpoint_port: int) -> AsyncIterator[list[dict[str, Any]]]:
         wanted = json.loads(body).get("status", 200) if body else 200
         return web.Response(status=wanted, body=body, content_type="application/json")
 
-    app = web.Application()
-    app.router.add_post("/fn", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", endpoint_port).start()
+    double = Endpoint({"/fn": handle}, endpoint_port)
+    await double.up()
     yield seen
-    await runner.cleanup()
+    await double.down()
 
 
 async def test_sync_invoke_returns_result(api: Api) -> None:
@@ -275,7 +270,7 @@ async def test_health(api: Api) -> None:
     assert status == 200 and body["ready"] is True
 
 
-def test_tokens_not_logged(gateway: GatewayProcess) -> None:
+def test_tokens_not_logged(gateway: InProcessGateway) -> None:
     assert "Traceback" not in Path(gateway.log_path).read_text()
 
 
