@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from tests.conftest import TERMINAL, Api, GatewayFactory, wait_all, wait_until
-from tests.services import NatsServer, free_port
+from tests.services import Endpoint, NatsServer, free_port
 
 
 class FlakyEndpoint:
@@ -22,7 +22,7 @@ class FlakyEndpoint:
         self.mode = "fine"
         self.calls: Counter[str] = Counter()
         self.successes: Counter[str] = Counter()
-        self.runner: web.AppRunner | None = None
+        self.double = Endpoint({"/fn": self.handle}, port)
 
     async def handle(self, request: web.Request) -> web.Response:
         task_id = request.headers["X-Task-Id"]
@@ -33,16 +33,10 @@ class FlakyEndpoint:
         return web.json_response({"ok": task_id})
 
     async def up(self) -> None:
-        app = web.Application()
-        app.router.add_post("/fn", self.handle)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        await self.double.up()
 
     async def down(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        await self.double.down()
 
 
 async def retried(api: Api, task_id: str, times: int) -> None:
