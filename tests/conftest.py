@@ -7,7 +7,7 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of the test's own: for tests that stop it, or whose gateways' stream
+    configs (a shorter replica TTL) must not meet the session server's."""
+    server = NatsServer(tmp_path / "own-nats")
     server.start()
     yield server
     server.stop()
@@ -106,6 +116,20 @@ async def module_gateway(
         yield gateway
     finally:
         await gateway.stop()
+
+
+@contextmanager
+def module_gateway_process(
+    workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None
+) -> Iterator[GatewayProcess]:
+    """One `fngate serve` process for a module's tests, where the tests need a process: they
+    call it synchronously (schemathesis) or watch what only a process shows."""
+    gateway = GatewayProcess(workdir, config, env=env)
+    try:
+        gateway.start()
+        yield gateway
+    finally:
+        gateway.stop()
 
 
 @pytest.fixture

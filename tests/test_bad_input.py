@@ -13,7 +13,7 @@ import nats
 import pytest
 from aiohttp import web
 
-from tests.conftest import Api, wait_until
+from tests.conftest import Api, module_gateway_process, wait_until
 from tests.services import Endpoint, GatewayProcess, NatsServer, free_port
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -37,10 +37,8 @@ def gateway(
         },
         "triggers": [{"name": "hook", "type": "http", "path": "/hooks/deep", "function": "echo"}],
     }
-    gw = GatewayProcess(tmp_path_factory.mktemp("bad-input-gw"), config)
-    gw.start()
-    yield gw
-    gw.stop()
+    with module_gateway_process(tmp_path_factory.mktemp("bad-input-gw"), config) as gw:
+        yield gw
 
 
 @pytest.fixture
