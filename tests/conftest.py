@@ -108,7 +108,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
 async def module_gateway(
     workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None
 ) -> AsyncIterator[InProcessGateway]:
-    """One gateway for a module's tests, in-process on aiohttp's test server (the API,
+    """A gateway in-process on aiohttp's test server, mostly one per module (the API,
     security and observability tests: nothing there kills or freezes the gateway)."""
     gateway = InProcessGateway(workdir, config, env)
     try:

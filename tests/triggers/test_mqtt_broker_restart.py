@@ -158,7 +158,12 @@ async def test_mqtt_broker_restarted_under_load_loses_nothing_accepted(
         assert gw.proc is not None
         gw.proc.send_signal(signal.SIGSTOP)
         try:
-            await asyncio.sleep(0.5)
+            # Until the broker holds well over one in-flight window for the frozen trigger:
+            # the publisher's acks since the freeze, not a guessed pause, say so.
+            async def backlog() -> bool:
+                return bool(len(load.acked) - invoked_before_stop > 2 * BROKER_INFLIGHT)
+
+            await wait_until(backlog, timeout=15)
             stopped_at = time.monotonic()
             broker.stop()  # SIGTERM: mosquitto writes its store (sessions, queued and in-flight messages)
             stop_took = time.monotonic() - stopped_at
