@@ -157,11 +157,12 @@ async def test_mqtt_broker_restarted_under_load_loses_nothing_accepted(
         invoked_before_stop = (await trigger_health(api, fn))["invocations"]
         assert gw.proc is not None
         gw.proc.send_signal(signal.SIGSTOP)
+        frozen_at_acks = len(load.acked)
         try:
             # Until the broker holds well over one in-flight window for the frozen trigger:
             # the publisher's acks since the freeze, not a guessed pause, say so.
             async def backlog() -> bool:
-                return bool(len(load.acked) - invoked_before_stop > 2 * BROKER_INFLIGHT)
+                return len(load.acked) - frozen_at_acks > 2 * BROKER_INFLIGHT
 
             await wait_until(backlog, timeout=15)
             stopped_at = time.monotonic()
