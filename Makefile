@@ -51,7 +51,11 @@ test: setup-test
 	$(MAKE) services WITH_TEST_TOOLS=1
 	$(BIN)/ruff check .
 	$(BIN)/mypy gateway triggers sinks tests
-	$(BIN)/pytest -p no:cacheprovider -q
+	@# Most tests wait on brokers and gateways, not on the CPU: two workers halve the wall time.
+	@# A file stays on one worker (its module gateway is started once); the tests marked serial
+	@# (timing and broker outages, tests/conftest.py) then run alone, as they flaked under load.
+	$(BIN)/pytest -p no:cacheprovider -q -n 2 --dist loadfile -m "not serial"
+	$(BIN)/pytest -p no:cacheprovider -q -m serial
 
 lint: setup-test
 	$(BIN)/ruff check .

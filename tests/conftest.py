@@ -7,20 +7,52 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.services import GatewayProcess, Mosquitto, NatsServer, Tansu
+from tests.services import GatewayProcess, InProcessGateway, Mosquitto, NatsServer, Tansu
 
 _counter = itertools.count()
+# Every status a task ends in: a timeline that reaches one of them has ended.
+TERMINAL = frozenset({"Succeeded", "Failed", "Stopped", "Expired", "Invalid"})
+# Tests whose assertions measure time (a retry's delay, a rate, heartbeats within ack_wait)
+# or that ride out a broker outage under load, and flaked when other tests ran beside them:
+# `make test` runs them on their own after the rest has run in parallel (marker `serial`).
+SERIAL = (
+    "tests/triggers/test_broker_restart.py",
+    "tests/triggers/test_mqtt_broker_restart.py",
+    "tests/triggers/test_readiness.py",
+    "tests/triggers/test_timer.py",
+    "tests/test_retry_timing.py",
+    "tests/test_heartbeat.py",
+    "tests/test_cluster.py",
+    "tests/flow/test_flow.py::test_rate_limit_held_over_20s_and_nothing_dropped",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
 
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of the test's own: for tests that stop it, or whose gateways' stream
+    configs (a shorter replica TTL) must not meet the session server's."""
+    server = NatsServer(tmp_path / "own-nats")
     server.start()
     yield server
     server.stop()
@@ -72,6 +104,34 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
         gateway.kill()
 
 
+@asynccontextmanager
+async def module_gateway(
+    workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None
+) -> AsyncIterator[InProcessGateway]:
+    """A gateway in-process on aiohttp's test server, mostly one per module (the API,
+    security and observability tests: nothing there kills or freezes the gateway)."""
+    gateway = InProcessGateway(workdir, config, env)
+    try:
+        await gateway.start()
+        yield gateway
+    finally:
+        await gateway.stop()
+
+
+@contextmanager
+def module_gateway_process(
+    workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None
+) -> Iterator[GatewayProcess]:
+    """One `fngate serve` process for a module's tests, where the tests need a process: they
+    call it synchronously (schemathesis) or watch what only a process shows."""
+    gateway = GatewayProcess(workdir, config, env=env)
+    try:
+        gateway.start()
+        yield gateway
+    finally:
+        gateway.stop()
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -88,6 +148,22 @@ async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 2
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+async def wait_all(api: Api, task_ids: list[str], status: str, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+    """Wait until every task reached `status`; their records, by task id."""
+    records: dict[str, dict[str, Any]] = {}
+
+    async def done() -> bool:
+        pending = [t for t in task_ids if t not in records]
+        results = await asyncio.gather(*(api.get(f"/v1/tasks/{t}") for t in pending[:200]))
+        for task_id, (code, body) in zip(pending, results, strict=False):
+            if code == 200 and body["status"] == status:
+                records[task_id] = body
+        return len(records) == len(task_ids)
+
+    await wait_until(done, timeout=timeout, interval=0.2)
+    return records
 
 
 class Api:

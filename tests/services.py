@@ -6,7 +6,10 @@ port and store, for the fault tests.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -16,10 +19,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from aiohttp import web
 
 from gateway.jetstream.embedded import die_with_parent
 
@@ -228,3 +233,115 @@ class NatsClusterNode(NatsServer):
 def nats_cluster(workdir: Path, size: int = 3) -> list[NatsClusterNode]:
     cluster_ports = [free_port() for _ in range(size)]
     return [NatsClusterNode(workdir / f"n{i}", f"n{i}", port, cluster_ports) for i, port in enumerate(cluster_ports)]
+
+
+class InProcessGateway:
+    """The gateway's aiohttp app on aiohttp's test server, in the test's own event loop, on a
+    real nats-server: what `fngate serve` runs (config read from YAML with the same env
+    interpolation, the same app, the same log format and redaction), without a process
+    start-up per module. Fault tests, which kill or freeze a gateway, keep GatewayProcess."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.config = config
+        self.config.setdefault("api", {})["listen"] = f"127.0.0.1:{self.port}"
+        self.config.setdefault("nats", {}).setdefault("data_dir", str(workdir / "data"))
+        self.env = env or {}
+        self.config_path = workdir / "fngate.yaml"
+        self.log_path = workdir / "service.log"
+        self.server: Any = None
+        self._handler: logging.FileHandler | None = None
+        self._saved_logging: tuple[list[logging.Handler], int] | None = None
+        self._gc = gc.get_threshold()
+
+    async def start(self) -> None:
+        from aiohttp.test_utils import TestServer
+
+        from gateway.app import create_app
+        from gateway.config.model import load_config
+        from gateway.observe.logs import setup_logging
+
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        config = load_config(self.config_path, {**os.environ, **self.env})
+        # The gateway's own log set-up (format, redaction, level), pointed at a file: what
+        # serve writes to stderr. pytest's own handlers stay as they were.
+        root = logging.getLogger()
+        self._saved_logging = (root.handlers[:], root.level)
+        setup_logging(config.logging.level, config.logging.format)
+        made = root.handlers[0]
+        root.handlers[:] = self._saved_logging[0]
+        self._handler = logging.FileHandler(self.log_path)
+        self._handler.setFormatter(made.formatter)
+        for log_filter in made.filters:
+            self._handler.addFilter(log_filter)
+        root.addHandler(self._handler)
+        self.server = TestServer(create_app(config), host="127.0.0.1", port=self.port)
+        await self.server.start_server()
+        await self.wait_ready()
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        import aiohttp
+
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                try:
+                    async with http.get(f"{self.url}/readyz") as resp:
+                        if (await resp.json()).get("ready"):
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise TimeoutError(f"gateway not ready after {timeout}s:\n{self.log()[-3000:]}")
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+            self.server = None
+        if self._handler is not None and self._saved_logging is not None:
+            root = logging.getLogger()
+            root.removeHandler(self._handler)
+            root.setLevel(self._saved_logging[1])
+            self._handler.close()
+            self._handler = None
+        # The app tunes the collector for a gateway process; the test process gets its own back.
+        gc.unfreeze()
+        gc.set_threshold(*self._gc)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
+
+
+class Endpoint:
+    """An HTTP endpoint double on a free loopback port (a function, a receiver of events):
+    `routes` maps a path to its POST handler; it can go down and come back on the same port."""
+
+    def __init__(self, routes: dict[str, Handler], port: int | None = None) -> None:
+        self.routes = routes
+        self.port = port or free_port()
+        self.runner: web.AppRunner | None = None
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def up(self) -> None:
+        app = web.Application()
+        for path, handler in self.routes.items():
+            app.router.add_post(path, handler)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def down(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None

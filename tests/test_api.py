@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +12,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import Api
-from tests.services import GatewayProcess, NatsServer, free_port
+from tests.conftest import Api, module_gateway, wait_until
+from tests.services import Endpoint, InProcessGateway, NatsServer, free_port
 
 FUNCTIONS: dict[str, Any] = {
     "echo": {"handler": "python:examples.functions:echo"},
     "shout": {"handler": "python:examples.functions:shout"},
     "fail": {"handler": "python:examples.functions:fail", "async": {"max_retries": 0}},
     "sleepy": {"handler": "python:examples.functions:sleepy", "timeout": "300ms", "concurrency": 1},
+    # One slot and time to spare: a run that holds its slot for as long as the test needs.
+    "single": {"handler": "python:examples.functions:sleepy", "timeout": "10s", "concurrency": 1},
     "wc": {"command": ["wc", "-c"]},
     "false": {"command": ["false"]},
 }
@@ -31,21 +33,19 @@ def endpoint_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def gateway(
+async def gateway(
     nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory, endpoint_port: int
-) -> Iterator[GatewayProcess]:
+) -> AsyncIterator[InProcessGateway]:
     functions = dict(FUNCTIONS)
     functions["remote"] = {"url": f"http://127.0.0.1:{endpoint_port}/fn", "timeout": "2s"}
     functions["unreachable"] = {"url": f"http://127.0.0.1:{free_port()}/fn", "async": {"max_event_age": "2s"}}
     config = {"nats": {"url": nats_server.url}, "api": {"max_request_body": "1KiB"}, "functions": functions}
-    gw = GatewayProcess(tmp_path_factory.mktemp("api-gw"), config)
-    gw.start()
-    yield gw
-    gw.stop()
+    async with module_gateway(tmp_path_factory.mktemp("api-gw"), config) as gw:
+        yield gw
 
 
 @pytest.fixture
-async def api(gateway: GatewayProcess, http: aiohttp.ClientSession) -> Api:
+async def api(gateway: InProcessGateway, http: aiohttp.ClientSession) -> Api:
     return Api(http, gateway.url)
 
 
@@ -60,13 +60,10 @@ async def endpoint(endpoint_port: int) -> AsyncIterator[list[dict[str, Any]]]:
         wanted = json.loads(body).get("status", 200) if body else 200
         return web.Response(status=wanted, body=body, content_type="application/json")
 
-    app = web.Application()
-    app.router.add_post("/fn", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", endpoint_port).start()
+    double = Endpoint({"/fn": handle}, endpoint_port)
+    await double.up()
     yield seen
-    await runner.cleanup()
+    await double.down()
 
 
 async def test_sync_invoke_returns_result(api: Api) -> None:
@@ -87,9 +84,14 @@ async def test_sync_errors(api: Api) -> None:
 
 
 async def test_sync_concurrency_full_is_429(api: Api) -> None:
-    slow = asyncio.create_task(api.invoke("sleepy", {"seconds": 0.25}, mode="sync"))
-    await asyncio.sleep(0.1)
-    status, body, _ = await api.invoke("sleepy", {"seconds": 0.1}, mode="sync")
+    slow = asyncio.create_task(api.invoke("single", {"seconds": 1}, mode="sync"))
+
+    async def running() -> bool:
+        _, summary = await api.get("/v1/functions/single")
+        return bool(summary["counts"]["totals"]["running_sync"] == 1)
+
+    await wait_until(running, timeout=5)
+    status, body, _ = await api.invoke("single", {"seconds": 0.1}, mode="sync")
     assert status == 429 and body["error"]["code"] == "ResourceExhausted"
     assert (await slow)[0] == 200
 
@@ -147,7 +149,7 @@ async def test_duplicate_task_id_is_409_and_runs_once(api: Api, unique: Callable
 
 async def test_delay_runs_no_earlier(api: Api) -> None:
     task_id = await api.submit("echo", {}, X_Delay="1.5")
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # a third of the delay: the time under test, not a wait for the gateway
     assert (await api.task(task_id))["status"] == "Enqueued"
     record = await api.wait_status(task_id, "Succeeded")
     from gateway.tasks.invocation import parse_iso
@@ -251,8 +253,6 @@ async def test_functions_with_live_counts(api: Api) -> None:
     names = [f["name"] for f in body["functions"]]
     assert status == 200 and "shout" in names
 
-    from tests.conftest import wait_until
-
     async def counted() -> Any:
         _, one = await api.get("/v1/functions/shout")
         return one if one["counts"]["totals"]["completed"] >= 1 else None
@@ -270,7 +270,7 @@ async def test_health(api: Api) -> None:
     assert status == 200 and body["ready"] is True
 
 
-def test_tokens_not_logged(gateway: GatewayProcess) -> None:
+def test_tokens_not_logged(gateway: InProcessGateway) -> None:
     assert "Traceback" not in Path(gateway.log_path).read_text()
 
 

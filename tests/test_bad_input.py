@@ -13,8 +13,8 @@ import nats
 import pytest
 from aiohttp import web
 
-from tests.conftest import Api, wait_until
-from tests.services import GatewayProcess, NatsServer, free_port
+from tests.conftest import Api, module_gateway_process, wait_until
+from tests.services import Endpoint, GatewayProcess, NatsServer, free_port
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
 
@@ -37,10 +37,8 @@ def gateway(
         },
         "triggers": [{"name": "hook", "type": "http", "path": "/hooks/deep", "function": "echo"}],
     }
-    gw = GatewayProcess(tmp_path_factory.mktemp("bad-input-gw"), config)
-    gw.start()
-    yield gw
-    gw.stop()
+    with module_gateway_process(tmp_path_factory.mktemp("bad-input-gw"), config) as gw:
+        yield gw
 
 
 @pytest.fixture
@@ -62,13 +60,10 @@ async def endpoint(endpoint_port: int) -> AsyncIterator[Counter[str]]:
             request.transport.close()
         return web.json_response({"ok": True})
 
-    app = web.Application()
-    app.router.add_post("/fn", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", endpoint_port).start()
+    double = Endpoint({"/fn": handle}, endpoint_port)
+    await double.up()
     yield calls
-    await runner.cleanup()
+    await double.down()
 
 
 async def test_endpoint_closing_mid_request_is_transient(api: Api, endpoint: Counter[str]) -> None:

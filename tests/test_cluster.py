@@ -15,12 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Api, GatewayFactory, wait_until
+from tests.conftest import TERMINAL, Api, GatewayFactory, wait_all, wait_until
 from tests.functions import max_overlap, read_journal
 from tests.services import nats_cluster
-from tests.test_faults import wait_all
-
-TERMINAL = {"Succeeded", "Failed", "Stopped", "Expired", "Invalid"}
 
 
 def jetstream_ready(port: int) -> bool:

@@ -10,11 +10,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.conftest import Api, GatewayFactory
-from tests.services import NatsServer, free_port
-from tests.test_faults import wait_all
-
-TERMINAL = {"Succeeded", "Failed", "Stopped", "Expired", "Invalid"}
+from tests.conftest import TERMINAL, Api, GatewayFactory, wait_all, wait_until
+from tests.services import Endpoint, NatsServer, free_port
 
 
 class FlakyEndpoint:
@@ -25,7 +22,7 @@ class FlakyEndpoint:
         self.mode = "fine"
         self.calls: Counter[str] = Counter()
         self.successes: Counter[str] = Counter()
-        self.runner: web.AppRunner | None = None
+        self.double = Endpoint({"/fn": self.handle}, port)
 
     async def handle(self, request: web.Request) -> web.Response:
         task_id = request.headers["X-Task-Id"]
@@ -36,16 +33,18 @@ class FlakyEndpoint:
         return web.json_response({"ok": task_id})
 
     async def up(self) -> None:
-        app = web.Application()
-        app.router.add_post("/fn", self.handle)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        await self.double.up()
 
     async def down(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        await self.double.down()
+
+
+async def retried(api: Api, task_id: str, times: int) -> None:
+    async def enough() -> bool:
+        record = await api.task(task_id)
+        return sum(1 for step in record["timeline"] if step["status"] == "Retrying") >= times
+
+    await wait_until(enough, timeout=30)
 
 
 async def test_http_function_down_then_slow_then_back(
@@ -69,14 +68,13 @@ async def test_http_function_down_then_slow_then_back(
     api = Api(http, gw.url)
     try:
         down_ids = [await api.submit(name, {"i": i}) for i in range(20)]
-        await api.wait_status(down_ids[0], "Retrying")
-        await asyncio.sleep(1.0)
+        # Several transient failures each while the endpoint is down, then while it is slow.
+        await retried(api, down_ids[0], 3)
         assert not endpoint.calls
         endpoint.mode = "slow"
         await endpoint.up()
         slow_ids = [await api.submit(name, {"j": i}) for i in range(10)]
-        await api.wait_status(slow_ids[0], "Retrying")
-        await asyncio.sleep(1.0)
+        await retried(api, slow_ids[0], 2)
         endpoint.mode = "fine"
         records = await wait_all(api, down_ids + slow_ids, "Succeeded", timeout=60)
     finally:

@@ -11,28 +11,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Api, GatewayFactory, wait_until
+from tests.conftest import Api, GatewayFactory, wait_all, wait_until
 from tests.functions import max_overlap, read_journal
 from tests.services import NatsServer
 
 
 def journaled_function(concurrency: int, **extra: Any) -> dict[str, Any]:
     return {"handler": "python:tests.functions:journaled", "concurrency": concurrency, "timeout": "30s", **extra}
-
-
-async def wait_all(api: Api, task_ids: list[str], status: str, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
-    records: dict[str, dict[str, Any]] = {}
-
-    async def done() -> bool:
-        pending = [t for t in task_ids if t not in records]
-        results = await asyncio.gather(*(api.get(f"/v1/tasks/{t}") for t in pending[:200]))
-        for task_id, (code, body) in zip(pending, results, strict=False):
-            if code == 200 and body["status"] == status:
-                records[task_id] = body
-        return len(records) == len(task_ids)
-
-    await wait_until(done, timeout=timeout, interval=0.2)
-    return records
 
 
 async def test_gateway_sigkill_loses_nothing(

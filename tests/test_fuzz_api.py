@@ -31,6 +31,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from gateway.web.openapi import base_paths
+from tests.conftest import module_gateway_process
 from tests.services import GatewayProcess, NatsServer
 
 TOKEN = "fuzz-admin-token-0123456789"
@@ -81,10 +82,9 @@ def fuzz_gateway(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFacto
         },
         "triggers": TRIGGERS,
     }
-    gateway = GatewayProcess(tmp_path_factory.mktemp("fuzz-gw"), config, env={"FUZZ_TOKEN": TOKEN})
-    gateway.start()
-    yield gateway
-    gateway.stop()
+    # A process: schemathesis calls it synchronously, which would block an in-process one.
+    with module_gateway_process(tmp_path_factory.mktemp("fuzz-gw"), config, {"FUZZ_TOKEN": TOKEN}) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import Api, GatewayFactory
+from tests.conftest import Api, GatewayFactory, wait_all
 from tests.functions import read_journal
 from tests.services import NatsServer
-from tests.test_faults import journaled_function, wait_all
+from tests.test_faults import journaled_function
 
 
 async def test_long_tasks_outlive_ack_wait_and_run_once(

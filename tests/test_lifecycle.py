@@ -127,20 +127,22 @@ async def test_stop_from_another_replica(
 
 
 async def test_invalid_when_function_left_the_config(
-    nats_server: NatsServer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, unique: Any
+    own_nats: NatsServer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, unique: Any
 ) -> None:
     gone = unique("gone")
     config: dict[str, Any] = {
-        "nats": {"url": nats_server.url},
+        "nats": {"url": own_nats.url},
         "functions": {gone: {"handler": "python:examples.functions:echo"}},
     }
-    first = gateway_factory(config)
+    # A shorter replica grace, which the test waits out (on its own nats-server: tests/test_replicas.py).
+    short_beat = {"FNGATE_REPLICA_BEAT": "2"}
+    first = gateway_factory(config, env=short_beat)
     api = Api(http, first.url)
     task_id = await api.submit(gone, {}, X_Delay="2")
     first.stop()
     del config["functions"][gone]
     config["functions"]["other"] = {"handler": "python:examples.functions:echo"}
-    second = gateway_factory(config)
+    second = gateway_factory(config, env=short_beat)
     api = Api(http, second.url)
     record = await api.wait_status(task_id, "Invalid", timeout=45)  # after the replica grace (gateway/replicas.py)
     assert record["error"]["type"] == "Invalid"

@@ -11,10 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Api, GatewayFactory, wait_until
+from tests.conftest import TERMINAL, Api, GatewayFactory, wait_until
 from tests.services import GatewayProcess, NatsServer
-
-TERMINAL = {"Succeeded", "Failed", "Stopped", "Expired", "Invalid"}
 
 
 @pytest.fixture

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import Api, wait_until
-from tests.services import GatewayProcess, NatsServer, free_port
+from tests.conftest import Api, module_gateway, wait_until
+from tests.services import Endpoint, InProcessGateway, NatsServer, free_port
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -30,19 +30,16 @@ async def traced_endpoint(traced_port: int) -> AsyncIterator[list[dict[str, str]
         seen.append(dict(request.headers))
         return web.json_response({"ok": True})
 
-    app = web.Application()
-    app.router.add_post("/fn", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", traced_port).start()
+    double = Endpoint({"/fn": handle}, traced_port)
+    await double.up()
     yield seen
-    await runner.cleanup()
+    await double.down()
 
 
 @pytest.fixture(scope="module")
-def gateway(
+async def gateway(
     nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory, traced_port: int
-) -> Iterator[GatewayProcess]:
+) -> AsyncIterator[InProcessGateway]:
     config = {
         "nats": {"url": nats_server.url},
         "logging": {"format": "json"},
@@ -57,14 +54,12 @@ def gateway(
             "obs_traced": {"url": f"http://127.0.0.1:{traced_port}/fn"},
         },
     }
-    gw = GatewayProcess(tmp_path_factory.mktemp("obs-gw"), config)
-    gw.start()
-    yield gw
-    gw.stop()
+    async with module_gateway(tmp_path_factory.mktemp("obs-gw"), config) as gw:
+        yield gw
 
 
 @pytest.fixture
-def api(gateway: GatewayProcess, http: aiohttp.ClientSession) -> Api:
+def api(gateway: InProcessGateway, http: aiohttp.ClientSession) -> Api:
     return Api(http, gateway.url)
 
 
@@ -80,7 +75,7 @@ async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
     return values
 
 
-async def test_metrics_change_as_tasks_run(gateway: GatewayProcess, api: Api, http: aiohttp.ClientSession) -> None:
+async def test_metrics_change_as_tasks_run(gateway: InProcessGateway, api: Api, http: aiohttp.ClientSession) -> None:
     before = await scrape(http, gateway.url)
     done = await api.submit("obs_echo", {})
     failed = await api.submit("obs_fail", {})
@@ -101,7 +96,7 @@ async def test_metrics_change_as_tasks_run(gateway: GatewayProcess, api: Api, ht
     assert 'fngate_tasks_queued{function="obs_echo"}' in after
 
 
-async def test_function_logs_and_structured_log_lines(gateway: GatewayProcess, api: Api) -> None:
+async def test_function_logs_and_structured_log_lines(gateway: InProcessGateway, api: Api) -> None:
     task_id = await api.submit("obs_shout", {"text": "hey"})
     await api.wait_status(task_id, "Succeeded")
 
@@ -119,7 +114,9 @@ async def test_function_logs_and_structured_log_lines(gateway: GatewayProcess, a
     assert status == 404
 
 
-async def test_logs_stream_while_the_task_runs(gateway: GatewayProcess, api: Api, http: aiohttp.ClientSession) -> None:
+async def test_logs_stream_while_the_task_runs(
+    gateway: InProcessGateway, api: Api, http: aiohttp.ClientSession
+) -> None:
     task_id = await api.submit("obs_chatty", {"lines": 5, "interval": 0.3})
     await api.wait_status(task_id, "Running")
     events: list[tuple[str, Any]] = []
@@ -157,7 +154,7 @@ async def test_log_size_is_bounded(api: Api) -> None:
     assert 500 < len(kept) <= 1000 and sum(len(m) + 64 for m in kept) <= 64 * 1024
 
 
-async def test_openapi_describes_every_route(gateway: GatewayProcess, api: Api) -> None:
+async def test_openapi_describes_every_route(gateway: InProcessGateway, api: Api) -> None:
     status, document = await api.get("/openapi.json")
     assert status == 200 and document["openapi"].startswith("3.")
     paths = document["paths"]
@@ -185,7 +182,7 @@ async def test_traceparent_reaches_http_function_and_record(api: Api, traced_end
     assert (await api.wait_status(ignored, "Succeeded"))["trace"] is None
 
 
-async def test_dashboard_is_served(gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+async def test_dashboard_is_served(gateway: InProcessGateway, http: aiohttp.ClientSession) -> None:
     async with http.get(f"{gateway.url}/") as resp:
         assert resp.status == 200 and "fngate" in await resp.text()
     for module in ("app", "api", "dom", "overview", "tasks", "task", "triggers", "invoke"):

@@ -5,7 +5,7 @@ matching the document's schema for their status and content type."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -15,8 +15,8 @@ from openapi_spec_validator import validate
 
 from gateway.app import create_app
 from gateway.config.model import parse_config
-from tests.conftest import Api, wait_until
-from tests.services import GatewayProcess, NatsServer, free_port
+from tests.conftest import Api, module_gateway, wait_until
+from tests.services import InProcessGateway, NatsServer, free_port
 from tests.sinks.conftest import Receiver
 
 TOKEN = "openapi-admin-token-0123456789"
@@ -54,11 +54,9 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-def gateway(nats_server: NatsServer, tmp_path: Any, receiver: Receiver) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(tmp_path / "gw", {"nats": {"url": nats_server.url}, **config(receiver.url)})
-    gw.start()
-    yield gw
-    gw.stop()
+async def gateway(nats_server: NatsServer, tmp_path: Any, receiver: Receiver) -> AsyncIterator[InProcessGateway]:
+    async with module_gateway(tmp_path / "gw", {"nats": {"url": nats_server.url}, **config(receiver.url)}) as gw:
+        yield gw
 
 
 def test_every_served_route_is_documented() -> None:
@@ -87,7 +85,7 @@ def response_schema(document: dict[str, Any], method: str, path: str, status: in
 
 
 async def test_every_response_matches_the_document(
-    gateway: GatewayProcess, http: aiohttp.ClientSession, receiver: Receiver
+    gateway: InProcessGateway, http: aiohttp.ClientSession, receiver: Receiver
 ) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     seen: Seen = []

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import Api
-from tests.services import GatewayProcess, NatsServer
+from tests.conftest import Api, module_gateway
+from tests.services import InProcessGateway, NatsServer
 
 SCOPES = {"admin": "admin", "reader": "read", "invoker": "invoke"}
 TOKENS = {
@@ -24,7 +24,7 @@ SECRET_AFTER_AT = "after-the-at-sign"
 
 
 @pytest.fixture(scope="module")
-def gateway(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+async def gateway(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcessGateway]:
     config = {
         "nats": {"url": nats_server.url},
         "api": {
@@ -41,13 +41,11 @@ def gateway(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -
         },
     }
     env = {"ADMIN_TOKEN": TOKENS["admin"], "READER_TOKEN": TOKENS["reader"], "INVOKER_TOKEN": TOKENS["invoker"]}
-    gw = GatewayProcess(tmp_path_factory.mktemp("secure-gw"), config, env=env)
-    gw.start()
-    yield gw
-    gw.stop()
+    async with module_gateway(tmp_path_factory.mktemp("secure-gw"), config, env) as gw:
+        yield gw
 
 
-async def test_token_required_and_scopes_enforced(gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+async def test_token_required_and_scopes_enforced(gateway: InProcessGateway, http: aiohttp.ClientSession) -> None:
     anonymous = Api(http, gateway.url)
     status, body, _ = await anonymous.invoke("echo", {})
     assert status == 401 and body["error"]["code"] == "Unauthorized"
@@ -72,7 +70,7 @@ async def test_token_required_and_scopes_enforced(gateway: GatewayProcess, http:
     assert (await admin.post(f"/v1/tasks/{task_id}/rerun"))[0] == 202
 
 
-async def test_input_limits(gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+async def test_input_limits(gateway: InProcessGateway, http: aiohttp.ClientSession) -> None:
     admin = Api(http, gateway.url, token=TOKENS["admin"])
     deep = ("[" * 100_000 + "]" * 100_000).encode()
     status, body, _ = await admin.invoke("echo", raw=deep)
@@ -97,7 +95,7 @@ async def test_input_limits(gateway: GatewayProcess, http: aiohttp.ClientSession
         assert resp.status in (400, 431)
 
 
-async def test_secrets_stay_out_of_answers_and_logs(gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
+async def test_secrets_stay_out_of_answers_and_logs(gateway: InProcessGateway, http: aiohttp.ClientSession) -> None:
     admin = Api(http, gateway.url, token=TOKENS["admin"])
     task_id = await admin.submit("remote", {})
     record = await admin.wait_status(task_id, "Retrying")
@@ -116,7 +114,7 @@ async def test_secrets_stay_out_of_answers_and_logs(gateway: GatewayProcess, htt
 
 
 async def test_query_string_tokens_only_on_the_streaming_routes(
-    gateway: GatewayProcess, http: aiohttp.ClientSession
+    gateway: InProcessGateway, http: aiohttp.ClientSession
 ) -> None:
     admin = Api(http, gateway.url, token=TOKENS["admin"])
     task_id = await admin.submit("echo", {})

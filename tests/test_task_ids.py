@@ -3,14 +3,14 @@ refused on a sync invocation."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import Api
-from tests.services import GatewayProcess, NatsServer
+from tests.conftest import Api, module_gateway
+from tests.services import InProcessGateway, NatsServer
 
 FUNCTIONS: dict[str, Any] = {
     "echo": {"handler": "python:examples.functions:echo"},
@@ -21,15 +21,14 @@ FUNCTIONS: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def gateway(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(tmp_path_factory.mktemp("ids-gw"), {"nats": {"url": nats_server.url}, "functions": FUNCTIONS})
-    gw.start()
-    yield gw
-    gw.stop()
+async def gateway(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcessGateway]:
+    config = {"nats": {"url": nats_server.url}, "functions": FUNCTIONS}
+    async with module_gateway(tmp_path_factory.mktemp("ids-gw"), config) as gw:
+        yield gw
 
 
 @pytest.fixture
-async def api(gateway: GatewayProcess, http: aiohttp.ClientSession) -> Api:
+async def api(gateway: InProcessGateway, http: aiohttp.ClientSession) -> Api:
     return Api(http, gateway.url)
 
 

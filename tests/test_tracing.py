@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from tests.conftest import Api, GatewayFactory, wait_until
-from tests.services import ROOT, NatsServer, free_port
+from tests.services import ROOT, Endpoint, NatsServer, free_port
 
 TRACED = "python:tests.functions:traced"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -42,7 +42,6 @@ class OtlpReceiver:
 
     port: int
     spans: list[dict[str, Any]] = field(default_factory=list)
-    runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
@@ -85,13 +84,10 @@ class OtlpReceiver:
 @pytest.fixture
 async def otlp() -> AsyncIterator[OtlpReceiver]:
     receiver = OtlpReceiver(free_port())
-    app = web.Application()
-    app.router.add_post("/v1/traces", receiver.handle)
-    receiver.runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await receiver.runner.setup()
-    await web.TCPSite(receiver.runner, "127.0.0.1", receiver.port).start()
+    double = Endpoint({"/v1/traces": receiver.handle}, receiver.port)
+    await double.up()
     yield receiver
-    await receiver.runner.cleanup()
+    await double.down()
 
 
 async def test_one_trace_through_tasks_destinations_and_triggers(

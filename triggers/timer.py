@@ -148,7 +148,10 @@ def latest_tick(schedule: Schedule, after: datetime, now: datetime) -> datetime 
         found: datetime | None = None
         tick = schedule.get_next_fire_time(None, start + ONE_MICROSECOND)
         while tick is not None and tick <= now:
-            found = tick
+            # A one-time (`at`) schedule names its tick whatever `start` is: only one after
+            # `after` is missed (one before was fired already, or came before the first start).
+            if tick > after:
+                found = tick
             tick = schedule.get_next_fire_time(tick, tick + ONE_MICROSECOND)
         if found is not None or start == after:
             return found

@@ -31,7 +31,9 @@ from gateway.supervise import cancel_requested
 
 log = logging.getLogger(__name__)
 BUCKET = "fngate_replicas"
-BEAT = 5.0  # seconds between announcements
+# Seconds between announcements; FNGATE_REPLICA_BEAT shortens it for tests that wait out a
+# replica's grace (a whole TTL), as FNGATE_SSE_KEEPALIVE does for the SSE keep-alive.
+BEAT = float(os.environ.get("FNGATE_REPLICA_BEAT", "5"))
 TTL = 3 * BEAT  # an entry not renewed for this long belongs to a replica that is gone
 
 

@@ -13,9 +13,8 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import Api, wait_until
+from tests.conftest import Api, wait_all, wait_until
 from tests.flow.conftest import Replicas, peak, runs
-from tests.test_faults import wait_all
 
 
 async def test_key_concurrency_across_replicas_and_other_keys_keep_running(
@@ -125,7 +124,12 @@ async def test_sigkilled_replica_frees_its_key_slot(
     victim = next(i for i, gw in enumerate(gateways) if gw.proc is not None and gw.proc.pid == pid)
     survivor = apis[1 - victim]
     second = await survivor.submit(name, {"seconds": 0}, X_Concurrency_Key="k")
-    await asyncio.sleep(0.5)
+
+    async def held_by_key() -> bool:
+        _, summary = await survivor.get(f"/v1/functions/{name}")
+        return bool(summary["flow"]["waiting"]["key"] > 0)
+
+    await wait_until(held_by_key, timeout=10)
     assert not _started_now(journal, second)  # held back by the key's one slot
     gateways[victim].kill()
     killed_at = time.time()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.services import free_port
+from tests.services import Endpoint, free_port
 
 
 @dataclass
@@ -17,7 +17,7 @@ class Receiver:
     port: int
     status: int = 200
     received: list[dict[str, Any]] = field(default_factory=list)
-    runner: web.AppRunner | None = None
+    double: Endpoint | None = None
 
     @property
     def url(self) -> str:
@@ -29,16 +29,12 @@ class Receiver:
         return web.Response(status=self.status, text="ok" if self.status < 400 else "no")
 
     async def up(self) -> None:
-        app = web.Application()
-        app.router.add_post("/events", self.handle)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.double = Endpoint({"/events": self.handle}, self.port)
+        await self.double.up()
 
     async def down(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        if self.double is not None:
+            await self.double.down()
 
 
 @pytest.fixture

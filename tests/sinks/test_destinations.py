@@ -298,7 +298,7 @@ async def test_function_loop_stops_at_max_chain_depth(
     assert last["attempts"] == 0 and last["function"] == a
     fourth = await api.task(root + ".success" * 3)
     assert fourth["status"] == "Succeeded" and fourth["chain"]["depth"] == 4
-    await asyncio.sleep(1)
+    await asyncio.sleep(1)  # a window in which nothing may happen: what is asserted, not a wait for it
     status, _ = await api.get(f"/v1/tasks/{root + '.success' * 5}")
     assert status == 404, "a destination ran after the loop was detected"
 
@@ -338,7 +338,7 @@ async def test_loop_through_a_nats_subject_and_an_mqtt_topic(
             return tasks if any(t.get("condition") == "RecursiveLoopDetected" for t in tasks) else None
 
         tasks = await wait_until(stopped, timeout=30)
-        await asyncio.sleep(1)
+        await asyncio.sleep(1)  # a window in which no further hop may come: what is asserted
         _, body = await api.get(f"/v1/tasks?function={name}&limit=100")
         depths = sorted(t["chain"]["depth"] for t in body["tasks"])
         assert depths == [1, 2, 3, 4], (name, depths)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.conftest import Api, wait_until
-from tests.services import NatsServer, Tansu
+from tests.services import Tansu
 
 ECHO = "python:examples.functions:echo"
 
@@ -87,12 +87,3 @@ async def wait_holding(api: Api, name: str, timeout: float = 15.0) -> dict[str, 
 
     found: dict[str, Any] = await wait_until(holding, timeout=timeout)
     return found
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    """A nats-server of the test's own, for tests that stop and start it."""
-    server = NatsServer(tmp_path / "own-nats")
-    server.start()
-    yield server
-    server.stop()

@@ -15,11 +15,9 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from tests.conftest import Api, GatewayFactory, wait_until
+from tests.conftest import TERMINAL, Api, GatewayFactory, wait_until
 from tests.services import NatsServer, Tansu
 from tests.triggers.conftest import event_of, trigger_config, trigger_health
-
-TERMINAL = {"Succeeded", "Failed", "Stopped", "Expired", "Invalid"}
 
 
 async def all_tasks(api: Api, function: str) -> list[dict[str, Any]]:

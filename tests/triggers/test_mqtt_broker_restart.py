@@ -18,11 +18,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from tests.conftest import Api, GatewayFactory, wait_until
+from tests.conftest import TERMINAL, Api, GatewayFactory, wait_until
 from tests.services import Mosquitto, NatsServer
 from tests.triggers.conftest import event_of, trigger_config, trigger_health
 
-TERMINAL = {"Succeeded", "Failed", "Stopped", "Expired", "Invalid"}
 # mosquitto's default max_inflight_messages: QoS 1 messages sent to a client and not yet acknowledged
 BROKER_INFLIGHT = 20
 
@@ -158,8 +157,14 @@ async def test_mqtt_broker_restarted_under_load_loses_nothing_accepted(
         invoked_before_stop = (await trigger_health(api, fn))["invocations"]
         assert gw.proc is not None
         gw.proc.send_signal(signal.SIGSTOP)
+        frozen_at_acks = len(load.acked)
         try:
-            await asyncio.sleep(0.5)
+            # Until the broker holds well over one in-flight window for the frozen trigger:
+            # the publisher's acks since the freeze, not a guessed pause, say so.
+            async def backlog() -> bool:
+                return len(load.acked) - frozen_at_acks > 2 * BROKER_INFLIGHT
+
+            await wait_until(backlog, timeout=15)
             stopped_at = time.monotonic()
             broker.stop()  # SIGTERM: mosquitto writes its store (sessions, queued and in-flight messages)
             stop_took = time.monotonic() - stopped_at
