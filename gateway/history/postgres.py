@@ -41,6 +41,9 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ]
 FUNCTIONS = "SELECT DISTINCT function FROM counts WHERE n > 0"
+COUNTS = """SELECT 's', function, status, n FROM counts WHERE function = ANY($1::text[])
+    UNION ALL SELECT 'r', function, kind, SUM(n) FROM recent WHERE function = ANY($1::text[]) AND second > $2
+    GROUP BY function, kind"""
 INSERT_TASKS = """INSERT INTO tasks (task_id, function, submitted_ms, status, state_seq, source_type,
     source_name, condition, chain_id, finished_ms, record)
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[],
@@ -167,17 +170,11 @@ class PostgresBackend:
         names = list(functions)
         statuses: dict[str, dict[str, int]] = {n: {} for n in names}
         recent: dict[str, dict[str, int]] = {n: {} for n in names}
-        pool = self._pool()
-        async with pool.acquire() as conn:
-            for r in await conn.fetch("SELECT function, status, n FROM counts WHERE function = ANY($1::text[])", names):
-                statuses[r[0]][r[1]] = r[2]
-            for r in await conn.fetch(
-                "SELECT function, kind, SUM(n) FROM recent WHERE function = ANY($1::text[]) AND second > $2 "
-                "GROUP BY function, kind",
-                names,
-                int(now) - WINDOW,
-            ):
-                recent[r[0]][r[1]] = r[2]
+        # One round trip: the totals by status (a primary-key range per function) and the
+        # last minute's per-second counters (at most 3 x 60 rows per function).
+        rows = await self._pool().fetch(COUNTS, names, int(now) - WINDOW)
+        for kind, function, key, n in rows:
+            (statuses if kind == "s" else recent)[function][key] = n
         return {n: Counts.from_rows(statuses[n], recent[n]) for n in names}
 
     async def function_of(self, task_id: str) -> str | None:
