@@ -28,9 +28,20 @@ def records() -> list[Record]:
         queued, now=now, attempt=1, scheduled_at=now, max_event_age=60, depth=1, max_depth=10
     ).record
     assert running is not None
-    common = {"now": now, "transient_count": 0, "scheduled_at": now, "retry_delay": 1.0, "max_event_age": 3600.0}
     settled = [
-        lifecycle.settle(running, outcome=o, attempt=a, max_retries=r, result=res, message="boom", **common).record
+        lifecycle.settle(
+            running,
+            now=now,
+            outcome=o,
+            attempt=a,
+            transient_count=0,
+            scheduled_at=now,
+            max_retries=r,
+            retry_delay=1.0,
+            max_event_age=3600.0,
+            result=res,
+            message="boom",
+        ).record
         for o, a, r, res in [
             ("succeeded", 1, 0, {"ok": [1, 2]}),
             ("function_error", 1, 2, None),  # Retrying, with errors
