@@ -50,6 +50,10 @@ EXPIRES = 2.0  # seconds a pull request waits on the server when there is nothin
 LINGER = 0.02  # a trickle of live messages is gathered this long into one batch
 ACK_WAIT = 30.0  # a batch not committed by then is handed to another replica
 INACTIVE = 3 * 86400.0  # consumers of a database nobody feeds any more are dropped by the server
+# The tasks feed waits while the state feed holds more than this many batches: a backfill's
+# backlog. A burst's few batches are applied side by side, or the tasks feed's lag (its
+# Enqueued tasks missing from lists) would grow with every burst.
+YIELD_BATCHES = 10
 PROGRESS_EVERY = 5.0  # seconds between backfill progress lines
 V1_ACK_TOKENS = 9  # an ack subject without domain and account hash (older servers)
 
@@ -246,7 +250,9 @@ class StreamFeed:
         other = self.yield_to
         # A backlog figure older than a few seconds is not trusted: that feed may be stuck.
         return (
-            other is not None and other.backlog > other.batch and time.monotonic() - other.backlog_at < PROGRESS_EVERY
+            other is not None
+            and other.backlog > YIELD_BATCHES * other.batch
+            and time.monotonic() - other.backlog_at < PROGRESS_EVERY
         )
 
     async def _wait_for_priority(self) -> None:

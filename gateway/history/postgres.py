@@ -17,9 +17,19 @@ import asyncpg
 
 from .model import WINDOW, Counts, Fact, Listed, TaskQuery
 from .plan import Plan, plan
-from .sql import INDEXES, RETIRED_INDEXES, SCHEMA_VERSION, choose, drivers, fans_out, numbered, probe_sql, select_sql
+from .sql import (
+    INDEXES,
+    RETIRED_INDEXES,
+    SCHEMA_VERSION,
+    AnalyzeSchedule,
+    choose,
+    drivers,
+    fans_out,
+    numbered,
+    probe_sql,
+    select_sql,
+)
 
-ANALYZE_EVERY = 100_000  # rows this replica inserted between two ANALYZE of the table
 LOCK_KEY = 0x666E67617465  # "fngate": the advisory lock every writer takes
 TEXT = 'TEXT COLLATE "C"'
 SCHEMA = [
@@ -41,6 +51,7 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ]
 FUNCTIONS = "SELECT DISTINCT function FROM counts WHERE n > 0"
+ROWS = "SELECT SUM(n) FROM counts"  # the table's rows, from the counters
 COUNTS = """SELECT 's', function, status, n FROM counts WHERE function = ANY($1::text[])
     UNION ALL SELECT 'r', function, kind, SUM(n) FROM recent WHERE function = ANY($1::text[]) AND second > $2
     GROUP BY function, kind"""
@@ -84,7 +95,7 @@ class PostgresBackend:
     def __init__(self, url: str) -> None:
         self.url = url
         self.pool: asyncpg.Pool | None = None
-        self._inserted_since_analyze = 0
+        self._analyze = AnalyzeSchedule()
 
     async def open(self) -> None:
         # Custom plans only: a generic plan for the listing (LIMIT and filters as parameters)
@@ -143,12 +154,9 @@ class PostgresBackend:
             if changes.recent:
                 recent = [(f, k, s, n) for (f, k, s), n in changes.recent.items()]
                 await conn.execute(UPSERT_RECENT, *_columns(recent, 4))
-        self._inserted_since_analyze += len(changes.inserts)
-        if self._inserted_since_analyze >= ANALYZE_EVERY:
-            # A backfill grows the table faster than autovacuum looks at it: without fresh
-            # statistics the planner may pick a scan over an index range for a filter.
-            self._inserted_since_analyze = 0
+        if self._analyze.note(len(changes.inserts)):
             await self._pool().execute("ANALYZE tasks")
+            self._analyze.refreshed(int(await self._pool().fetchval(ROWS) or 0))
         return changes
 
     async def select(self, query: TaskQuery) -> list[Listed]:

@@ -66,6 +66,30 @@ def arms(query: TaskQuery, functions: Sequence[str]) -> list[TaskQuery]:
     return [replace(query, function=f, statuses=s) for f in names for s in statuses]
 
 
+class AnalyzeSchedule:
+    """When to refresh the planner's statistics: after the rows this replica inserted
+    reach the table's size at the last refresh (so each doubling of a table being filled
+    is seen; the first after `FIRST` rows), and at least every `MOST` rows. A backfill
+    grows the table faster than autovacuum (PostgreSQL) looks at it, and SQLite has none:
+    with no statistics, or a small table's, the planner's guesses pick the wrong index."""
+
+    FIRST = 1000
+    MOST = 1_000_000
+
+    def __init__(self) -> None:
+        self.inserted = 0
+        self.due = self.FIRST
+
+    def note(self, inserted: int) -> bool:
+        """Count a batch's inserts; True when the statistics should be refreshed now."""
+        self.inserted += inserted
+        return self.inserted >= self.due
+
+    def refreshed(self, rows: int) -> None:
+        self.inserted = 0
+        self.due = max(self.FIRST, min(rows, self.MOST))
+
+
 PROBE_ROWS = 1000  # index entries a probe counts at most
 # Which filters each candidate index serves after the function (`driver`).
 DRIVERS = {"status_source": ("status", "source"), "condition": ("condition",), "source": ("source",)}

@@ -18,7 +18,18 @@ from typing import Any, TypeVar
 
 from .model import WINDOW, Counts, Fact, Listed, TaskQuery
 from .plan import Plan, plan
-from .sql import COLUMNS, INDEXES, RETIRED_INDEXES, SCHEMA_VERSION, choose, drivers, fans_out, probe_sql, select_sql
+from .sql import (
+    COLUMNS,
+    INDEXES,
+    RETIRED_INDEXES,
+    SCHEMA_VERSION,
+    AnalyzeSchedule,
+    choose,
+    drivers,
+    fans_out,
+    probe_sql,
+    select_sql,
+)
 
 T = TypeVar("T")
 CACHE_KIB = 64 * 1024  # page cache per connection: the hot ends of the indexes stay in memory
@@ -52,15 +63,16 @@ UPSERT_RECENT = (
 
 
 FUNCTIONS = "SELECT DISTINCT function FROM counts WHERE n > 0"
-ANALYZE_EVERY = 100_000  # rows inserted between two ANALYZE of the table
 ANALYSIS_ROWS = 2000  # rows of each index ANALYZE samples: a few ms, and estimates good enough
 
 
-def _analyze(conn: sqlite3.Connection) -> None:
+def _analyze(conn: sqlite3.Connection) -> int:
+    """Refresh the statistics; returns the table's rows (from the counters)."""
     # Without statistics SQLite guesses that every index equality narrows alike, and may
     # read `function = ?` in order filtering a chain instead of the chain's few rows.
     conn.execute(f"PRAGMA analysis_limit={ANALYSIS_ROWS}")
     conn.execute("ANALYZE")
+    return int(conn.execute("SELECT COALESCE(SUM(n), 0) FROM counts").fetchone()[0])
 
 
 def _statement(conn: sqlite3.Connection, query: TaskQuery) -> tuple[str, list[Any]]:
@@ -133,7 +145,7 @@ class SqliteBackend:
         self.path = path
         self.writer = _Connection(path)
         self.reader = _Connection(path)
-        self._inserted_since_analyze = 0
+        self._analyze = AnalyzeSchedule()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,10 +193,8 @@ class SqliteBackend:
             return changes
 
         changes = await self.writer.run(lambda conn: _write(conn, work))
-        self._inserted_since_analyze += len(changes.inserts)
-        if self._inserted_since_analyze >= ANALYZE_EVERY:
-            self._inserted_since_analyze = 0
-            await self.writer.run(_analyze)
+        if self._analyze.note(len(changes.inserts)):
+            self._analyze.refreshed(await self.writer.run(_analyze))
         return changes
 
     async def select(self, query: TaskQuery) -> list[Listed]:

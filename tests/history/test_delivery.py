@@ -58,3 +58,15 @@ def test_headers_and_status_lines() -> None:
     assert task_fact(b"", b"NATS/1.0\r\nFngate-Invocation: 2|t|f\r\n\r\n", 0) is None  # an unknown version
     assert is_status(b"NATS/1.0 404 No Messages\r\n\r\n") and is_status(b"NATS/1.0 408 Request Timeout\r\n\r\n")
     assert not is_status(block) and not is_status(None)
+
+
+def test_statistics_are_refreshed_as_the_table_doubles() -> None:
+    from gateway.history.sql import AnalyzeSchedule
+
+    schedule, refreshed_at, rows = AnalyzeSchedule(), [], 0
+    for _ in range(200):  # batches of 500 inserts, 100k rows
+        rows += 500
+        if schedule.note(500):
+            refreshed_at.append(rows)
+            schedule.refreshed(rows)
+    assert refreshed_at == [1000, 2000, 4000, 8000, 16000, 32000, 64000]
