@@ -50,9 +50,9 @@ EXPIRES = 2.0  # seconds a pull request waits on the server when there is nothin
 LINGER = 0.02  # a trickle of live messages is gathered this long into one batch
 ACK_WAIT = 30.0  # a batch not committed by then is handed to another replica
 INACTIVE = 3 * 86400.0  # consumers of a database nobody feeds any more are dropped by the server
-# The tasks feed waits while the state feed holds more than this many batches: a backfill's
-# backlog. A burst's few batches are applied side by side, or the tasks feed's lag (its
-# Enqueued tasks missing from lists) would grow with every burst.
+# The tasks feed starts waiting when the state feed holds more than this many batches (a
+# backfill's backlog): a burst's few batches are applied side by side, or the tasks feed's
+# lag (its Enqueued tasks missing from lists) would grow with every burst.
 YIELD_BATCHES = 10
 PROGRESS_EVERY = 5.0  # seconds between backfill progress lines
 V1_ACK_TOKENS = 9  # an ack subject without domain and account hash (older servers)
@@ -157,6 +157,7 @@ class StreamFeed:
     yield_to: StreamFeed | None = None
     backlog: int = 0  # messages the consumer held after the last batch this replica took
     backlog_at: float = 0.0
+    _yielding: bool = False
     _buffer: list[Delivery] = field(default_factory=list)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _credit: int = 0  # messages the open pull request may still bring
@@ -248,12 +249,17 @@ class StreamFeed:
 
     def _behind_priority(self) -> bool:
         other = self.yield_to
+        if other is None:
+            return False
         # A backlog figure older than a few seconds is not trusted: that feed may be stuck.
-        return (
-            other is not None
-            and other.backlog > YIELD_BATCHES * other.batch
-            and time.monotonic() - other.backlog_at < PROGRESS_EVERY
-        )
+        fresh = time.monotonic() - other.backlog_at < PROGRESS_EVERY
+        # Waiting starts at a backfill's backlog and lasts until it is down to a batch, so a
+        # backfill's tail is still one insert per task, and a burst's few batches never stop it.
+        if self._yielding:
+            self._yielding = fresh and other.backlog > other.batch
+        else:
+            self._yielding = fresh and other.backlog > YIELD_BATCHES * other.batch
+        return self._yielding
 
     async def _wait_for_priority(self) -> None:
         while self._behind_priority():
