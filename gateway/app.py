@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -20,34 +20,30 @@ from gateway.jetstream.store import TaskStore, connect
 from gateway.observe import tracing
 from gateway.pipeline.destinations import Dispatcher
 from gateway.pipeline.runtimes import Runtime, build_runtime
-from gateway.pipeline.supervise import supervised
 from gateway.pipeline.tasklogs import TaskLogs
-from gateway.pipeline.worker import DelayScheduler, FunctionWorker, InvalidWorker
+from gateway.pipeline.worker import DelayScheduler, FunctionWorker, InvalidWorker, TerminalHook
+from gateway.supervise import supervised
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import BatchItem, Invocation, Source
 from gateway.tasks.records import Record
-from gateway.web.api import (
-    CONFIG,
-    EXTRA_HEALTH,
-    SERVICE,
-    STORE,
-    TRIGGER_PATHS,
-    add_routes,
-    auth_middleware,
-    errors_middleware,
-)
-from gateway.web.console import TASK_LOGS, add_console_routes
-from gateway.web.live import LIVE, LiveStatus
+from gateway.web.api import add_routes, auth_middleware, errors_middleware
+from gateway.web.console import add_console_routes
+from gateway.web.keys import BULK, CONFIG, HISTORY, LIVE, SERVICE, STORE, TASK_LOGS, TRIGGER_PATHS, TRIGGERS
+from gateway.web.live import LiveStatus
 
 from .bulk import BulkOperations
-from .bulk.routes import BULK, add_bulk_routes
+from .bulk.routes import add_bulk_routes
 from .errors import ConfigError, ServiceUnavailable
 from .history import TaskHistory
 from .history.headers import install as lean_headers
 from .service import TaskService
 from .tuning import tune_gc
 
+if TYPE_CHECKING:  # triggers load with the config that uses them (build_triggers)
+    from triggers.base import Trigger
+
 log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Gateway:
@@ -64,9 +60,9 @@ class Gateway:
         self.service: TaskService | None = None
         self.runtimes: dict[str, Runtime] = {n: build_runtime(f) for n, f in config.functions.items()}
         self.workers: dict[str, FunctionWorker] = {}
-        self.triggers: list[Any] = []
+        self.triggers: list[Trigger] = []
         self._loops: list[asyncio.Task[None]] = []
-        self.terminal_hooks: list[Any] = []
+        self.terminal_hooks: list[TerminalHook] = []
         self.dispatcher: Dispatcher | None = None
         self.task_logs: TaskLogs | None = None
         self.servers: list[str] = []
@@ -141,7 +137,7 @@ class Gateway:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _spawn(self, name: str, factory: Any) -> asyncio.Task[None]:
+    def _spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         task = asyncio.create_task(supervised(name, factory), name=name)
         self._loops.append(task)
         return task
@@ -202,7 +198,7 @@ class Gateway:
         for trigger in self.triggers:
             await trigger.start()
 
-    def _add_route(self, method: str, path: str, handler: Any) -> None:
+    def _add_route(self, method: str, path: str, handler: Handler) -> None:
         if self.app is None:
             raise ConfigError([f"http trigger at {path}: no API server in this process"])
         self.app.router.add_route(method, path, handler)
@@ -243,9 +239,6 @@ class Gateway:
         await asyncio.to_thread(tracing.shutdown)  # sends the spans still buffered
 
 
-GATEWAY = web.AppKey("gateway", Gateway)
-
-
 def create_app(config: Config) -> web.Application:
     app = web.Application(
         client_max_size=config.api.max_request_body,
@@ -259,7 +252,7 @@ def create_app(config: Config) -> web.Application:
     add_console_routes(app)
     gateway = Gateway(config, app)
     gateway.build_triggers()
-    app[GATEWAY] = gateway
+    app[TRIGGERS] = gateway.triggers
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await gateway.start()
@@ -272,9 +265,8 @@ def create_app(config: Config) -> web.Application:
         app[LIVE] = gateway.live
         assert gateway.bulk is not None
         app[BULK] = gateway.bulk
-        app[EXTRA_HEALTH] = {}
         assert gateway.history is not None
-        app[EXTRA_HEALTH]["index"] = gateway.history.check
+        app[HISTORY] = gateway.history
         tune_gc()
         yield
         await gateway.close()

@@ -9,15 +9,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.config.model import Config, FunctionConfig
-from gateway.jetstream.store import StateConflict, TaskStore
+from gateway.config.model import MAX_DELAY, Config, FunctionConfig
+from gateway.jetstream.store import StoredRecord, TaskStore
 from gateway.observe import metrics, tracing
 from gateway.pipeline.runtimes import Context, Runtime, redact_url, run_with_timeout, task_logger
 from gateway.tasks import attemptlog, lifecycle
 from gateway.tasks.invocation import TASK_ID, BatchItem, Invocation, Lineage, Source, new_task_id
 from gateway.tasks.invocation import TASK_ID_PATTERN as TASK_ID_PATTERN  # re-exported (openapi)
 from gateway.tasks.records import RERUN_SOURCE, Record, new_record, status_of
-from gateway.tasks.status import TaskStatus
+from gateway.tasks.status import Outcome, TaskStatus
 
 from .errors import (
     BadRequest,
@@ -31,7 +31,6 @@ from .history import TaskHistory, TaskQuery
 
 log = logging.getLogger(__name__)
 MAX_TASK_ID = 128
-MAX_DELAY = 86400.0
 API_SOURCE = Source("api", "")
 
 
@@ -73,6 +72,7 @@ class TaskService:
         """Durably enqueue an async invocation; returns only after JetStream acknowledged it."""
         inv = self.invocation(
             function,
+            self.function(function),
             payload,
             source=source,
             content_type=content_type,
@@ -90,12 +90,14 @@ class TaskService:
     async def submit_many(self, function: str, items: Sequence[BatchItem], *, source: Source) -> list[Exception | None]:
         """Enqueue a trigger's batch of JSON events (each with its task id and lineage);
         one outcome per item, in order: None when enqueued, else why not (as `submit` raises)."""
-        self.function(function)
+        config = self.function(function)
         outcomes: list[Exception | None] = [None] * len(items)
         batch: list[tuple[int, Invocation]] = []
         for i, (payload, task_id, lineage) in enumerate(items):
             try:
-                batch.append((i, self.invocation(function, payload, source=source, task_id=task_id, lineage=lineage)))
+                batch.append(
+                    (i, self.invocation(function, config, payload, source=source, task_id=task_id, lineage=lineage))
+                )
             except FngateError as exc:
                 outcomes[i] = exc
         stored = await self.store.submit_many([inv for _, inv in batch])
@@ -109,6 +111,7 @@ class TaskService:
     def invocation(
         self,
         function: str,
+        config: FunctionConfig,
         payload: bytes,
         *,
         source: Source,
@@ -121,12 +124,12 @@ class TaskService:
         priority: str = "normal",
         concurrency_key: str = "",
     ) -> Invocation:
-        """A new invocation, its inputs checked (BadRequest, FunctionNotFound)."""
-        config = self.function(function)
+        """A new invocation of `function` (its `config` as `function()` found it), its inputs
+        checked (BadRequest): the one place a submitted task id and delay are checked."""
         if task_id is not None:
             check_task_id(task_id)
         if not 0 <= delay <= MAX_DELAY:
-            raise BadRequest(f"delay must be 0..{MAX_DELAY:g} seconds")
+            raise BadRequest(f"X-Delay must be a number of seconds 0..{MAX_DELAY:g}")
         if delay > config.max_delay:
             raise BadRequest(
                 f"X-Delay of {delay:g}s is over the {config.max_delay:g}s that function {function!r} allows "
@@ -176,6 +179,7 @@ class TaskService:
                 loop = asyncio.get_running_loop()
                 inv = self.invocation(
                     function,
+                    config,
                     payload,
                     source=source,
                     content_type=content_type,
@@ -201,7 +205,7 @@ class TaskService:
                     tracing.emit_attempt(inv, 1, trace, context.trace, started, exc.code, exc.message)
                     raise
                 metrics.SYNC_INVOCATIONS.labels(function, "Succeeded").inc()
-                tracing.emit_attempt(inv, 1, trace, context.trace, started, "succeeded", None)
+                tracing.emit_attempt(inv, 1, trace, context.trace, started, Outcome.SUCCEEDED, None)
             finally:
                 self.sync_running[function] -= 1
         return encode_result(result)
@@ -245,27 +249,30 @@ class TaskService:
     async def stop_task(self, task_id: str) -> Record:
         """Queued: Stopped at once. Running: Stopping, and the replica running it cancels it."""
         check_task_id(task_id)
-        while True:
-            stored = await self.store.get_state(task_id)
+        base: Record | None = None
+
+        async def decide(stored: StoredRecord | None) -> Record | None:
+            nonlocal base
             if stored is None:
                 inv = await self._find_submission(task_id)
                 if inv is None:
                     raise TaskNotFound(f"task {task_id!r} not found")
-                base, expected = new_record(inv), 0
+                base = new_record(inv)
             else:
-                base, expected = stored.record, stored.seq
+                base = stored.record
             record = lifecycle.stop(base, time.time())
-            if record is base:  # already Stopping: nudge the replica running it again
-                await self._signal_stop(task_id)
-                return base
-            try:
-                await self.store.put_state(record, expected)
-            except StateConflict:
-                continue
-            attemptlog.stop_requested(record)
-            if status_of(record) is TaskStatus.STOPPING:
-                await self._signal_stop(task_id)
-            return record
+            return None if record is base else record
+
+        written = await self.store.update_state(task_id, decide)
+        if written is None:  # already Stopping: nudge the replica running it again
+            assert base is not None
+            await self._signal_stop(task_id)
+            return base
+        record = written.record
+        attemptlog.stop_requested(record)
+        if status_of(record) is TaskStatus.STOPPING:
+            await self._signal_stop(task_id)
+        return record
 
     async def _signal_stop(self, task_id: str) -> None:
         from gateway.tasks.constants import STOP_SUBJECT
@@ -274,7 +281,6 @@ class TaskService:
 
     async def rerun(self, task_id: str) -> str:
         inv = await self.payload_of(check_task_id(task_id))
-        self.function(inv.function)
         # The new task names the one it repeats (its record's `rerun_of`, see new_record).
         return await self.submit(
             inv.function,

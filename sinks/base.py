@@ -9,37 +9,66 @@ PermanentDeliveryError (recorded, never retried).
 from __future__ import annotations
 
 import base64
-import difflib
-import importlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from gateway.config.model import Config, DestinationConfig
+from gateway.config.registry import Registry
+from gateway.errors import FngateError
 from gateway.observe.tracing import TraceContext
 from gateway.tasks.invocation import Invocation, Lineage, iso
 from gateway.tasks.records import Record
+from gateway.tasks.status import Condition, TaskStatus
 from gateway.units import parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+    from triggers.base import Submit
 
 KiB = 1024
 
 
-class TransientDeliveryError(Exception):
+class TransientDeliveryError(FngateError):
     """The destination may take it later: 5xx, connection refused, broker unavailable."""
 
+    status = 502
+    code = "TransientDeliveryError"
 
-class PermanentDeliveryError(Exception):
+
+class PermanentDeliveryError(FngateError):
     """No retry can help: 4xx, a bad destination, a record over the size limit."""
+
+    status = 502
+    code = "PermanentDeliveryError"
+
+
+class On(StrEnum):
+    """Which destination of a function a record goes to."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+class DeliveryStatus(StrEnum):
+    """Where a destination's delivery of a task's record stands (the record's `destinations`)."""
+
+    PENDING = "pending"  # queued, or failed for now and retried
+    DELIVERED = "delivered"
+    FAILED = "failed"  # for good: refused, over the size limit, or retried for too long
+    SKIPPED = "skipped"  # never sent: the task was stopped as a recursive loop
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
     task_id: str
     function: str
-    on: str  # "success" | "failure"
+    on: On
     condition: str
     body: bytes  # the result record, JSON
     lineage: Lineage  # of the task that produced the record; a consumer advances it by one hop
@@ -70,8 +99,8 @@ class SinkOptions(BaseModel):
 class SinkContext:
     """What a sink may use of the gateway: submitting invocations and its NATS connection."""
 
-    submit: Any  # triggers.base.Submit: durable async invocation
-    nats: Any  # nats.aio.client.Client: the gateway's connection
+    submit: Submit  # durable async invocation
+    nats: NATS  # the gateway's connection
     origin: str  # the function whose results this sink delivers
 
 
@@ -87,26 +116,29 @@ class Sink(Protocol):
 
 
 class SinkType(Protocol):
-    Options: ClassVar[type[SinkOptions]]
-    default_max_payload: ClassVar[int]
+    """A destination type: its class, built from its options and a SinkContext."""
+
+    Options: type[SinkOptions]
+    default_max_payload: int
+
+    # `options`: the type's own Options model (a SinkOptions subclass, so not typed as the base).
+    def __call__(self, options: Any, context: SinkContext) -> Sink: ...
 
 
 # type name -> "module:Class"; imported only when a config uses it (Kafka and MQTT are extras).
-REGISTRY: dict[str, str] = {
-    "function": "sinks.function:FunctionSink",
-    "queue": "sinks.queue:QueueSink",
-    "event_bus": "sinks.event_bus:EventBusSink",
-}
+REGISTRY: Registry[SinkType] = Registry(
+    "destination",
+    {
+        "function": "sinks.function:FunctionSink",
+        "queue": "sinks.queue:QueueSink",
+        "event_bus": "sinks.event_bus:EventBusSink",
+    },
+)
 
 
-def sink_class(type_name: str) -> Any:
-    target = REGISTRY.get(type_name)
-    if target is None:
-        hint = difflib.get_close_matches(type_name, list(REGISTRY), n=1)
-        known = f"did you mean {hint[0]!r}?" if hint else f"known types: {', '.join(sorted(REGISTRY))}"
-        raise ValueError(f"unknown destination type {type_name!r}; {known}")
-    module_name, class_name = target.split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+def sink_class(type_name: str) -> SinkType:
+    """The class of a destination type; UnknownType (a ValueError) when there is none."""
+    return REGISTRY.load(type_name)
 
 
 def options_for(dest: DestinationConfig) -> SinkOptions:
@@ -191,18 +223,19 @@ def payload_value(payload: bytes) -> Any:
 
 def result_record(record: Record, inv: Invocation) -> dict[str, Any]:
     """The record a destination receives (CONTRACT: Destinations)."""
-    succeeded = record["status"] == "Succeeded"
-    error = record.get("error") or {}
+    succeeded = record["status"] == TaskStatus.SUCCEEDED
+    error = record.get("error")
     return {
         "timestamp": iso(time.time()),
         "task_id": record["task_id"],
         "function": record["function"],
-        "condition": record.get("condition") or ("Succeeded" if succeeded else error.get("type", "FunctionError")),
+        "condition": record.get("condition")
+        or (Condition.SUCCEEDED if succeeded else error["type"] if error else Condition.FUNCTION_ERROR),
         "attempts": record.get("attempts", 0),
         "request_payload": payload_value(inv.payload),
         "response": {
             "status_code": 200 if succeeded else 500,
-            "function_error": None if succeeded else error.get("message"),
+            "function_error": None if succeeded or not error else error["message"],
         },
         "response_payload": record.get("result") if succeeded else None,
     }

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from gateway.tasks.invocation import iso
 
-from .base import Delivery
+from .base import Delivery, On
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 DATA_CONTENT_TYPE = "application/json"
@@ -29,7 +29,7 @@ _SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in ' "%')
 def attributes(delivery: Delivery) -> dict[str, str]:
     """The event's context attributes. The id is `<task id>.<on>`: the id of the task a
     function destination makes of the same record, so one event and one task share it."""
-    kind = "succeeded" if delivery.on == "success" else "failed"
+    kind = "succeeded" if delivery.on == On.SUCCESS else "failed"
     attrs = {
         "specversion": "1.0",
         "id": f"{delivery.task_id}.{delivery.on}",

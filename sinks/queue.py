@@ -106,6 +106,8 @@ class NatsBackend:
         from nats.errors import Error as NatsError
         from nats.js.errors import APIError, NotFoundError
 
+        from gateway.jetstream.errors import refused_for_good
+
         nc = await self.connection()
         if not nc.is_connected:
             raise TransientDeliveryError("NATS is not connected")
@@ -123,7 +125,7 @@ class NatsBackend:
                 await nc.publish(self.subject, body, headers=headers)
                 await nc.flush(timeout=SEND_TIMEOUT)
         except APIError as exc:
-            if exc.code is not None and 400 <= exc.code < 500:
+            if refused_for_good(exc):
                 raise PermanentDeliveryError(f"JetStream refused: {exc.description}") from None
             raise TransientDeliveryError(f"JetStream: {exc.description}") from None
         except (TimeoutError, NatsError) as exc:

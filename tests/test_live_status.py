@@ -5,18 +5,21 @@ compare-and-set), and how much a slow watcher holds."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import nats
 
 from gateway.errors import TaskNotFound
 from gateway.tasks import constants as c
+from gateway.tasks.records import Record
 from gateway.web.live import QUEUE_LIMIT, LiveStatus, Watcher
 from tests.services import NatsServer
 
 
-def record(task_id: str, *statuses: str, at: str = "2026-12-01T00:00:00.000Z") -> dict[str, Any]:
-    return {"task_id": task_id, "status": statuses[-1], "timeline": [{"status": s, "at": at} for s in statuses]}
+def record(task_id: str, *statuses: str, at: str = "2026-12-01T00:00:00.000Z") -> Record:
+    # Only what the live status reads: its id, status and timeline.
+    partial = {"task_id": task_id, "status": statuses[-1], "timeline": [{"status": s, "at": at} for s in statuses]}
+    return cast(Record, partial)
 
 
 async def drain(watcher: Watcher, quiet: float = 1.5) -> list[str]:
@@ -31,13 +34,13 @@ async def test_only_stored_writes_are_shown_in_order(nats_server: NatsServer, un
     task_id = unique("ls")
     stored: dict[str, Any] = {"record": record(task_id, "Enqueued"), "stale_reads": 0, "before": None}
 
-    async def read(wanted: str) -> dict[str, Any]:
+    async def read(wanted: str) -> Record:
         if wanted != task_id:
             raise TaskNotFound(wanted)
         if stored["stale_reads"]:  # the stream has not stored the latest write yet
             stored["stale_reads"] -= 1
-            return dict(stored["before"])
-        return dict(stored["record"])
+            return cast(Record, stored["before"]).copy()
+        return cast(Record, stored["record"]).copy()
 
     nc = await nats.connect(nats_server.url)
     try:
@@ -78,8 +81,8 @@ def test_a_slow_watcher_holds_a_bounded_queue_ending_with_the_newest() -> None:
     watcher = Watcher()
     statuses = ["Enqueued"] + ["Running"] * 200 + ["Succeeded"]
     for n in range(1, len(statuses) + 1):
-        watcher.push({"status": statuses[n - 1], "timeline": [{}] * n})
+        watcher.push(cast(Record, {"status": statuses[n - 1], "timeline": [{}] * n}))
     assert len(watcher.records) == QUEUE_LIMIT
     assert watcher.records[-1]["status"] == "Succeeded"
-    watcher.push({"status": "Running", "timeline": [{}] * 5})  # older than what it has: ignored
+    watcher.push(cast(Record, {"status": "Running", "timeline": [{}] * 5}))  # older than what it has: ignored
     assert len(watcher.records) == QUEUE_LIMIT and watcher.records[-1]["status"] == "Succeeded"

@@ -199,7 +199,11 @@ class TaskLifecycle(RuleBasedStateMachine):
             from_run = status is TaskStatus.RETRYING or (
                 status is TaskStatus.FAILED and record.get("condition") in RUN_FAILURE_CONDITIONS
             )
-            from_run = from_run or (status is TaskStatus.EXPIRED and record["error"]["type"] == "TransientError")
+            from_run = from_run or (
+                status is TaskStatus.EXPIRED
+                and (error := record["error"]) is not None
+                and error["type"] == "TransientError"
+            )
             if from_run:
                 assert errors and {k: errors[-1][k] for k in ("type", "message")} == record["error"]
 
@@ -216,3 +220,33 @@ class TaskLifecycle(RuleBasedStateMachine):
 
 TaskLifecycle.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 test_task_lifecycle = TaskLifecycle.TestCase
+
+
+def test_a_late_copy_of_an_earlier_attempt_is_not_run_again() -> None:
+    """Found by the machine above: attempt 1's copy (a lost ack) arriving after attempt 2 ran
+    moved the record's attempts back to 1 and ran the function once more."""
+    inv = Invocation("t-late", "fn", b"{}", submitted_at=1000.0, scheduled_at=1000.0)
+    record = new_record(inv)
+    for attempt in (1, 2):
+        claimed = lifecycle.claim(
+            record, now=1001.0, attempt=attempt, scheduled_at=1000.0, max_event_age=60.0, depth=1, max_depth=5
+        )
+        assert claimed.run and claimed.record is not None and claimed.record["attempts"] == attempt
+        record = lifecycle.settle(
+            claimed.record,
+            now=1002.0,
+            outcome="function_error",
+            attempt=attempt,
+            transient_count=0,
+            scheduled_at=1000.0,
+            max_retries=5,
+            retry_delay=1.0,
+            max_event_age=60.0,
+            message="boom",
+        ).record
+    late = lifecycle.claim(record, now=1003.0, attempt=1, scheduled_at=1000.0, max_event_age=60.0, depth=1, max_depth=5)
+    assert late.record is None and not late.run
+    again = lifecycle.claim(
+        record, now=1003.0, attempt=3, scheduled_at=1000.0, max_event_age=60.0, depth=1, max_depth=5
+    )
+    assert again.run

@@ -11,20 +11,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
-import difflib
 import hashlib
-import importlib
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway.config.model import TriggerConfig
+from gateway.config.registry import Registry, UnknownType
 from gateway.errors import ConfigError, DuplicateTask, FngateError
 from gateway.observe import metrics
 from gateway.tasks.invocation import BatchItem, Lineage, Source, iso, new_task_id
@@ -113,10 +113,21 @@ class TriggerContext:
     nats_servers: Callable[[], list[str]] = field(default=lambda: [])
 
 
+class TriggerState(StrEnum):
+    """A trigger's life (its health's `state`)."""
+
+    CREATED = "created"
+    CONNECTING = "connecting"  # to its broker or server, retried until it answers
+    RUNNING = "running"
+    HOLDING = "holding"  # running, with events held back while NATS does not take them
+    FAILED = "failed"  # its source refused it for good (an MQTT subscription refused)
+    STOPPED = "stopped"
+
+
 class Trigger(Protocol):
     name: str
     type: str
-    state: str
+    state: TriggerState
 
     async def start(self) -> None: ...
 
@@ -130,32 +141,32 @@ class Trigger(Protocol):
 TriggerFactory = Callable[[TriggerConfig, TriggerContext], Trigger]
 
 
-def readiness(triggers: Sequence[Any]) -> tuple[bool, dict[str, dict[str, Any]]]:
+def readiness(triggers: Sequence[Trigger]) -> tuple[bool, dict[str, dict[str, Any]]]:
     """For /readyz: whether every trigger receives events, and each one's state."""
     states = {t.name: {"type": t.type, "state": t.state, "ready": bool(t.ready())} for t in triggers}
     return all(s["ready"] for s in states.values()), states
 
 
 # type name -> "module:Class"; imported only when a config uses it (a heavy library loads only then).
-REGISTRY: dict[str, str] = {
-    "http": "triggers.http:HttpTrigger",
-    "timer": "triggers.timer:TimerTrigger",
-    "file": "triggers.file:FileTrigger",
-    "kafka": "triggers.kafka:KafkaTrigger",
-    "mqtt": "triggers.mqtt:MqttTrigger",
-    "nats": "triggers.nats:NatsTrigger",
-}
+REGISTRY: Registry[TriggerFactory] = Registry(
+    "trigger",
+    {
+        "http": "triggers.http:HttpTrigger",
+        "timer": "triggers.timer:TimerTrigger",
+        "file": "triggers.file:FileTrigger",
+        "kafka": "triggers.kafka:KafkaTrigger",
+        "mqtt": "triggers.mqtt:MqttTrigger",
+        "nats": "triggers.nats:NatsTrigger",
+    },
+)
 
 
-def trigger_class(type_name: str, path: str = "triggers") -> Any:
-    target = REGISTRY.get(type_name)
-    if target is None:
-        hint = difflib.get_close_matches(type_name, list(REGISTRY), n=1)
-        suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; known types: {', '.join(sorted(REGISTRY))}"
-        raise ConfigError([f"{path}.type: unknown trigger type {type_name!r}{suggestion}"])
-    module_name, class_name = target.split(":")
+def trigger_class(type_name: str, path: str = "triggers") -> TriggerFactory:
+    """The class of a trigger type; ConfigError (at `path`) when unknown or not loadable."""
     try:
-        module = importlib.import_module(module_name)
+        return REGISTRY.load(type_name)
+    except UnknownType as exc:
+        raise ConfigError([f"{path}.type: {exc.message}"]) from None
     except ImportError as exc:
         raise ConfigError(
             [
@@ -163,7 +174,6 @@ def trigger_class(type_name: str, path: str = "triggers") -> Any:
                 "it is a core dependency of fngate: reinstall it"
             ]
         ) from None
-    return getattr(module, class_name)
 
 
 # --- shared by the trigger modules ----------------------------------------------------
@@ -268,7 +278,7 @@ class BaseTrigger:
         self.context = context
         self.path = f"triggers.{config.name}"
         self.source = Source(self.type, self.name)
-        self.state = "created"
+        self.state = TriggerState.CREATED
         self._held = 0  # events waiting for NATS to take them
         self._stopping = asyncio.Event()
         self.pattern: EventPattern | None = None  # the trigger's `filter:`, set by the types that take one
@@ -289,14 +299,14 @@ class BaseTrigger:
     def ready(self) -> bool:
         """Whether the trigger receives events now (subscribed, assigned, watching, routed);
         a type with more to wait for than its start says so by overriding this."""
-        return self.state == "running"
+        return self.state is TriggerState.RUNNING
 
     def health(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "type": self.type,
             "function": self.function,
-            "state": "holding" if self._held and self.state == "running" else self.state,
+            "state": TriggerState.HOLDING if self._held and self.state is TriggerState.RUNNING else self.state,
             "ready": self.ready(),
             **self.context.stats.as_dict(),
         }

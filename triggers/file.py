@@ -22,9 +22,10 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from gateway.config.model import Duration, TriggerConfig
+from gateway.supervise import Background
 from gateway.tasks.invocation import iso, new_task_id
 
-from .base import BaseTrigger, TriggerContext, parse_options, stable_id
+from .base import BaseTrigger, TriggerContext, TriggerState, parse_options, stable_id
 from .shaping import FilterOptions
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class FileTrigger(BaseTrigger):
         self.settling: dict[Path, Settling] = {}
         self.due: asyncio.Queue[tuple[EventKind, Path, Path | None]] = asyncio.Queue()
         self.observer: Any = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loops = Background()
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -87,24 +88,17 @@ class FileTrigger(BaseTrigger):
         )
         observer.daemon = True
         observer.start()
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._settle_loop(), name=f"file {self.name} settle"),
-            loop.create_task(self._submit_loop(), name=f"file {self.name} submit"),
-        ]
-        self.state = "running"
+        self._loops.loop(f"file trigger {self.name}: settle", self._settle_loop, stopping=self._stopping)
+        self._loops.loop(f"file trigger {self.name}: submit", self._submit_loop, stopping=self._stopping)
+        self.state = TriggerState.RUNNING
 
     async def stop(self) -> None:
         self._stopping.set()
         if self.observer is not None:
             self.observer.stop()
             await asyncio.to_thread(self.observer.join, 5)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self.state = "stopped"
+        await self._loops.close()
+        self.state = TriggerState.STOPPED
 
     def health(self) -> dict[str, Any]:
         return {**super().health(), "path": str(self.root), "settling": len(self.settling)}

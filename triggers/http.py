@@ -20,7 +20,7 @@ from gateway.errors import BadRequest, FngateError, Forbidden, PayloadTooLarge, 
 from gateway.tasks.invocation import lineage_from_headers, new_task_id
 from gateway.units import format_size
 
-from .base import BaseTrigger, TriggerContext, parse_options, stable_id
+from .base import BaseTrigger, TriggerContext, TriggerState, parse_options, stable_id
 from .shaping import FilterOptions
 from .webhook_auth import Auth, NoAuth, ReplayMemory, Verdict, verify
 
@@ -67,10 +67,10 @@ class HttpTrigger(BaseTrigger):
             context.add_route("OPTIONS", self.options.path, self.handshake)
 
     async def start(self) -> None:
-        self.state = "running"
+        self.state = TriggerState.RUNNING
 
     async def stop(self) -> None:
-        self.state = "stopped"
+        self.state = TriggerState.STOPPED
         self._stopping.set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

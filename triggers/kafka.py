@@ -22,9 +22,10 @@ from aiokafka.helpers import create_ssl_context
 from pydantic import Field, field_validator, model_validator
 
 from gateway.config.model import TriggerConfig
+from gateway.supervise import supervised
 from gateway.tasks.invocation import BatchItem, lineage_from_headers
 
-from .base import RETRY_MAX, BaseTrigger, TriggerContext, parse_options, stable_id, text_or_base64
+from .base import RETRY_MAX, BaseTrigger, TriggerContext, TriggerState, parse_options, stable_id, text_or_base64
 from .shaping import BatchedOptions, batch_task, chunks
 
 log = logging.getLogger(__name__)
@@ -93,18 +94,19 @@ class KafkaTrigger(BaseTrigger):
 
     async def start(self) -> None:
         # The broker may be down at start-up: connecting happens in the background, with retries.
-        self.state = "connecting"
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"kafka {self.name}")
+        self.state = TriggerState.CONNECTING
+        run = supervised(f"kafka trigger {self.name}", self._run, stopping=self._stopping)
+        self._task = asyncio.get_running_loop().create_task(run, name=f"kafka {self.name}")
 
     async def stop(self) -> None:
         self._stopping.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._task, 15)
-        self.state = "stopped"
+        self.state = TriggerState.STOPPED
 
     def ready(self) -> bool:
-        return self.state == "running" and self._positioned
+        return self.state is TriggerState.RUNNING and self._positioned
 
     def health(self) -> dict[str, Any]:
         return {
@@ -147,7 +149,7 @@ class KafkaTrigger(BaseTrigger):
             consumer = self._consumer()
             try:
                 await consumer.start()
-                self.state = "running"
+                self.state = TriggerState.RUNNING
                 delay = 0.5
                 await self._consume(consumer)
             except (KafkaError, OSError) as exc:
@@ -162,7 +164,7 @@ class KafkaTrigger(BaseTrigger):
                 with contextlib.suppress(Exception):
                     await consumer.stop()
             if not self._stopping.is_set():
-                self.state = "connecting"
+                self.state = TriggerState.CONNECTING
                 await self.wait_stopping(delay)
                 delay = min(delay * 2, RETRY_MAX)
 

@@ -27,9 +27,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BeforeValidator, Field, field_validator
 
 from gateway.config.model import Duration, TriggerConfig
+from gateway.supervise import supervised
 from gateway.tasks.invocation import BatchItem, lineage_from_headers, new_task_id
 
-from .base import BaseTrigger, TriggerContext, parse_options
+from .base import BaseTrigger, TriggerContext, TriggerState, parse_options
 from .shaping import BatchedOptions, batch_task, chunks
 
 log = logging.getLogger(__name__)
@@ -138,10 +139,10 @@ class MqttTrigger(BaseTrigger):
         # start-up or later is reconnected to, and on_connect subscribes again each time.
         client.connect_async(url.hostname or "127.0.0.1", url.port or (8883 if tls else 1883), **connect)
         # Before paho's thread starts: its SUBACK sets "running", which must not be overwritten.
-        self.state = "connecting"
+        self.state = TriggerState.CONNECTING
         self._tasks = [
-            loop.create_task(self._pump(), name=f"mqtt {self.name} pump"),
-            loop.create_task(self._acknowledge(), name=f"mqtt {self.name} ack"),
+            loop.create_task(supervised(f"mqtt trigger {self.name}: pump", self._pump, stopping=self._stopping)),
+            loop.create_task(supervised(f"mqtt trigger {self.name}: ack", self._acknowledge, stopping=self._stopping)),
         ]
         client.loop_start()
 
@@ -173,10 +174,10 @@ class MqttTrigger(BaseTrigger):
                 await task
         if self._getter is not None:
             self._getter.cancel()
-        self.state = "stopped"
+        self.state = TriggerState.STOPPED
 
     def ready(self) -> bool:
-        return self.state == "running" and self.connected  # running: the SUBACK came
+        return self.state is TriggerState.RUNNING and self.connected  # running: the SUBACK came
 
     def health(self) -> dict[str, Any]:
         return {
@@ -202,17 +203,17 @@ class MqttTrigger(BaseTrigger):
     ) -> None:
         refused = [reason for reason in reasons if reason.is_failure]
         if refused:
-            self.state = "failed"
+            self.state = TriggerState.FAILED
             self.count_error(f"subscription to {self.subscription} refused: {refused[0]}")
             log.error("mqtt trigger %s: subscription to %s refused: %s", self.name, self.subscription, refused[0])
             return
-        self.state = "running"
+        self.state = TriggerState.RUNNING
         log.info("mqtt trigger %s: subscribed to %s", self.name, self.subscription)
 
     def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _p: Any) -> None:
         self.connected = False
         if not self._stopping.is_set():
-            self.state = "connecting"
+            self.state = TriggerState.CONNECTING
             log.warning("mqtt trigger %s: disconnected (%s); reconnecting", self.name, reason)
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:

@@ -21,9 +21,10 @@ from nats.aio.msg import Msg
 from pydantic import Field
 
 from gateway.config.model import TriggerConfig
+from gateway.supervise import supervised
 from gateway.tasks.invocation import BatchItem, lineage_from_headers, new_task_id
 
-from .base import RETRY_MAX, BaseTrigger, TriggerContext, parse_options
+from .base import RETRY_MAX, BaseTrigger, TriggerContext, TriggerState, parse_options
 from .shaping import BatchedOptions, batch_task, chunks
 
 STOP_FLUSH_TIMEOUT = 5.0  # seconds a stopping trigger gives its last batch to be enqueued
@@ -62,8 +63,10 @@ class NatsTrigger(BaseTrigger):
     async def start(self) -> None:
         if not self.servers:
             self.servers = self.context.nats_servers()
-        self.state = "connecting"
-        self._task = asyncio.get_running_loop().create_task(self._connect(), name=f"nats {self.name}")
+        self.state = TriggerState.CONNECTING
+        # Connecting ends once subscribed (nats-py reconnects from there); a failure starts it over.
+        connect = supervised(f"nats trigger {self.name}", self._connect, stopping=self._stopping, final_return=True)
+        self._task = asyncio.get_running_loop().create_task(connect, name=f"nats {self.name}")
 
     async def stop(self) -> None:
         self._stopping.set()  # from here a submit is tried once, not held
@@ -79,10 +82,10 @@ class NatsTrigger(BaseTrigger):
         # Core NATS will not deliver these again: one try to enqueue them now (bounded wait).
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._flush(), STOP_FLUSH_TIMEOUT)
-        self.state = "stopped"
+        self.state = TriggerState.STOPPED
 
     def ready(self) -> bool:
-        return self.state == "running" and self.nc is not None and self.nc.is_connected
+        return self.state is TriggerState.RUNNING and self.nc is not None and self.nc.is_connected
 
     def health(self) -> dict[str, Any]:
         connected = self.nc is not None and self.nc.is_connected
@@ -97,10 +100,10 @@ class NatsTrigger(BaseTrigger):
         """Connect (retrying until the server is there) and subscribe; nats-py reconnects after."""
 
         async def on_disconnect() -> None:
-            self.state = "connecting"
+            self.state = TriggerState.CONNECTING
 
         async def on_reconnect() -> None:
-            self.state = "running"
+            self.state = TriggerState.RUNNING
 
         async def on_error(exc: Exception) -> None:
             log.warning("nats trigger %s: %s", self.name, exc)
@@ -125,7 +128,7 @@ class NatsTrigger(BaseTrigger):
                 delay = min(delay * 2, RETRY_MAX)
         await self.nc.subscribe(self.options.subject, queue=self.options.queue or "", cb=self._on_message)
         await self.nc.flush()
-        self.state = "running"
+        self.state = TriggerState.RUNNING
 
     async def _on_message(self, msg: Msg) -> None:
         # nats-py runs this callback for one message at a time: holding a message while the

@@ -20,6 +20,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gateway.errors import FngateError
+
 Matcher = Callable[[Any, bool], bool]  # (value, present) -> matched
 _MISSING = object()
 _NUMERIC_OPS: dict[str, Callable[[Any, Any], bool]] = {
@@ -31,8 +33,11 @@ _NUMERIC_OPS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
-class PatternError(ValueError):
+class PatternError(FngateError, ValueError):
     """A pattern that cannot be compiled; the message names the place in the pattern."""
+
+    status = 400
+    code = "InvalidPattern"
 
 
 class EventPattern:

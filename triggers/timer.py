@@ -32,9 +32,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 from pydantic import Field, JsonValue, field_validator, model_validator
 
 from gateway.config.model import Duration, TriggerConfig
+from gateway.supervise import Background
 from gateway.tasks.invocation import iso
 
-from .base import BaseTrigger, TriggerContext, TriggerOptions, parse_options
+from .base import BaseTrigger, TriggerContext, TriggerOptions, TriggerState, parse_options
 
 log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -206,6 +207,7 @@ class TimerTrigger(BaseTrigger):
         self.last_tick: datetime | None = None
         self.since: datetime | None = None
         self._catching_up = asyncio.Lock()
+        self._background = Background()
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load_state)
@@ -217,9 +219,9 @@ class TimerTrigger(BaseTrigger):
                 self.on_tick, self.schedule, id=self.name, coalesce=True, max_instances=1, misfire_grace_time=None
             )
         scheduler.start()
-        self.state = "running"
+        self.state = TriggerState.RUNNING
         if self.options.misfire == "run_once":
-            asyncio.get_running_loop().create_task(self.catch_up())
+            self._background.start(self.catch_up(), name=f"timer {self.name} catch-up")
 
     def _passed(self) -> bool:
         """An `at` time already past: APScheduler would fire it at once, which is catch-up's call."""
@@ -229,7 +231,7 @@ class TimerTrigger(BaseTrigger):
         self._stopping.set()
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        self.state = "stopped"
+        self.state = TriggerState.STOPPED
 
     def health(self) -> dict[str, Any]:
         health = super().health()

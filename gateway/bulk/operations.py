@@ -20,8 +20,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError
 
-from gateway.pipeline.supervise import cancel_requested
-from gateway.tasks import constants as c
+from gateway.jetstream.errors import stream_name_in_use
+from gateway.supervise import cancel_requested
 
 from ..errors import ServiceUnavailable
 from ..history import TaskQuery
@@ -61,7 +61,7 @@ class BulkOperations:
         try:
             await self.js.add_stream(config)
         except APIError as exc:
-            if exc.err_code != c.ERR_STREAM_NAME_IN_USE:
+            if not stream_name_in_use(exc):
                 raise
             await self.js.update_stream(config)
         consumer = ConsumerConfig(

@@ -5,14 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.web import schemas
+from gateway.web.keys import BULK
 from gateway.web.schemas import shape
 
 from ..errors import ServiceUnavailable
 from .operations import BulkOperations
 from .records import public
 from .request import parse_request
-
-BULK = web.AppKey("bulk", BulkOperations)
 
 
 def operations(request: web.Request) -> BulkOperations:

@@ -33,8 +33,10 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
+from gateway.errors import FngateError
+from gateway.jetstream.errors import wrong_last_sequence
 from gateway.jetstream.puller import Puller
-from gateway.pipeline.supervise import cancel_requested
+from gateway.supervise import cancel_requested
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import Invocation
 
@@ -53,8 +55,8 @@ PARK_FETCH_EXPIRES = 1.0
 RANKS = {priority: rank for rank, priority in enumerate(PRIORITIES)}
 
 
-class LeadershipLost(Exception):
-    pass
+class LeadershipLost(FngateError):
+    code = "LeadershipLost"
 
 
 @dataclass(slots=True)
@@ -118,7 +120,7 @@ class FlowLeader:
                 self.leader_subject, self.replica.encode(), {c.H_EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
             )
         except APIError as exc:
-            if exc.err_code == c.ERR_WRONG_LAST_SEQUENCE:
+            if wrong_last_sequence(exc):
                 return None
             raise
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.errors import NatsServerNotFound
+from gateway.errors import FngateError, NatsServerNotFound
 from gateway.jetstream.datadir import hold
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,10 @@ def _log_since(log_file: Path, offset: int) -> bytes:
         return b""
 
 
-class PortTaken(Exception):
+class PortTaken(FngateError):
     """The chosen port was bound by someone else before nats-server could."""
+
+    code = "PortTaken"
 
 
 class EmbeddedNats:
@@ -151,7 +153,7 @@ class EmbeddedNats:
         while True:
             if self.process.returncode is not None:
                 if _log_since(log_file, log_start).find(b"address already in use") >= 0:
-                    raise PortTaken(self.port)
+                    raise PortTaken(f"port {self.port} was taken before nats-server bound it")
                 raise NatsServerNotFound(f"nats-server exited with {self.process.returncode}; see {log_file}")
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)

@@ -23,6 +23,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError
 
+from gateway.errors import FngateError
+
 
 @dataclass(frozen=True, slots=True)
 class PendingAck:
@@ -92,12 +94,15 @@ class AckPublisher:
                     future.set_exception(NatsTimeout())
 
 
-class DuplicateMessage(Exception):
+class DuplicateMessage(FngateError):
     """JetStream already holds a message with this `Nats-Msg-Id` (within the stream's
     duplicate window): nothing was stored; `seq` is the sequence of the one it holds."""
 
+    status = 409
+    code = "DuplicateMessage"
+
     def __init__(self, seq: int) -> None:
-        super().__init__(seq)
+        super().__init__(f"a message with this id is stored already (sequence {seq})")
         self.seq = seq
 
 

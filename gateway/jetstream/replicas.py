@@ -27,7 +27,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
-from gateway.pipeline.supervise import cancel_requested
+from gateway.supervise import cancel_requested
 
 log = logging.getLogger(__name__)
 BUCKET = "fngate_replicas"

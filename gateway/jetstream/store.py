@@ -27,9 +27,10 @@ from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBuffer
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RawStreamMsg, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 
-from gateway.errors import DuplicateTask, PayloadTooLarge, ServiceUnavailable
+from gateway.errors import DuplicateTask, FngateError, PayloadTooLarge, ServiceUnavailable
+from gateway.jetstream.errors import not_found, store_full, stream_name_in_use, wrong_last_sequence
 from gateway.jetstream.publisher import AckPublisher, DuplicateMessage, PendingAck
 from gateway.observe import metrics
 from gateway.tasks import constants as c
@@ -44,8 +45,11 @@ UNAVAILABLE = (NatsTimeout, NoRespondersError, ConnectionClosedError, OutboundBu
 MESSAGE_OVERHEAD = 4096  # room for the invocation's headers within the server's max_payload
 
 
-class StateConflict(Exception):
+class StateConflict(FngateError):
     """The task record changed since it was read: re-read and decide again."""
+
+    status = 409
+    code = "StateConflict"
 
 
 # A submit that failed this way may still have been stored (the message can reach the server
@@ -59,7 +63,7 @@ def submit_error(inv: Invocation, exc: Exception) -> Exception:
     if isinstance(exc, DuplicateMessage):
         return DuplicateTask(f"task id {inv.task_id!r} is already taken")
     if isinstance(exc, APIError):
-        if exc.err_code == c.ERR_WRONG_LAST_SEQUENCE:
+        if wrong_last_sequence(exc):
             return DuplicateTask(f"task id {inv.task_id!r} is already taken")
         return ServiceUnavailable(f"JetStream refused the task ({exc.description}); nothing was enqueued, retry later")
     if isinstance(exc, NoRespondersError):
@@ -75,6 +79,19 @@ def submit_error(inv: Invocation, exc: Exception) -> Exception:
 class StoredRecord:
     record: Record
     seq: int
+
+
+# What to write given the task's current record (None: it has none yet); None writes nothing.
+Decide = Callable[[StoredRecord | None], Awaitable[Record | None]]
+# Told of each write JetStream refused (its store full, a limit) and how many so far.
+Refused = Callable[[APIError, int], None]
+
+
+class _Unread:
+    """The default of update_state's `known`: nothing is known, read the record first."""
+
+
+UNREAD = _Unread()
 
 
 class TaskStore:
@@ -133,7 +150,7 @@ class TaskStore:
         try:
             await self.js.add_stream(config)
         except APIError as exc:
-            if exc.err_code != c.ERR_STREAM_NAME_IN_USE:
+            if not stream_name_in_use(exc):
                 raise
             await self.js.update_stream(config)
 
@@ -147,7 +164,7 @@ class TaskStore:
         try:
             seq = await self.publisher.publish(inv.subject, inv.payload, self._submit_headers(inv))
         except Exception as exc:
-            if isinstance(exc, APIError) and exc.err_code == c.ERR_INSUFFICIENT_RESOURCES:
+            if isinstance(exc, APIError) and store_full(exc):
                 self._refused(exc)
             error = submit_error(inv, exc)
             if isinstance(error, DuplicateTask):
@@ -246,10 +263,8 @@ class TaskStore:
         """The subject's last message by direct get (any replica answers); None when there is none."""
         try:
             return await self.js.get_last_msg(stream, subject, direct=True)
-        except NotFoundError:
-            return None
         except APIError as exc:
-            if exc.code == 404:
+            if not_found(exc):
                 return None
             raise
 
@@ -261,7 +276,7 @@ class TaskStore:
         try:
             seq = await self.publisher.publish(f"{c.STATE_SUBJECT}.{record['task_id']}", encode(record), headers)
         except APIError as exc:
-            if exc.err_code == c.ERR_WRONG_LAST_SEQUENCE:
+            if wrong_last_sequence(exc):
                 raise StateConflict(record["task_id"]) from None
             self._refused(exc)
             metrics.STATE_WRITES_REFUSED.inc()
@@ -269,6 +284,46 @@ class TaskStore:
         if self.write_refused is not None:
             self._stored()
         return seq
+
+    async def update_state(
+        self,
+        task_id: str,
+        decide: Decide,
+        *,
+        known: StoredRecord | _Unread | None = UNREAD,
+        on_refused: Refused | None = None,
+    ) -> StoredRecord | None:
+        """Compare-and-set of a task record: `decide` says what to write given the current
+        record, which is written only if nobody wrote it since; after a conflict the record
+        is read again and `decide` asked again. The record written and its sequence, or None
+        when `decide` chose to write nothing.
+
+        `known`: the state the caller already holds (None: no record yet), tried without a
+        read first. `on_refused`: a write JetStream refuses is retried with backoff until it
+        is stored, each refusal told to it (without it, the APIError is raised).
+        """
+        stored = None if isinstance(known, _Unread) else known
+        unread = isinstance(known, _Unread)
+        refused = 0
+        while True:
+            if unread:
+                stored = await self.get_state(task_id)
+            unread = True
+            record = await decide(stored)
+            if record is None:
+                return None
+            while True:
+                try:
+                    seq = await self.put_state(record, stored.seq if stored else 0)
+                    return StoredRecord(record, seq)
+                except StateConflict:
+                    break
+                except APIError as exc:
+                    if on_refused is None:
+                        raise
+                    on_refused(exc, refused)
+                    refused += 1
+                    await asyncio.sleep(min(0.25 * 2 ** min(refused, 5), 5.0))
 
     async def function_consumers(self) -> list[str]:
         """Function names that have a durable consumer on the task stream."""

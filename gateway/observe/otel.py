@@ -7,7 +7,7 @@ the parent's flags, batching, the OTLP protobuf encoding, retries) is the SDK's.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -18,8 +18,10 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from gateway import __version__
-from gateway.config.model import TracingConfig
 from gateway.observe.tracing import TraceContext
+
+if TYPE_CHECKING:
+    from gateway.config.model import TracingConfig
 
 KINDS = {"internal": SpanKind.INTERNAL, "consumer": SpanKind.CONSUMER, "producer": SpanKind.PRODUCER}
 # Spans leave in batches at most this far apart: soon enough to follow a task live.

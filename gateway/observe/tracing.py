@@ -135,13 +135,6 @@ def delivery_trace(task_id: str, on: str, attempt: int, parent: TraceContext | N
     return parent.child(derived_id(16, "delivery", task_id, on, attempt)) if parent else None
 
 
-def record_of(traceparent: str | None, tracestate: str | None) -> dict[str, str] | None:
-    """The task record's `trace`: the context the task came with."""
-    if not traceparent:
-        return None
-    return {H_TRACEPARENT: traceparent, **({H_TRACESTATE: tracestate} if tracestate else {})}
-
-
 # --- export -----------------------------------------------------------------------------
 
 
@@ -233,9 +226,9 @@ def emit_attempt(
             "fngate.source.name": inv.source.name,
             "fngate.chain.id": inv.lineage.chain_id,
             "fngate.chain.depth": inv.lineage.depth,
-            "fngate.outcome": outcome,
+            "fngate.outcome": str(outcome),  # an Outcome, or a sync run's error code
         },
-        error=None if outcome == "succeeded" else (error or outcome),
+        error=None if outcome == "succeeded" else (error or str(outcome)),
     )
 
 
@@ -263,7 +256,7 @@ def emit_delivery(
             "fngate.destination.type": type_name,
             "fngate.destination.target": target,
             "fngate.delivery.attempt": attempt,
-            "fngate.outcome": outcome,
+            "fngate.outcome": str(outcome),  # an Outcome, or a sync run's error code
         },
         error=None if error is None else f"{outcome}: {error}",
     )

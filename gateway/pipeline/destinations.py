@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -24,15 +24,17 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 from nats.js.errors import APIError
 
 from gateway.config.model import Config
-from gateway.jetstream.store import StateConflict, TaskStore
+from gateway.jetstream.store import StoredRecord, TaskStore
 from gateway.observe import metrics, tracing
-from gateway.pipeline.supervise import cancel_requested
+from gateway.supervise import cancel_requested
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import Invocation, Lineage, iso
-from gateway.tasks.records import Record
-from gateway.tasks.status import TaskStatus
+from gateway.tasks.records import DestinationEntry, Record
+from gateway.tasks.status import Condition, TaskStatus
 from sinks.base import (
     Delivery,
+    DeliveryStatus,
+    On,
     PermanentDeliveryError,
     Sink,
     SinkContext,
@@ -43,6 +45,7 @@ from sinks.base import (
     result_record,
     sink_class,
 )
+from triggers.base import Submit
 
 log = logging.getLogger(__name__)
 FIRST_BACKOFF = 0.5
@@ -56,14 +59,14 @@ H_QUEUED_AT = "Fngate-Queued-At"
 
 
 class Destination:
-    def __init__(self, function: str, on: str, type_name: str, sink: Sink, limit: int) -> None:
+    def __init__(self, function: str, on: On, type_name: str, sink: Sink, limit: int) -> None:
         self.function = function
         self.on = on
         self.type = type_name
         self.sink = sink
         self.limit = limit
 
-    def entry(self, status: str, attempts: int = 0, error: str | None = None) -> dict[str, Any]:
+    def entry(self, status: DeliveryStatus, attempts: int = 0, error: str | None = None) -> dict[str, Any]:
         return {
             "on": self.on,
             "type": self.type,
@@ -76,13 +79,13 @@ class Destination:
 
 
 class Dispatcher:
-    def __init__(self, config: Config, store: TaskStore, submit: Any, replicas: int = 1) -> None:
+    def __init__(self, config: Config, store: TaskStore, submit: Submit, replicas: int = 1) -> None:
         self.store = store
         self.replicas = replicas
         self.destinations: dict[tuple[str, str], Destination] = {}
         self._slots = asyncio.Semaphore(64)
         for name, function in config.functions.items():
-            for on, dest in (("success", function.async_.on_success), ("failure", function.async_.on_failure)):
+            for on, dest in ((On.SUCCESS, function.async_.on_success), (On.FAILURE, function.async_.on_failure)):
                 if dest is None:
                     continue
                 options = options_for(dest)
@@ -104,22 +107,23 @@ class Dispatcher:
     async def on_terminal(self, record: Record, inv: Invocation) -> None:
         """Queue the delivery of a finished task's record (called before its message is acked)."""
         status = TaskStatus(record["status"])
-        if record.get("condition") == "RecursiveLoopDetected":
+        if record.get("condition") == Condition.RECURSIVE_LOOP:
             metrics.LOOPS_DETECTED.labels(inv.function).inc()
-        on = "success" if status is TaskStatus.SUCCEEDED else "failure"
+        on = On.SUCCESS if status is TaskStatus.SUCCEEDED else On.FAILURE
         if status not in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.EXPIRED):
             return
         destination = self.destinations.get((inv.function, on))
         if destination is None:
             return
-        if record.get("condition") == "RecursiveLoopDetected":
-            await self.update_entry(inv.task_id, destination.entry("skipped", error="RecursiveLoopDetected"))
+        if record.get("condition") == Condition.RECURSIVE_LOOP:
+            skipped = destination.entry(DeliveryStatus.SKIPPED, error=Condition.RECURSIVE_LOOP)
+            await self.update_entry(inv.task_id, skipped)
             return
         body = encode_record(result_record(record, inv))
         if len(body) > destination.limit:
             metrics.DESTINATION_DELIVERIES.labels(inv.function, destination.type, "too_large").inc()
             error = f"PayloadTooLarge: record of {len(body)} bytes is over max_payload {destination.limit}"
-            await self.update_entry(inv.task_id, destination.entry("failed", error=error))
+            await self.update_entry(inv.task_id, destination.entry(DeliveryStatus.FAILED, error=error))
             return
         # The producing task's own lineage: whoever consumes the record advances it by a hop
         # (the function destination, a trigger reading the subject, the HTTP API).
@@ -139,36 +143,35 @@ class Dispatcher:
         await self.store.js.publish(
             f"{c.DELIVERIES_SUBJECT}.{inv.function}.{on}.{inv.task_id}", body, headers=headers, timeout=10
         )
-        await self.update_entry(inv.task_id, destination.entry("pending"))
+        await self.update_entry(inv.task_id, destination.entry(DeliveryStatus.PENDING))
 
     async def update_entry(self, task_id: str, entry: dict[str, Any]) -> None:
         """Put this destination's entry on the task record (compare-and-set, re-read on conflict)."""
-        while True:
-            stored = await self.store.get_state(task_id)
+
+        async def decide(stored: StoredRecord | None) -> Record | None:
             if stored is None:
-                return
-            record = dict(stored.record)
+                return None
+            record = stored.record.copy()
             entries = record.get("destinations") or []
             previous = next((e for e in entries if e.get("on") == entry["on"]), None)
-            done_before = int((previous or {}).get("attempts") or 0)
+            done_before = (previous["attempts"] or 0) if previous else 0
             if not entry["attempts"] and done_before:
-                return  # queued again (a redelivered task's hook): the entry already tells more
-            if entry["attempts"]:
+                return None  # queued again (a redelivered task's hook): the entry already tells more
+            update = entry
+            if update["attempts"]:
                 # The server's delivery count can start again (a delivery re-published after a
                 # crash); the attempts recorded on the task never go backwards.
-                entry = {**entry, "attempts": max(entry["attempts"], done_before + 1)}
-            history = list((previous or {}).get("history") or [])
-            if entry["attempts"]:
+                update = {**update, "attempts": max(update["attempts"], done_before + 1)}
+            history = list(previous.get("history") or []) if previous else []
+            if update["attempts"]:
                 # Every attempt's outcome stays visible (the last MAX_HISTORY of them).
-                history.append({"attempt": entry["attempts"], "status": entry["status"], "error": entry["error"],
-                                "at": entry["last_attempt_at"]})  # fmt: skip
-            others = [e for e in entries if e.get("on") != entry["on"]]
-            record["destinations"] = [*others, {**entry, "history": history[-MAX_HISTORY:]}]
-            try:
-                await self.store.put_state(record, stored.seq)
-                return
-            except StateConflict:
-                continue
+                history.append({"attempt": update["attempts"], "status": update["status"], "error": update["error"],
+                                "at": update["last_attempt_at"]})  # fmt: skip
+            others = [e for e in entries if e.get("on") != update["on"]]
+            record["destinations"] = [*others, cast(DestinationEntry, {**update, "history": history[-MAX_HISTORY:]})]
+            return record
+
+        await self.store.update_state(task_id, decide)
 
     async def run(self) -> None:
         js = self.store.js
@@ -223,7 +226,7 @@ class Dispatcher:
         delivery = Delivery(
             task_id=task_id,
             function=function,
-            on=on,
+            on=On(on),
             condition=headers.get("Fngate-Condition", ""),
             body=msg.data,
             lineage=Lineage(headers.get(c.H_CHAIN_ID, "unknown"), int(headers.get(c.H_CHAIN_DEPTH, "1"))),
@@ -238,16 +241,16 @@ class Dispatcher:
             queued_at = float(headers.get(H_QUEUED_AT, time.time()))
             if time.time() + backoff - queued_at <= destination.sink.options.retry_for:
                 metrics.DESTINATION_DELIVERIES.labels(function, destination.type, "retried").inc()
-                await self.update_entry(task_id, destination.entry("pending", attempt, message))
+                await self.update_entry(task_id, destination.entry(DeliveryStatus.PENDING, attempt, message))
                 await msg.nak(delay=backoff)
                 return
             outcome = "failed"
-            await self.update_entry(task_id, destination.entry("failed", attempt, f"gave up: {message}"))
+            await self.update_entry(task_id, destination.entry(DeliveryStatus.FAILED, attempt, f"gave up: {message}"))
         except PermanentDeliveryError as exc:
             outcome = "failed"
-            await self.update_entry(task_id, destination.entry("failed", attempt, str(exc)))
+            await self.update_entry(task_id, destination.entry(DeliveryStatus.FAILED, attempt, str(exc)))
         else:
-            await self.update_entry(task_id, destination.entry("delivered", attempt))
+            await self.update_entry(task_id, destination.entry(DeliveryStatus.DELIVERED, attempt))
         metrics.DESTINATION_DELIVERIES.labels(function, destination.type, outcome).inc()
         await msg.ack()
 

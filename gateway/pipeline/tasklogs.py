@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 
+from gateway.jetstream.errors import not_found
 from gateway.jetstream.store import TaskStore
-from gateway.pipeline.supervise import cancel_requested
+from gateway.supervise import Background, cancel_requested
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import iso
 
@@ -53,6 +54,7 @@ class TaskLogs(logging.Handler):
         self._buffers: dict[str, Buffer] = {}
         self._lock = threading.Lock()  # plain handlers log from the thread pool
         self._finished: list[str] = []
+        self._flushes = Background()
 
     async def ensure_stream(self) -> None:
         config = StreamConfig(
@@ -106,7 +108,7 @@ class TaskLogs(logging.Handler):
         with self._lock:
             self._finished.append(task_id)
         with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().create_task(self.flush_once())
+            self._flushes.start(self.flush_once())
 
     async def run(self) -> None:
         while not cancel_requested():
@@ -139,10 +141,8 @@ class TaskLogs(logging.Handler):
         while True:
             try:
                 msg = await self.store.js.get_msg(c.LOGS_STREAM, seq=seq + 1, subject=subject, next=True, direct=True)
-            except NotFoundError:
-                break
             except APIError as exc:
-                if exc.code == 404:
+                if not_found(exc):
                     break
                 raise
             if not msg.seq or msg.seq <= seq:

@@ -23,18 +23,19 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
 from gateway.config.model import FunctionConfig
-from gateway.errors import FunctionError, FunctionTimeout, TransientError
+from gateway.errors import FngateError, FunctionError, FunctionTimeout, TransientError
 from gateway.jetstream.puller import Puller
 from gateway.jetstream.replicas import BEAT, ReplicaRegistry
-from gateway.jetstream.store import UNAVAILABLE, StateConflict, StoredRecord, TaskStore
+from gateway.jetstream.store import UNAVAILABLE, UNREAD, StoredRecord, TaskStore
 from gateway.observe import metrics, tracing
 from gateway.pipeline.runtimes import Context, Runtime, run_with_timeout, task_logger
-from gateway.pipeline.supervise import cancel_requested, supervised
+from gateway.pipeline.tasklogs import TaskLogs
+from gateway.supervise import cancel_requested, supervised
 from gateway.tasks import attemptlog, lifecycle
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import TASK_ID, Invocation
 from gateway.tasks.records import Record, new_record, result_value, stamp, status_of
-from gateway.tasks.status import TaskStatus
+from gateway.tasks.status import Condition, Outcome, TaskStatus
 
 log = logging.getLogger(__name__)
 TerminalHook = Callable[[Record, Invocation], Awaitable[None]]
@@ -44,20 +45,22 @@ def consumer_name(function: str) -> str:
     return f"{c.FUNCTION_CONSUMER_PREFIX}{function}"
 
 
-class StopRequested(Exception):
-    pass
+class StopRequested(FngateError):
+    """An attempt cancelled by a stop request (an outcome, not a failure)."""
+
+    code = "StopRequested"
 
 
-def outcome_kind(error: BaseException | None) -> str:
+def outcome_kind(error: BaseException | None) -> Outcome:
     if error is None:
-        return "succeeded"
+        return Outcome.SUCCEEDED
     if isinstance(error, StopRequested):
-        return "stopped"
+        return Outcome.STOPPED
     if isinstance(error, TransientError):
-        return "transient"
+        return Outcome.TRANSIENT
     if isinstance(error, FunctionTimeout):
-        return "timeout"
-    return "function_error"
+        return Outcome.TIMEOUT
+    return Outcome.FUNCTION_ERROR
 
 
 def error_message(error: BaseException | None) -> str:
@@ -87,7 +90,7 @@ class FunctionWorker:
         self.ack_wait = ack_wait
         self.max_chain_depth = max_chain_depth
         self._on_terminal = on_terminal
-        self.task_logs: Any = None  # TaskLogs, when the gateway keeps function logs
+        self.task_logs: TaskLogs | None = None  # when the gateway keeps function logs
         self.running: dict[str, asyncio.Task[Any]] = {}
         # What the heartbeat loop keeps claimed: task id -> (its message, when last renewed).
         self._claims: dict[str, tuple[Msg, float]] = {}
@@ -122,7 +125,7 @@ class FunctionWorker:
             self.log.warning("consumer %s not updated: %s", config.durable_name, exc.description)
         puller = Puller(self.store.nc, c.TASKS_STREAM, consumer_name(self.name), self._dispatch)
         await puller.start()
-        heartbeats = asyncio.create_task(self._heartbeats())
+        heartbeats = asyncio.create_task(supervised(f"heartbeats of {self.name}", self._heartbeats))
         try:
             while not cancel_requested():
                 # Ask for as many as there are free slots here; max_ack_pending keeps the
@@ -197,19 +200,19 @@ class FunctionWorker:
             return
         base = new_record(Invocation(task_id, function, b"", submitted_at=submitted_at))
         error = {"type": "InvalidInvocation", "message": f"unreadable invocation: {reason}"[:500]}
-        with contextlib.suppress(StateConflict):  # a record exists: leave it as it is
-            await self.store.put_state(stamp(base, TaskStatus.FAILED, error=error, condition="InvalidInvocation"), 0)
+        failed = stamp(base, TaskStatus.FAILED, error=error, condition=Condition.INVALID_INVOCATION)
+
+        async def decide(stored: StoredRecord | None) -> Record | None:
+            return failed if stored is None else None  # a record exists: leave it as it is
+
+        await self.store.update_state(task_id, decide, known=None)
 
     async def _claim(self, inv: Invocation, msg: Msg) -> tuple[Record, int] | None:
         """Move the task to Running, unless it is already finished, stopped, expired or looping."""
-        stored: StoredRecord | None = None
-        # A first delivery of a fresh task has no record yet: skip the read and let the
-        # compare-and-set against "no record" tell us if a stop request got there first.
-        first_try = inv.attempt == 0 and inv.transient == 0 and msg.metadata.num_delivered == 1
-        while True:
-            if stored is None and not first_try:
-                stored = await self.store.get_state(inv.task_id)
-            first_try = False
+        decision = lifecycle.Claim(None)
+
+        async def decide(stored: StoredRecord | None) -> Record | None:
+            nonlocal decision
             decision = lifecycle.claim(
                 stored.record if stored else new_record(inv),
                 now=time.time(),
@@ -219,18 +222,19 @@ class FunctionWorker:
                 depth=inv.lineage.depth,
                 max_depth=self.max_chain_depth,
             )
-            if decision.record is None:
-                return None
-            try:
-                seq = await self.store.put_state(decision.record, stored.seq if stored else 0)
-            except StateConflict:
-                stored = await self.store.get_state(inv.task_id)
-                continue
-            if decision.run:
-                return decision.record, seq
-            attemptlog.ended_unrun(decision.record, inv.attempt + 1)
-            await self.on_terminal(decision.record, inv)
+            return decision.record
+
+        # A first delivery of a fresh task has no record yet: skip the read and let the
+        # compare-and-set against "no record" tell us if a stop request got there first.
+        first_try = inv.attempt == 0 and inv.transient == 0 and msg.metadata.num_delivered == 1
+        written = await self.store.update_state(inv.task_id, decide, known=None if first_try else UNREAD)
+        if written is None:
             return None
+        if decision.run:
+            return written.record, written.seq
+        attemptlog.ended_unrun(written.record, inv.attempt + 1)
+        await self.on_terminal(written.record, inv)
+        return None
 
     async def _execute(self, inv: Invocation, msg: Msg, record: Record, seq: int) -> None:
         attempt = inv.attempt + 1
@@ -327,32 +331,33 @@ class FunctionWorker:
 
         A write that JetStream refuses (its store full, a limit reached) is retried, with
         backoff, until it is stored: giving up would leave the task Running for ever."""
-        refused = 0
-        while True:
-            try:
-                await self.store.put_state(record, seq)
-                if refused:
-                    self.log.warning("task %s: outcome stored after %d refused writes", inv.task_id, refused)
-                return record
-            except APIError as exc:
-                if refused % 20 == 0:
-                    self.log.error(
-                        "task %s: JetStream refused to store its outcome (%s); retrying until it is stored",
-                        inv.task_id,
-                        exc.description or exc.err_code,
-                    )
-                refused += 1
-                await asyncio.sleep(min(0.25 * 2 ** min(refused, 5), 5.0))
-                continue
-            except StateConflict:
-                stored = await self.store.get_state(inv.task_id)
-                if stored is None:
-                    seq = 0
-                    continue
-                rebased = lifecycle.rebase(record, stored.record, time.time())
+        claimed = StoredRecord(record, seq)  # what our claim wrote, as far as we know
+        ours = record
+        refusals = 0
+
+        async def decide(stored: StoredRecord | None) -> Record | None:
+            nonlocal ours
+            if stored is not None and stored is not claimed:  # somebody wrote since our claim
+                rebased = lifecycle.rebase(ours, stored.record, time.time())
                 if rebased is None:
                     return None
-                record, seq = rebased, stored.seq
+                ours = rebased
+            return ours
+
+        def refused(exc: APIError, count: int) -> None:
+            nonlocal refusals
+            refusals = count + 1
+            if count % 20 == 0:
+                self.log.error(
+                    "task %s: JetStream refused to store its outcome (%s); retrying until it is stored",
+                    inv.task_id,
+                    exc.description or exc.err_code,
+                )
+
+        written = await self.store.update_state(inv.task_id, decide, known=claimed, on_refused=refused)
+        if written is not None and refusals:
+            self.log.warning("task %s: outcome stored after %d refused writes", inv.task_id, refusals)
+        return written.record if written is not None else None
 
     async def _heartbeats(self) -> None:
         """Keep the claims of running tasks alive, and notice stop requests we missed.
@@ -398,7 +403,7 @@ class InvalidWorker:
         self.store = store
         self._on_terminal = on_terminal
         self.registry = registry
-        self.task_logs: Any = None  # TaskLogs, when the gateway keeps function logs
+        self.task_logs: TaskLogs | None = None  # when the gateway keeps function logs
 
     async def gone(self) -> bool:
         if not self.registry.settled():
@@ -439,18 +444,14 @@ class InvalidWorker:
                 await msg.ack()
 
     async def _invalidate(self, inv: Invocation) -> None:
-        while True:
-            stored = await self.store.get_state(inv.task_id)
+        async def decide(stored: StoredRecord | None) -> Record | None:
             base = stored.record if stored else new_record(inv)
             if status_of(base).terminal:
-                return
+                return None
             error = {"type": "Invalid", "message": f"function {inv.function!r} is no longer configured"}
-            record = stamp(base, TaskStatus.INVALID, error=error)
-            try:
-                await self.store.put_state(record, stored.seq if stored else 0)
-            except StateConflict:
-                continue
-            return
+            return stamp(base, TaskStatus.INVALID, error=error)
+
+        await self.store.update_state(inv.task_id, decide)
 
 
 class DelayScheduler:

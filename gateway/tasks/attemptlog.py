@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.errors import FunctionError, FunctionTimeout, TransientError
 from gateway.tasks.records import Record
-from gateway.tasks.status import TaskStatus
+from gateway.tasks.status import Outcome, TaskStatus
 
 log = logging.getLogger("fngate.tasks")
 MAX_REASON = 300  # a reason is the error's message, which may quote a function's answer
@@ -20,8 +20,8 @@ MAX_DETAIL = 3900
 
 
 def reason(record: Record) -> str:
-    error = record.get("error") or {}
-    text = f"{error.get('type', '?')}: {error.get('message', '')}"
+    error = record.get("error")
+    text = f"{error['type']}: {error['message']}" if error else "?: "
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 
@@ -29,7 +29,7 @@ def _extra(record: Record, attempt: int) -> dict[str, Any]:
     return {"task_id": record["task_id"], "function": record["function"], "attempt": attempt}
 
 
-def settled(record: Record, attempt: int, outcome: str, retry_at: float | None) -> None:
+def settled(record: Record, attempt: int, outcome: Outcome, retry_at: float | None) -> None:
     """After an attempt's record was written: a line unless it succeeded."""
     status = TaskStatus(record["status"])
     task, function = record["task_id"], record["function"]
@@ -37,13 +37,13 @@ def settled(record: Record, attempt: int, outcome: str, retry_at: float | None) 
     if status is TaskStatus.STOPPED:
         log.info("task %s of %s stopped during attempt %d", task, function, attempt, extra=extra)
     elif status is TaskStatus.RETRYING and retry_at is not None:
-        what = "timed out" if outcome == "timeout" else "failed"
+        what = "timed out" if outcome is Outcome.TIMEOUT else "failed"
         log.warning(
             "task %s of %s: attempt %d %s (%s); retrying in %.1fs",
             task, function, attempt, what, reason(record), max(0.0, retry_at - time.time()), extra=extra,
         )  # fmt: skip
     elif status is TaskStatus.FAILED:
-        what = "timed out" if outcome == "timeout" else "failed"
+        what = "timed out" if outcome is Outcome.TIMEOUT else "failed"
         log.warning(
             "task %s of %s: attempt %d %s (%s); task failed (%s)",
             task, function, attempt, what, reason(record), record.get("condition"), extra=extra,

@@ -20,12 +20,7 @@ H_TRACESTATE = "tracestate"
 H_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 H_MSG_ID = "Nats-Msg-Id"
 
-# JetStream API error codes we act on.
-ERR_WRONG_LAST_SEQUENCE = 10071
-ERR_STREAM_NOT_FOUND = 10059
-ERR_STREAM_NAME_IN_USE = 10058  # a stream of that name exists with another config
-ERR_NO_MESSAGE = 10037
-ERR_INSUFFICIENT_RESOURCES = 10023  # the server's JetStream store (or a limit) is full
+# JetStream's error codes: gateway/jetstream/errors.py.
 
 DELIVERIES_STREAM = "FNGATE_DELIVERIES"
 DELIVERIES_SUBJECT = "fngate.deliveries"  # fngate.deliveries.{function}.{on}.{task_id}

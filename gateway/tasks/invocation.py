@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 from urllib.parse import quote, unquote
 
 from gateway.observe import tracing
@@ -38,6 +38,12 @@ def new_task_id() -> str:
     return f"t-{int(time.time() * 1000):x}-{_ID_PREFIX}{next(_id_counter):x}"
 
 
+@overload
+def iso(ts: float) -> str: ...
+@overload
+def iso(ts: None) -> None: ...
+@overload
+def iso(ts: float | None) -> str | None: ...
 def iso(ts: float | None) -> str | None:
     """`2026-11-22T16:20:01.120Z`. On every event and record: the formatted second is cached,
     as thousands of stamps a second share it (datetime formatting was a few % of a trigger's

@@ -7,13 +7,14 @@ decisions here lets a property test drive every interleaving without a broker.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import TaskNotStoppable
 from gateway.tasks.invocation import iso
-from gateway.tasks.records import Record, stamp, status_of
-from gateway.tasks.status import TaskStatus
+from gateway.tasks.records import AttemptError, Record, stamp, status_of
+from gateway.tasks.status import Condition, Outcome, TaskStatus
 
 MAX_TRANSIENT_BACKOFF = 300.0
 # A task retried on transient failures until max_event_age may fail hundreds of times: the
@@ -22,9 +23,14 @@ MAX_ERRORS = 50
 MAX_ERROR_MESSAGE = 2048
 
 
-def failed_attempt(record: Record, *, attempt: int, at: float, error: dict[str, str]) -> list[dict[str, Any]]:
+def failed_attempt(record: Record, *, attempt: int, at: float, error: Mapping[str, str]) -> list[AttemptError]:
     """The record's `errors` with one more entry for a failed attempt, oldest first."""
-    entry = {"attempt": attempt, "at": iso(at), "type": error["type"], "message": error["message"][:MAX_ERROR_MESSAGE]}
+    entry: AttemptError = {
+        "attempt": attempt,
+        "at": iso(at),
+        "type": error["type"],
+        "message": error["message"][:MAX_ERROR_MESSAGE],
+    }
     errors = [*(record.get("errors") or []), entry]
     if len(errors) > MAX_ERRORS:
         keep = MAX_ERRORS // 2
@@ -52,12 +58,17 @@ def claim(
         return Claim(None)  # already done: the ack was lost, or a stop won the race
     if status is TaskStatus.STOPPING:
         return Claim(stamp(base, TaskStatus.STOPPED, now))
+    if attempt < (base.get("attempts") or 0):
+        # A late copy of an earlier attempt (its ack was lost) after a later attempt began:
+        # that attempt has settled and its retry is under way. Running it again would move
+        # the record's attempts backwards and run the function once more.
+        return Claim(None)
     if now - scheduled_at > max_event_age:
         error = {"type": "Expired", "message": "max_event_age passed before the task could run"}
-        return Claim(stamp(base, TaskStatus.EXPIRED, now, error=error, condition="Expired"))
+        return Claim(stamp(base, TaskStatus.EXPIRED, now, error=error, condition=Condition.EXPIRED))
     if depth > max_depth:
         error = {"type": "RecursiveLoopDetected", "message": f"chain depth {depth} exceeds max_chain_depth {max_depth}"}
-        return Claim(stamp(base, TaskStatus.FAILED, now, error=error, condition="RecursiveLoopDetected"))
+        return Claim(stamp(base, TaskStatus.FAILED, now, error=error, condition=Condition.RECURSIVE_LOOP))
     running = stamp(stamp(base, TaskStatus.DEQUEUED, now), TaskStatus.RUNNING, now)
     running["attempts"] = attempt
     return Claim(running, run=True)
@@ -80,7 +91,7 @@ def settle(
     running: Record,
     *,
     now: float,
-    outcome: str,
+    outcome: Outcome | str,
     attempt: int,
     transient_count: int,
     scheduled_at: float,
@@ -90,23 +101,28 @@ def settle(
     result: Any = None,
     message: str = "",
 ) -> Settlement:
-    """outcome: succeeded | stopped | transient | function_error | timeout."""
-    if outcome == "succeeded":
-        return Settlement(stamp(running, TaskStatus.SUCCEEDED, now, result=result, error=None, condition="Succeeded"))
-    if outcome == "stopped":
+    """`outcome` is an Outcome (or its value, as a property test draws it)."""
+    outcome = Outcome(outcome)
+    if outcome is Outcome.SUCCEEDED:
+        return Settlement(
+            stamp(running, TaskStatus.SUCCEEDED, now, result=result, error=None, condition=Condition.SUCCEEDED)
+        )
+    if outcome is Outcome.STOPPED:
         # Only a stop request cancels a run, and it wrote Stopping first: the write will
         # lose its compare-and-set to that record and be rebased onto it.
         return Settlement(stamp(stamp(running, TaskStatus.STOPPING, now), TaskStatus.STOPPED, now))
-    if outcome == "transient":
+    if outcome is Outcome.TRANSIENT:
         info = {"type": "TransientError", "message": message}
         errors = failed_attempt(running, attempt=attempt, at=now, error=info)
         backoff = min(0.5 * 2**transient_count, MAX_TRANSIENT_BACKOFF)
         if now + backoff - scheduled_at > max_event_age:
-            return Settlement(stamp(running, TaskStatus.EXPIRED, now, error=info, errors=errors, condition="Expired"))
+            return Settlement(
+                stamp(running, TaskStatus.EXPIRED, now, error=info, errors=errors, condition=Condition.EXPIRED)
+            )
         return Settlement(
             stamp(running, TaskStatus.RETRYING, now, error=info, errors=errors), now + backoff, transient=True
         )
-    kind = "Timeout" if outcome == "timeout" else "FunctionError"
+    kind = Condition.TIMEOUT if outcome is Outcome.TIMEOUT else Condition.FUNCTION_ERROR
     info = {"type": kind, "message": message}
     errors = failed_attempt(running, attempt=attempt, at=now, error=info)
     if attempt <= max_retries:
@@ -114,9 +130,11 @@ def settle(
         if now + backoff - scheduled_at > max_event_age:
             # The retry would be dequeued past max_event_age, and so end Expired then: end it
             # now, so the record never waits (unwritten) longer than the retention covers.
-            return Settlement(stamp(running, TaskStatus.EXPIRED, now, error=info, condition="Expired", errors=errors))
+            return Settlement(
+                stamp(running, TaskStatus.EXPIRED, now, error=info, condition=Condition.EXPIRED, errors=errors)
+            )
         return Settlement(stamp(running, TaskStatus.RETRYING, now, error=info, errors=errors), now + backoff)
-    condition = "RetriesExhausted" if max_retries > 0 else kind
+    condition = Condition.RETRIES_EXHAUSTED if max_retries > 0 else kind
     return Settlement(stamp(running, TaskStatus.FAILED, now, error=info, errors=errors, condition=condition))
 
 

@@ -1,4 +1,5 @@
-"""Task statuses and the transitions the pipeline may make between them."""
+"""Task statuses and the transitions the pipeline may make between them; how an attempt
+ended (Outcome) and why a task ended as it did (Condition)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,25 @@ ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
 
 def can_transition(current: TaskStatus, new: TaskStatus) -> bool:
     return new in ALLOWED[current]
+
+
+class Outcome(StrEnum):
+    """How one attempt ended: the worker's verdict, which lifecycle.settle turns into a record."""
+
+    SUCCEEDED = "succeeded"
+    STOPPED = "stopped"
+    TRANSIENT = "transient"
+    TIMEOUT = "timeout"
+    FUNCTION_ERROR = "function_error"
+
+
+class Condition(StrEnum):
+    """Why a task ended as it did: the record's `condition` (CONTRACT), and a result record's."""
+
+    SUCCEEDED = "Succeeded"
+    EXPIRED = "Expired"
+    RECURSIVE_LOOP = "RecursiveLoopDetected"
+    INVALID_INVOCATION = "InvalidInvocation"
+    RETRIES_EXHAUSTED = "RetriesExhausted"
+    FUNCTION_ERROR = "FunctionError"
+    TIMEOUT = "Timeout"

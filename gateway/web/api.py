@@ -16,12 +16,13 @@ from gateway.config.model import Config
 from gateway.errors import BadRequest, DuplicateTask, FngateError, Forbidden, Unauthorized
 from gateway.flow.limits import check_key, check_priority
 from gateway.history import query_from_params
-from gateway.jetstream.store import UNAVAILABLE, TaskStore
+from gateway.jetstream.store import UNAVAILABLE
 from gateway.observe.redact import redact_text
-from gateway.service import TaskService, check_task_id
+from gateway.service import check_task_id
 from gateway.tasks.invocation import Source, valid_traceparent
 from gateway.units import format_size
 from gateway.web import schemas
+from gateway.web.keys import CONFIG, HISTORY, SERVICE, STORE, TRIGGER_PATHS, TRIGGERS
 from gateway.web.requests import (
     ClientGone,
     check_content_type,
@@ -32,14 +33,9 @@ from gateway.web.requests import (
 )
 from gateway.web.schemas import complete, shape
 from gateway.web.scopes import ADMIN, Access, access_for
+from triggers.base import readiness
 
 log = logging.getLogger(__name__)
-SERVICE = web.AppKey("service", TaskService)
-STORE = web.AppKey("store", TaskStore)
-CONFIG = web.AppKey("config", Config)
-EXTRA_HEALTH = web.AppKey("extra_health", dict)
-# Paths that triggers registered: they authenticate their callers themselves (signatures).
-TRIGGER_PATHS = web.AppKey("trigger_paths", set)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -59,6 +55,13 @@ def enqueued_response(task_id: str) -> web.Response:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except (ClientGone, ConnectionError, asyncio.IncompleteReadError):
+        # (ConnectionError: a route that reads its body itself, as the http triggers do.)
+        # Nobody is left to answer: a line, not a traceback (a closed upload is routine).
+        log.info(
+            "client %s went away before its request body arrived (%s %s)", request.remote, request.method, request.path
+        )
+        return error_response(400, "BadRequest", "the client went away before its request body arrived")
     except DuplicateTask as exc:
         body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message}}
         if exc.task:
@@ -69,13 +72,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except UNAVAILABLE:
         # A read that NATS did not answer in time (an outage, a leader election): not ours.
         return error_response(503, "ServiceUnavailable", "NATS did not answer in time; retry later")
-    except (ClientGone, ConnectionError, asyncio.IncompleteReadError):
-        # (ConnectionError: a route that reads its body itself, as the http triggers do.)
-        # Nobody is left to answer: a line, not a traceback (a closed upload is routine).
-        log.info(
-            "client %s went away before its request body arrived (%s %s)", request.remote, request.method, request.path
-        )
-        return error_response(400, "BadRequest", "the client went away before its request body arrived")
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CONFIG].api.max_request_body
         return error_response(413, "PayloadTooLarge", f"request body over the limit of {format_size(limit)}")
@@ -146,6 +142,8 @@ def is_loopback(host: str) -> bool:
 async def invoke(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     name = request.match_info["fn"]
+    # Not the submit's check (the service makes it): an unknown function is a 404 before
+    # its body is read or its headers judged, whatever else is wrong with the request.
     service.function(name)
     kind = request.headers.get("X-Invocation-Type", "sync").lower()
     if kind not in ("sync", "async"):
@@ -165,16 +163,13 @@ async def invoke(request: web.Request) -> web.StreamResponse:
             lineage=request_lineage(request.headers),
         )
         return web.Response(body=body, status=200, content_type=result_type.split(";")[0])
-    task_id = request.headers.get("X-Task-Id")
-    if task_id is not None:
-        check_task_id(task_id)
-    delay = parse_delay(request.headers.get("X-Delay"))
+    # The task id and the delay's range are checked by the service, as for every submit.
     task_id = await service.submit(
         name,
         payload,
         content_type=content_type,
-        task_id=task_id,
-        delay=delay,
+        task_id=request.headers.get("X-Task-Id"),
+        delay=parse_delay(request.headers.get("X-Delay")),
         source=Source("api", ""),
         lineage=request_lineage(request.headers),
         traceparent=valid_traceparent(request.headers.get("traceparent")),
@@ -280,21 +275,15 @@ async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, Any] = {"nats": store.nc.is_connected, "streams": store.ready}
     # False while JetStream refuses to store task records (a full store): tasks cannot finish.
     checks["store_writable"] = store.write_refused is None
-    extra = request.app.get(EXTRA_HEALTH) or {}
-    for name, probe in extra.items():
-        checks[name] = probe()
-    from gateway.app import GATEWAY
-    from triggers.base import readiness  # every trigger receiving: subscribed, assigned, watching
-
-    triggers_ready, checks["triggers"] = readiness(request.app[GATEWAY].triggers)
+    checks["index"] = request.app[HISTORY].check()  # reported; a lagging index does not gate readiness
+    # Every trigger receiving: subscribed, assigned, watching.
+    triggers_ready, checks["triggers"] = readiness(request.app[TRIGGERS])
     ready = bool(checks["nats"] and checks["streams"] and checks["store_writable"] and triggers_ready)
     return web.json_response(shape(schemas.Readiness, {"ready": ready, "checks": checks}), status=200 if ready else 503)
 
 
 async def list_triggers(request: web.Request) -> web.Response:
-    from gateway.app import GATEWAY  # app.py imports this module, so its key is looked up late
-
-    triggers = shape(schemas.TriggerList, {"triggers": [trigger.health() for trigger in request.app[GATEWAY].triggers]})
+    triggers = shape(schemas.TriggerList, {"triggers": [trigger.health() for trigger in request.app[TRIGGERS]]})
     # A trigger's last error may quote a broker URL as its library wrote it, credentials too.
     return web.Response(text=redact_text(json.dumps(triggers)), content_type="application/json")
 

@@ -10,15 +10,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.observe import metrics
-from gateway.pipeline.tasklogs import TaskLogs
 from gateway.service import check_task_id
 from gateway.tasks.status import TaskStatus
-from gateway.web.api import SERVICE
+from gateway.web.keys import LIMITER, SERVICE, TASK_LOGS
 from gateway.web.live import task_events
 from gateway.web.openapi import openapi_document
-from gateway.web.sse import KEEPALIVE, LIMITER, StreamLimiter, gone
+from gateway.web.sse import KEEPALIVE, StreamLimiter, gone
 
-TASK_LOGS = web.AppKey("task_logs", TaskLogs)
 STATIC = Path(__file__).parent / "static"
 
 

@@ -29,7 +29,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -39,6 +39,7 @@ from prometheus_client import Gauge
 from gateway.errors import BadRequest, FngateError, ResourceExhausted
 from gateway.tasks import constants as c
 from gateway.tasks.records import Record, status_of
+from gateway.web.keys import LIVE
 
 log = logging.getLogger(__name__)
 Reader = Callable[[str], Awaitable[Record]]
@@ -195,7 +196,7 @@ class LiveStatus:
         except ValueError:
             candidate = None
         if isinstance(candidate, dict) and isinstance(candidate.get("timeline"), list):
-            watched.candidates = [*watched.candidates, candidate][-MAX_CANDIDATES:]
+            watched.candidates = [*watched.candidates, cast(Record, candidate)][-MAX_CANDIDATES:]
         self.changed(watched)
 
     def changed(self, watched: Watched) -> None:
@@ -236,9 +237,6 @@ class LiveStatus:
                     return
                 await asyncio.sleep(delay)
                 delay *= 2
-
-
-LIVE = web.AppKey("live", LiveStatus)
 
 
 def parse_wait(value: str) -> float:

@@ -15,6 +15,7 @@ from pydantic.json_schema import models_json_schema
 from gateway import __version__
 from gateway.service import MAX_TASK_ID, TASK_ID_PATTERN
 from gateway.web import schemas
+from gateway.web.keys import TRIGGER_PATHS
 
 
 def ref(model: type[BaseModel]) -> dict[str, str]:
@@ -356,7 +357,6 @@ def trigger_operation(path: str, method: str) -> dict[str, Any]:
 
 def openapi_document(app: web.Application) -> dict[str, Any]:
     paths = base_paths()
-    from gateway.web.api import TRIGGER_PATHS
 
     trigger_paths: set[str] = app.get(TRIGGER_PATHS) or set()
     for path in sorted(trigger_paths):

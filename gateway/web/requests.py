@@ -13,12 +13,12 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from gateway.config.model import MAX_DELAY
 from gateway.errors import BadRequest, FngateError, PayloadTooLarge
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import CHAIN_ID, MAX_CHAIN_DEPTH_VALUE, Lineage, lineage_from_headers
 from gateway.units import format_size
 
-MAX_DELAY = 86400.0
 # Headers that only mean something for an async invocation: on a sync one they would be
 # silently ignored (a task id that then names nothing), so they are refused.
 ASYNC_ONLY_HEADERS = ("X-Task-Id", "X-Delay", "X-Priority", "X-Concurrency-Key")
@@ -28,8 +28,11 @@ _CONTENT_TYPE = re.compile(r"[\x20-\x7e]{1,256}")
 _DEPTH = re.compile(r"[0-9]{1,6}")
 
 
-class ClientGone(Exception):
+class ClientGone(FngateError):
     """The client closed its connection before its request body arrived: nobody to answer."""
+
+    status = 400
+    code = "ClientGone"
 
 
 class RequestTimeout(FngateError):
@@ -44,11 +47,12 @@ def check_sync_headers(headers: Mapping[str, str]) -> None:
 
 
 def parse_delay(value: str | None) -> float:
+    """X-Delay as a number; its range is the service's to check (TaskService.invocation)."""
     if value is None:
         return 0.0
     text = value.strip()
-    if not _DELAY.fullmatch(text) or not 0 <= float(text) <= MAX_DELAY:
-        raise BadRequest("X-Delay must be a number of seconds 0..86400 (digits and an optional decimal point)")
+    if not _DELAY.fullmatch(text):
+        raise BadRequest(f"X-Delay must be a number of seconds 0..{MAX_DELAY:g} (digits and an optional decimal point)")
     return float(text)
 
 

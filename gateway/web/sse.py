@@ -51,6 +51,3 @@ def gone(request: web.Request) -> bool:
     """True once the client closed its connection."""
     transport = request.transport
     return transport is None or transport.is_closing()
-
-
-LIMITER = web.AppKey("stream_limiter", StreamLimiter)
