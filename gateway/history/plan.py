@@ -18,10 +18,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from gateway.observe.tracing import record_of as trace_of
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import META_VERSION, Invocation, iso
-from gateway.tasks.records import RERUN_SOURCE, encode, new_record
+from gateway.tasks.records import RERUN_SOURCE, encode, new_record, trace_entry
 from gateway.tasks.status import TaskStatus
 
 from .model import WINDOW, Fact, recent_kind
@@ -131,7 +130,7 @@ def first_record(meta: str, traceparent: str | None, tracestate: str | None) -> 
     source_type, source_name = unquote(f[8]), unquote(f[9])
     trace = "null"
     if traceparent:
-        trace = json.dumps(trace_of(traceparent, tracestate), separators=(",", ":"))
+        trace = json.dumps(trace_entry(traceparent, tracestate), separators=(",", ":"))
     text = (
         f'{{"task_id":{json.dumps(f[1])},"function":{json.dumps(f[2])},"status":"Enqueued","attempts":{int(f[6])},'
         f'"submitted_at":{at},"scheduled_at":{scheduled},"started_at":null,"finished_at":null,'
