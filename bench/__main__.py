@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import backlog, bulk, end_to_end, flow, latency, scale_out, submit, triggers
+from . import backlog, bulk, end_to_end, flow, history_queries, latency, scale_out, submit, triggers
 from .harness import BENCH_DIR, Figure, Settings, Stack, machine, stack
 
 SCENARIOS: dict[str, Callable[[Stack, Settings], list[Figure]]] = {
@@ -21,6 +21,7 @@ SCENARIOS: dict[str, Callable[[Stack, Settings], list[Figure]]] = {
     "backlog": backlog.run,
     "flow": flow.run,
     "scale_out": scale_out.run,
+    "history_queries": history_queries.run,
     "bulk": bulk.run,
 }
 

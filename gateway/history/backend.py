@@ -36,7 +36,13 @@ class Backend(Protocol):
         """Apply one batch (one fact per task) in one transaction; returns what it changed."""
 
     async def select(self, query: TaskQuery) -> list[Listed]:
-        """Up to `query.limit` tasks in order; at most one status in `query.statuses`."""
+        """Up to `query.limit` tasks in order (`sql.select_sql`)."""
+
+    async def explain(self, query: TaskQuery) -> str:
+        """The database's plan of the statement `select` runs for `query`, on one line."""
+
+    async def analyze(self) -> None:
+        """Refresh the planner's statistics of the tables (after a bulk load)."""
 
     async def counts(self, functions: Sequence[str], *, now: float) -> dict[str, Counts]: ...
 

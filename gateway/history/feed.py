@@ -40,6 +40,7 @@ from gateway.tasks.invocation import parse_iso
 from gateway.tasks.status import TaskStatus
 
 from .backend import Backend, OldestMs
+from .headers import header, is_status, raw_handlers
 from .model import Fact, to_ms
 from .plan import merge
 
@@ -49,6 +50,10 @@ EXPIRES = 2.0  # seconds a pull request waits on the server when there is nothin
 LINGER = 0.02  # a trickle of live messages is gathered this long into one batch
 ACK_WAIT = 30.0  # a batch not committed by then is handed to another replica
 INACTIVE = 3 * 86400.0  # consumers of a database nobody feeds any more are dropped by the server
+# The tasks feed starts waiting when the state feed holds more than this many batches (a
+# backfill's backlog): a burst's few batches are applied side by side, or the tasks feed's
+# lag (its Enqueued tasks missing from lists) would grow with every burst.
+YIELD_BATCHES = 10
 PROGRESS_EVERY = 5.0  # seconds between backfill progress lines
 V1_ACK_TOKENS = 9  # an ack subject without domain and account hash (older servers)
 
@@ -62,26 +67,36 @@ def ack_position(reply: str) -> tuple[int, int, int]:
     return int(tokens[Msg.Ack.StreamSeq]), int(tokens[Msg.Ack.NumPending]), int(tokens[Msg.Ack.Timestamp])
 
 
-def task_fact(msg: Msg, _seq: int) -> Fact | None:
+Headers = bytes | dict[str, str] | None  # a raw header block (headers.py), or nats-py's parse of it
+Delivery = tuple[str, bytes, Headers]  # (reply subject, payload, headers) of one message
+
+
+def task_fact(data: bytes, hdr: Headers, _seq: int) -> Fact | None:
     """A submission (headers only): the task exists, Enqueued. Requeues of the same task
     (retries, delays) carry the same fields and change nothing."""
-    meta = (msg.headers or {}).get(c.H_INVOCATION)
+    meta = header(hdr, c.H_INVOCATION)
     if not meta:
         return None
     f = meta.split("|")
-    if len(f) != 12 or f[0] != "1":
+    if len(f) not in (12, 14) or f[0] != "1":
         return None
     try:
         submitted = to_ms(float(f[3]))
     except ValueError:
         return None
-    return Fact(f[1], f[2], submitted, unquote(f[8]), unquote(f[9]), f[10] or "unknown", headers=msg.headers)
+    # What the task's first record is made of, should this submission make its row.
+    made_of = {c.H_INVOCATION: meta}
+    for name in (c.H_TRACEPARENT, c.H_TRACESTATE):
+        value = header(hdr, name)
+        if value is not None:
+            made_of[name] = value
+    return Fact(f[1], f[2], submitted, unquote(f[8]), unquote(f[9]), f[10] or "unknown", headers=made_of)
 
 
-def state_fact(msg: Msg, seq: int) -> Fact | None:
+def state_fact(data: bytes, _hdr: Headers, seq: int) -> Fact | None:
     """A task record as of stream sequence `seq`."""
     try:
-        text = msg.data.decode()
+        text = data.decode()
         record = json.loads(text)
         status = TaskStatus(record["status"])
         source = record.get("source") or {}
@@ -104,6 +119,16 @@ def state_fact(msg: Msg, seq: int) -> Fact | None:
 
 
 @dataclass
+class Parsed:
+    """A batch read from its messages, ready to apply."""
+
+    facts: dict[str, Fact]
+    replies: list[str]
+    pending: int  # messages the consumer held after the batch's last one
+    newest_ns: int
+
+
+@dataclass
 class Lag:
     messages: int = 0
     seconds: float = 0.0
@@ -120,7 +145,7 @@ class StreamFeed:
     subject: str
     consumer: str
     headers_only: bool
-    parse: Callable[[Msg, int], Fact | None]
+    parse: Callable[[bytes, Headers, int], Fact | None]
     oldest_ms: OldestMs
     batch: int = BATCH
     ack_wait: float = ACK_WAIT
@@ -132,7 +157,8 @@ class StreamFeed:
     yield_to: StreamFeed | None = None
     backlog: int = 0  # messages the consumer held after the last batch this replica took
     backlog_at: float = 0.0
-    _buffer: list[Msg] = field(default_factory=list)
+    _yielding: bool = False
+    _buffer: list[Delivery] = field(default_factory=list)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _credit: int = 0  # messages the open pull request may still bring
     _deadline: float = 0.0
@@ -163,17 +189,28 @@ class StreamFeed:
         await self.ensure_consumer()
         self._inbox = self.nc.new_inbox()
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_message)
+        raw = raw_handlers(self.nc)
+        if raw is not None:
+            raw[self._sub._id] = self._on_raw
         self._credit = 0
         self._buffer.clear()
         progress_at = time.monotonic()  # the first batch says how much there is to backfill
         progress_applied = self.applied
         progress_started = progress_at
+        # One batch is committed (on the database's side: its thread, its server) while the
+        # next one arrives and is parsed here; the next is applied only once the previous
+        # one is committed, so every batch reads the rows as the one before left them.
+        committing: asyncio.Task[None] | None = None
         try:
             while True:
                 if self._credit <= 0 or time.monotonic() > self._deadline:
                     await self._wait_for_priority()
                     await self._request()
                 if not self._buffer:
+                    if committing is not None:
+                        await committing
+                        committing = None
+                        continue
                     self._arrived.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._arrived.wait(), EXPIRES + 1)
@@ -184,30 +221,45 @@ class StreamFeed:
                 del self._buffer[: self.batch]
                 if self._credit <= 0 and not self._behind_priority():
                     await self._request()  # the server streams the next batch while this one is applied
-                pending = await self._apply(msgs)
+                parsed = self._parse(msgs)
+                if committing is not None:
+                    await committing
+                committing = asyncio.create_task(self._commit(parsed))
+                pending = parsed.pending
                 now = time.monotonic()
-                if now >= progress_at:
-                    done = self.applied - progress_applied
-                    if pending > self.batch and done:
-                        log.info(
-                            "task index: backfilling %s: %d messages applied, %d to go (%.0f/s)",
-                            self.stream,
-                            self.applied,
-                            pending,
-                            done / max(now - progress_started, 1e-3),
-                        )
+                done = self.applied - progress_applied  # committed, so the first batch's shows next time
+                if now >= progress_at and pending > self.batch and done:
+                    log.info(
+                        "task index: backfilling %s: %d messages applied, %d to go (%.0f/s)",
+                        self.stream,
+                        self.applied,
+                        pending,
+                        done / max(now - progress_started, 1e-3),
+                    )
                     progress_at, progress_applied, progress_started = now + PROGRESS_EVERY, self.applied, now
         finally:
+            if committing is not None and not committing.done():
+                # Cancelled: its batch is acknowledged only if it committed; else redelivered.
+                committing.cancel()
+            if raw is not None and self._sub is not None:
+                raw.pop(self._sub._id, None)
             if self._sub is not None:
                 with contextlib.suppress(Exception):
                     await self._sub.unsubscribe()
 
     def _behind_priority(self) -> bool:
         other = self.yield_to
+        if other is None:
+            return False
         # A backlog figure older than a few seconds is not trusted: that feed may be stuck.
-        return (
-            other is not None and other.backlog > other.batch and time.monotonic() - other.backlog_at < PROGRESS_EVERY
-        )
+        fresh = time.monotonic() - other.backlog_at < PROGRESS_EVERY
+        # Waiting starts at a backfill's backlog and lasts until it is down to a batch, so a
+        # backfill's tail is still one insert per task, and a burst's few batches never stop it.
+        if self._yielding:
+            self._yielding = fresh and other.backlog > other.batch
+        else:
+            self._yielding = fresh and other.backlog > YIELD_BATCHES * other.batch
+        return self._yielding
 
     async def _wait_for_priority(self) -> None:
         while self._behind_priority():
@@ -221,37 +273,59 @@ class StreamFeed:
             f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}", json.dumps(request).encode(), reply=self._inbox
         )
 
-    async def _on_message(self, msg: Msg) -> None:
-        if not msg.data and msg.headers and "Status" in msg.headers:
+    def _on_raw(self, reply: bytes, data: bytes, hdr: bytes | None) -> None:
+        if not data and is_status(hdr):
             # 404/408: nothing (more) for this request; 409: the server ended it. Ask again.
             self._credit = 0
             self._arrived.set()
             return
         self._credit -= 1
-        self._buffer.append(msg)
+        self._buffer.append((reply.decode(), data, hdr))
         self._arrived.set()
 
-    async def _apply(self, msgs: list[Msg]) -> int:
-        """Apply and acknowledge one batch; returns how many messages the consumer still holds."""
+    async def _on_message(self, msg: Msg) -> None:
+        """Deliveries the library's way, where headers.py could not hook the connection."""
+        if not msg.data and msg.headers and "Status" in msg.headers:
+            self._credit = 0
+            self._arrived.set()
+            return
+        self._credit -= 1
+        self._buffer.append((msg.reply, msg.data, msg.headers))
+        self._arrived.set()
+
+    def _parse(self, msgs: list[Delivery]) -> Parsed:
         facts: list[Fact] = []
-        pending = 0
-        newest_ns = 0
-        for msg in msgs:
-            seq, pending, stored_ns = ack_position(msg.reply)
+        pending = newest_ns = 0
+        parse = self.parse
+        for reply, data, hdr in msgs:
+            seq, pending, stored_ns = ack_position(reply)
             newest_ns = max(newest_ns, stored_ns)
-            fact = self.parse(msg, seq)
+            fact = parse(data, hdr, seq)
             if fact is not None:
                 facts.append(fact)
-        if facts:
-            await self.backend.apply(merge(facts), now=time.time(), oldest_ms=self.oldest_ms)
-        for msg in msgs:
-            await self.nc.publish(msg.reply, b"+ACK")
-        self.applied += len(msgs)
         self.backlog, self.backlog_at = pending, time.monotonic()
-        metrics.INDEX_APPLIED.labels(self.stream).inc(len(msgs))
-        if newest_ns:
-            metrics.INDEX_APPLY_DELAY.labels(self.stream).observe(max(0.0, time.time() - newest_ns / 1e9))
-        return pending
+        return Parsed(merge(facts), [m[0] for m in msgs], pending, newest_ns)
+
+    async def _commit(self, batch: Parsed) -> None:
+        """Apply one batch in one transaction, then acknowledge its messages."""
+        if batch.facts:
+            await self.backend.apply(batch.facts, now=time.time(), oldest_ms=self.oldest_ms)
+        await self._ack(batch.replies)
+        self.applied += len(batch.replies)
+        metrics.INDEX_APPLIED.labels(self.stream).inc(len(batch.replies))
+        if batch.newest_ns:
+            metrics.INDEX_APPLY_DELAY.labels(self.stream).observe(max(0.0, time.time() - batch.newest_ns / 1e9))
+
+    async def _ack(self, replies: list[str]) -> None:
+        """Each message acknowledged explicitly (see the module's doc), all in one write."""
+        send = getattr(self.nc, "_send_command", None)
+        flush = getattr(self.nc, "_flush_pending", None)
+        if send is None or flush is None or not self.nc.is_connected:
+            for reply in replies:
+                await self.nc.publish(reply, b"+ACK")
+            return
+        await send(b"".join(b"PUB %s 4\r\n+ACK\r\n" % reply.encode() for reply in replies))
+        await flush()
 
     async def check_lag(self) -> Lag:
         """How far the consumer trails its stream, for the gauges and /readyz: messages not

@@ -21,7 +21,9 @@ CRLF = b"\r\n"
 
 
 def install(nc: NATS) -> None:
-    """Replace the connection's header parser (an internal of nats-py; left alone when absent)."""
+    """Replace the connection's header parser and hook its deliveries (internals of nats-py;
+    left alone when absent)."""
+    install_raw(nc)
     original: Callable[[bytes], Awaitable[dict[str, str] | None]] | None = getattr(nc, "_process_headers", None)
     if original is None:
         log.info("task index: nats-py has no _process_headers; the feed parses headers the library's way")
@@ -41,3 +43,57 @@ def install(nc: NATS) -> None:
 
     nc_any: Any = nc
     nc_any._process_headers = process_headers
+
+
+# --- raw deliveries ---------------------------------------------------------------------
+# The feed's pull deliveries skip the rest of nats-py's per-message path as well (a `Msg`
+# built, a queue put and get, a callback coroutine awaited: with the header parsing, over
+# half of a backfill's CPU): a handler registered for a subscription id gets the reply
+# subject, the payload and the raw header block, synchronously, from the parser.
+RawHandler = Callable[[bytes, bytes, bytes | None], None]
+RAW_ATTR = "_fngate_raw_handlers"
+
+
+def raw_handlers(nc: NATS) -> dict[int, RawHandler] | None:
+    """The connection's handlers by subscription id, if `install` could hook it."""
+    found: dict[int, RawHandler] | None = getattr(nc, RAW_ATTR, None)
+    return found
+
+
+def install_raw(nc: NATS) -> None:
+    original: Callable[..., Awaitable[None]] | None = getattr(nc, "_process_msg", None)
+    if original is None:
+        log.info("task index: nats-py has no _process_msg; the feed takes its messages the library's way")
+        return
+    handlers: dict[int, RawHandler] = {}
+
+    async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        handler = handlers.get(sid)
+        if handler is None:
+            await original(sid, subject, reply, data, headers)
+            return
+        handler(reply, data, headers)
+
+    nc_any: Any = nc
+    nc_any._process_msg = process_msg
+    setattr(nc, RAW_ATTR, handlers)
+
+
+def header(block: bytes | dict[str, str] | None, name: str) -> str | None:
+    """One header's value from a raw block (`NATS/1.0\\r\\nName: value\\r\\n…`) or a parsed one."""
+    if block is None:
+        return None
+    if isinstance(block, dict):
+        return block.get(name)
+    key = b"\r\n" + name.encode() + b":"
+    at = block.find(key)
+    if at < 0:
+        return None
+    start = at + len(key)
+    end = block.find(CRLF, start)
+    return block[start : end if end >= 0 else len(block)].strip().decode("utf-8", "replace")
+
+
+def is_status(block: bytes | None) -> bool:
+    """A status delivery (`NATS/1.0 404 No Messages`, 408, 409, 100), not a message."""
+    return block is not None and block.startswith(PREFIX) and block[len(PREFIX) : len(PREFIX) + 1] == b" "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -121,17 +120,10 @@ class TaskHistory:
             return await self._list(query)
 
     async def _list(self, query: TaskQuery) -> Page:
-        """One page, and the cursor of the next one (None on the last page). Several statuses
-        are one index range each, merged here: each range stops after `limit + 1` rows."""
-        wanted = replace(query, limit=query.limit + 1)
-        statuses = tuple(dict.fromkeys(query.statuses))
-        if len(statuses) <= 1:
-            rows = await self.backend.select(replace(wanted, statuses=statuses))
-        else:
-            pages = await asyncio.gather(*(self.backend.select(replace(wanted, statuses=(s,))) for s in statuses))
-            rows = list(heapq.merge(*pages, key=lambda r: (r.submitted_ms, r.task_id), reverse=query.order == "desc"))[
-                : wanted.limit
-            ]
+        """One page, and the cursor of the next one (None on the last page): `limit + 1`
+        rows say whether there is one. Several statuses, or a filter without a function,
+        are one index range each, merged in the database (`sql.select_sql`)."""
+        rows = await self.backend.select(replace(query, limit=query.limit + 1))
         if len(rows) <= query.limit:
             return rows, None
         rows = rows[: query.limit]

@@ -12,12 +12,15 @@ time, and a batch rolled back (a crash before commit) is applied whole on redeli
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
-from gateway.tasks.invocation import Invocation
-from gateway.tasks.records import encode, new_record
+from gateway.tasks import constants as c
+from gateway.tasks.invocation import META_VERSION, Invocation, iso
+from gateway.tasks.records import RERUN_SOURCE, encode, new_record, trace_entry
 from gateway.tasks.status import TaskStatus
 
 from .model import WINDOW, Fact, recent_kind
@@ -107,7 +110,37 @@ def record_of(fact: Fact) -> str:
     (made here, for the rows actually inserted: a backfill's submissions mostly find theirs)."""
     if fact.record is not None:
         return fact.record
-    return encode(new_record(Invocation.from_message(fact.headers, b""))).decode()
+    headers = fact.headers or {}
+    try:
+        return first_record(headers[c.H_INVOCATION], headers.get(c.H_TRACEPARENT), headers.get(c.H_TRACESTATE))
+    except (KeyError, ValueError, IndexError):
+        return encode(new_record(Invocation.from_message(fact.headers, b""))).decode()
+
+
+def first_record(meta: str, traceparent: str | None, tracestate: str | None) -> str:
+    """`encode(new_record(Invocation.from_message(headers)))` written straight from the
+    invocation header: in a live feed every submission makes its row this way, and building
+    the invocation, the record and then its JSON was a fifth of the feed's CPU."""
+    f = meta.split("|")
+    if f[0] != META_VERSION or len(f) not in (12, 14):
+        raise ValueError(meta[:80])
+    submitted = float(f[3])
+    at = json.dumps(iso(submitted))
+    scheduled = json.dumps(iso(float(f[4]) or submitted))
+    source_type, source_name = unquote(f[8]), unquote(f[9])
+    trace = "null"
+    if traceparent:
+        trace = json.dumps(trace_entry(traceparent, tracestate), separators=(",", ":"))
+    text = (
+        f'{{"task_id":{json.dumps(f[1])},"function":{json.dumps(f[2])},"status":"Enqueued","attempts":{int(f[6])},'
+        f'"submitted_at":{at},"scheduled_at":{scheduled},"started_at":null,"finished_at":null,'
+        f'"source":{{"type":{json.dumps(source_type)},"name":{json.dumps(source_name)}}},'
+        f'"chain":{{"id":{json.dumps(f[10] or "unknown")},"depth":{int(f[11])}}},"trace":{trace},'
+        f'"timeline":[{{"status":"Enqueued","at":{at}}}],"result":null,"error":null,"errors":[],"destinations":[]'
+    )
+    if source_type == RERUN_SOURCE:
+        return f'{text},"rerun_of":{json.dumps(source_name)}}}'
+    return text + "}"
 
 
 def _note_finished(result: Plan, fact: Fact, status: TaskStatus, recent_from: int) -> None:

@@ -17,9 +17,19 @@ import asyncpg
 
 from .model import WINDOW, Counts, Fact, Listed, TaskQuery
 from .plan import Plan, plan
-from .sql import INDEXES, SCHEMA_VERSION, numbered, select_sql
+from .sql import (
+    INDEXES,
+    RETIRED_INDEXES,
+    SCHEMA_VERSION,
+    AnalyzeSchedule,
+    choose,
+    drivers,
+    fans_out,
+    numbered,
+    probe_sql,
+    select_sql,
+)
 
-ANALYZE_EVERY = 100_000  # rows this replica inserted between two ANALYZE of the table
 LOCK_KEY = 0x666E67617465  # "fngate": the advisory lock every writer takes
 TEXT = 'TEXT COLLATE "C"'
 SCHEMA = [
@@ -29,6 +39,7 @@ SCHEMA = [
         source_name {TEXT} NOT NULL, condition {TEXT}, chain_id {TEXT} NOT NULL, finished_ms BIGINT,
         record TEXT NOT NULL
     )""",
+    *(f"DROP INDEX IF EXISTS {name}" for name in RETIRED_INDEXES),
     *(f"CREATE INDEX IF NOT EXISTS {name} ON tasks {columns}" for name, columns in INDEXES.items()),
     f"""CREATE TABLE IF NOT EXISTS counts (
         function {TEXT} NOT NULL, status {TEXT} NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (function, status)
@@ -39,6 +50,11 @@ SCHEMA = [
     )""",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ]
+FUNCTIONS = "SELECT DISTINCT function FROM counts WHERE n > 0"
+ROWS = "SELECT SUM(n) FROM counts"  # the table's rows, from the counters
+COUNTS = """SELECT 's', function, status, n FROM counts WHERE function = ANY($1::text[])
+    UNION ALL SELECT 'r', function, kind, SUM(n) FROM recent WHERE function = ANY($1::text[]) AND second > $2
+    GROUP BY function, kind"""
 INSERT_TASKS = """INSERT INTO tasks (task_id, function, submitted_ms, status, state_seq, source_type,
     source_name, condition, chain_id, finished_ms, record)
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[],
@@ -58,23 +74,42 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
+async def _statement(conn: Any, query: TaskQuery) -> tuple[str, list[Any]]:
+    """The listing statement of `query` (numbered placeholders), its index chosen by probes
+    where that is needed."""
+    candidates = drivers(query)
+    need = fans_out(query) or (candidates and query.function is None)
+    functions = [r[0] for r in await conn.fetch(FUNCTIONS)] if need else []
+    probes: dict[str, int] = {}
+    if functions or query.function is not None:
+        for driver in candidates:
+            probe, values = probe_sql(query, driver, functions)
+            probes[driver] = int(await conn.fetchval(numbered(probe), *values))
+    sql, params = select_sql(query, functions, choose(probes))
+    return numbered(sql), params
+
+
 class PostgresBackend:
     name = "postgresql"
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.pool: asyncpg.Pool | None = None
-        self._inserted_since_analyze = 0
+        self._analyze = AnalyzeSchedule()
 
     async def open(self) -> None:
         # Custom plans only: a generic plan for the listing (LIMIT and filters as parameters)
         # may walk the wrong index for some filter values, and replanning costs microseconds.
+        # random_page_cost as for SSDs: at the default (4, for spinning disks) the planner
+        # prefers the time index, whose order matches the table's, read backwards and
+        # filtered, over a function's exact range; when that function's rows are old, the
+        # walk reads the whole table.
         self.pool = await asyncpg.create_pool(
             self.url,
             min_size=1,
             max_size=4,
             command_timeout=60,
-            server_settings={"plan_cache_mode": "force_custom_plan"},
+            server_settings={"plan_cache_mode": "force_custom_plan", "random_page_cost": "1.1"},
         )
         async with self.pool.acquire() as conn, conn.transaction():
             # Two replicas creating the schema at once would collide in the catalog.
@@ -82,7 +117,8 @@ class PostgresBackend:
             for statement in SCHEMA:
                 await conn.execute(statement)
             await conn.execute(
-                "INSERT INTO meta VALUES ('schema', $1), ('db_id', $2) ON CONFLICT DO NOTHING",
+                "INSERT INTO meta VALUES ('db_id', $2), ('schema', $1) ON CONFLICT (key) DO UPDATE "
+                "SET value = excluded.value WHERE meta.key = 'schema'",
                 SCHEMA_VERSION,
                 uuid.uuid4().hex[:16],
             )
@@ -118,34 +154,35 @@ class PostgresBackend:
             if changes.recent:
                 recent = [(f, k, s, n) for (f, k, s), n in changes.recent.items()]
                 await conn.execute(UPSERT_RECENT, *_columns(recent, 4))
-        self._inserted_since_analyze += len(changes.inserts)
-        if self._inserted_since_analyze >= ANALYZE_EVERY:
-            # A backfill grows the table faster than autovacuum looks at it: without fresh
-            # statistics the planner may pick a scan over an index range for a filter.
-            self._inserted_since_analyze = 0
+        if self._analyze.note(len(changes.inserts)):
             await self._pool().execute("ANALYZE tasks")
+            self._analyze.refreshed(int(await self._pool().fetchval(ROWS) or 0))
         return changes
 
     async def select(self, query: TaskQuery) -> list[Listed]:
-        sql, params = select_sql(query)
-        rows = await self._pool().fetch(numbered(sql), *params)
+        async with self._pool().acquire() as conn:
+            sql, params = await _statement(conn, query)
+            rows = await conn.fetch(sql, *params)
         return [Listed(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def explain(self, query: TaskQuery) -> str:
+        async with self._pool().acquire() as conn:
+            sql, params = await _statement(conn, query)
+            rows = await conn.fetch(f"EXPLAIN {sql}", *params)
+        return "; ".join(" ".join(str(r[0]).split()) for r in rows)
+
+    async def analyze(self) -> None:
+        await self._pool().execute("ANALYZE")
 
     async def counts(self, functions: Sequence[str], *, now: float) -> dict[str, Counts]:
         names = list(functions)
         statuses: dict[str, dict[str, int]] = {n: {} for n in names}
         recent: dict[str, dict[str, int]] = {n: {} for n in names}
-        pool = self._pool()
-        async with pool.acquire() as conn:
-            for r in await conn.fetch("SELECT function, status, n FROM counts WHERE function = ANY($1::text[])", names):
-                statuses[r[0]][r[1]] = r[2]
-            for r in await conn.fetch(
-                "SELECT function, kind, SUM(n) FROM recent WHERE function = ANY($1::text[]) AND second > $2 "
-                "GROUP BY function, kind",
-                names,
-                int(now) - WINDOW,
-            ):
-                recent[r[0]][r[1]] = r[2]
+        # One round trip: the totals by status (a primary-key range per function) and the
+        # last minute's per-second counters (at most 3 x 60 rows per function).
+        rows = await self._pool().fetch(COUNTS, names, int(now) - WINDOW)
+        for kind, function, key, n in rows:
+            (statuses if kind == "s" else recent)[function][key] = n
         return {n: Counts.from_rows(statuses[n], recent[n]) for n in names}
 
     async def function_of(self, task_id: str) -> str | None:
@@ -153,7 +190,7 @@ class PostgresBackend:
         return None if value is None else str(value)
 
     async def functions(self) -> list[str]:
-        rows = await self._pool().fetch("SELECT DISTINCT function FROM counts WHERE n > 0")
+        rows = await self._pool().fetch(FUNCTIONS)
         return [str(r[0]) for r in rows]
 
     async def purge(self, function: str, before_ms: int, limit: int) -> int:

@@ -14,11 +14,22 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .model import WINDOW, Counts, Fact, Listed, TaskQuery
 from .plan import Plan, plan
-from .sql import COLUMNS, INDEXES, SCHEMA_VERSION, select_sql
+from .sql import (
+    COLUMNS,
+    INDEXES,
+    RETIRED_INDEXES,
+    SCHEMA_VERSION,
+    AnalyzeSchedule,
+    choose,
+    drivers,
+    fans_out,
+    probe_sql,
+    select_sql,
+)
 
 T = TypeVar("T")
 CACHE_KIB = 64 * 1024  # page cache per connection: the hot ends of the indexes stay in memory
@@ -30,6 +41,7 @@ SCHEMA = [
         source_name TEXT NOT NULL, condition TEXT, chain_id TEXT NOT NULL, finished_ms INTEGER,
         record TEXT NOT NULL
     ) WITHOUT ROWID""",
+    *(f"DROP INDEX IF EXISTS {name}" for name in RETIRED_INDEXES),
     *(f"CREATE INDEX IF NOT EXISTS {name} ON tasks {columns}" for name, columns in INDEXES.items()),
     """CREATE TABLE IF NOT EXISTS counts (
         function TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (function, status)
@@ -48,6 +60,32 @@ UPSERT_RECENT = (
     "INSERT INTO recent (function, kind, second, n) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (function, kind, second) DO UPDATE SET n = n + excluded.n"
 )
+
+
+FUNCTIONS = "SELECT DISTINCT function FROM counts WHERE n > 0"
+ANALYSIS_ROWS = 2000  # rows of each index ANALYZE samples: a few ms, and estimates good enough
+
+
+def _analyze(conn: sqlite3.Connection) -> int:
+    """Refresh the statistics; returns the table's rows (from the counters)."""
+    # Without statistics SQLite guesses that every index equality narrows alike, and may
+    # read `function = ?` in order filtering a chain instead of the chain's few rows.
+    conn.execute(f"PRAGMA analysis_limit={ANALYSIS_ROWS}")
+    conn.execute("ANALYZE")
+    return int(conn.execute("SELECT COALESCE(SUM(n), 0) FROM counts").fetchone()[0])
+
+
+def _statement(conn: sqlite3.Connection, query: TaskQuery) -> tuple[str, list[Any]]:
+    """The listing statement of `query`, its index chosen by probes where that is needed."""
+    candidates = drivers(query)
+    need = fans_out(query) or (candidates and query.function is None)
+    functions = [r[0] for r in conn.execute(FUNCTIONS)] if need else []
+    probes: dict[str, int] = {}
+    if functions or query.function is not None:
+        for driver in candidates:
+            probe, values = probe_sql(query, driver, functions)
+            probes[driver] = conn.execute(probe, values).fetchone()[0]
+    return select_sql(query, functions, choose(probes))
 
 
 class _Connection:
@@ -107,6 +145,7 @@ class SqliteBackend:
         self.path = path
         self.writer = _Connection(path)
         self.reader = _Connection(path)
+        self._analyze = AnalyzeSchedule()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +153,7 @@ class SqliteBackend:
         def create(conn: sqlite3.Connection) -> None:
             for statement in SCHEMA:
                 conn.execute(statement)
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('db_id', ?)", (uuid.uuid4().hex[:16],))
 
         await self.writer.run(lambda conn: _write(conn, create))
@@ -153,12 +192,27 @@ class SqliteBackend:
                 conn.executemany(UPSERT_RECENT, [(f, k, s, n) for (f, k, s), n in changes.recent.items()])
             return changes
 
-        return await self.writer.run(lambda conn: _write(conn, work))
+        changes = await self.writer.run(lambda conn: _write(conn, work))
+        if self._analyze.note(len(changes.inserts)):
+            self._analyze.refreshed(await self.writer.run(_analyze))
+        return changes
 
     async def select(self, query: TaskQuery) -> list[Listed]:
-        sql, params = select_sql(query)
-        rows = await self.reader.run(lambda conn: conn.execute(sql, params).fetchall())
-        return [Listed(*row) for row in rows]
+        def read(conn: sqlite3.Connection) -> list[Listed]:
+            sql, params = _statement(conn, query)
+            return [Listed(*row) for row in conn.execute(sql, params)]
+
+        return await self.reader.run(read)
+
+    async def explain(self, query: TaskQuery) -> str:
+        def read(conn: sqlite3.Connection) -> str:
+            sql, params = _statement(conn, query)
+            return "; ".join(str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+
+        return await self.reader.run(read)
+
+    async def analyze(self) -> None:
+        await self.writer.run(_analyze)
 
     async def counts(self, functions: Sequence[str], *, now: float) -> dict[str, Counts]:
         names = list(functions)
@@ -190,9 +244,7 @@ class SqliteBackend:
         return None if row is None else str(row[0])
 
     async def functions(self) -> list[str]:
-        rows = await self.reader.run(
-            lambda conn: conn.execute("SELECT DISTINCT function FROM counts WHERE n > 0").fetchall()
-        )
+        rows = await self.reader.run(lambda conn: conn.execute(FUNCTIONS).fetchall())
         return [str(r[0]) for r in rows]
 
     async def purge(self, function: str, before_ms: int, limit: int) -> int:

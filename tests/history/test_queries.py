@@ -99,6 +99,22 @@ async def test_every_filter_and_both_orders(backend: Backend) -> None:
         TaskQuery(chain="chain3", function=other),
         TaskQuery(prefix=f"{fn}-b"),
         TaskQuery(prefix=f"{fn}-a0", statuses=(S.ENQUEUED, S.SUCCEEDED), order="asc"),
+        TaskQuery(prefix=f"{fn}-a0", function=fn, source_type="api"),
+        TaskQuery(prefix=fn[:2], function=other, statuses=(S.FAILED,)),  # short: the order index, filtered
+        # Without a function: one index range per function, merged.
+        TaskQuery(),
+        TaskQuery(order="asc", since_ms=NOW_MS - 50_000),
+        TaskQuery(statuses=(S.SUCCEEDED,)),
+        TaskQuery(statuses=(S.FAILED, S.ENQUEUED), order="asc"),
+        TaskQuery(source_type="kafka"),
+        TaskQuery(condition="Succeeded", order="asc", until_ms=NOW_MS - 30_000),
+        TaskQuery(statuses=(S.RUNNING,), source_type="kafka", source_name="src0"),
+        # Filters no one index serves together: each probed, the fewest entries drive.
+        TaskQuery(function=fn, statuses=(S.SUCCEEDED,), source_type="timer", condition="Succeeded"),
+        TaskQuery(function=fn, source_type="api", condition="RetriesExhausted", order="asc"),
+        TaskQuery(function=other, source_type="kafka", condition="Succeeded"),  # common each, never together
+        TaskQuery(source_type="timer", condition="RetriesExhausted"),
+        TaskQuery(statuses=(S.SUCCEEDED, S.FAILED), source_type="kafka", condition="Succeeded"),
     ]
     for q in queries:
         expected = model.select(q)
@@ -230,6 +246,8 @@ async def test_the_index_answers_what_the_messages_say(
             TaskQuery(function=function, order=order),  # type: ignore[arg-type]
             TaskQuery(function=function, statuses=tuple(statuses), order=order),  # type: ignore[arg-type]
             TaskQuery(prefix=f"{prefix}t0", source_type="timer", chain="c1", order=order),  # type: ignore[arg-type]
+            TaskQuery(function=function, statuses=tuple(statuses), source_type="timer", condition="Succeeded"),
+            TaskQuery(function=function, source_type="api", condition="Expired", order=order),  # type: ignore[arg-type]
         ):
             assert await all_pages(h, replace(q, limit=limit)) == model.select(q)
         counts = (await backend.counts([function], now=time.time()))[function]

@@ -1,0 +1,72 @@
+"""The feed's lean path from a delivery to a row: raw header blocks, the submission's first
+record written straight from its invocation header, and status deliveries told apart."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.history.feed import task_fact
+from gateway.history.headers import header, is_status
+from gateway.history.plan import first_record, record_of
+from gateway.tasks import constants as c
+from gateway.tasks.invocation import Invocation, Lineage, Source
+from gateway.tasks.records import encode, new_record
+
+INVOCATIONS = [
+    Invocation("t-1", "fn", b"{}", submitted_at=1795962930.1234567),
+    Invocation("t-2", "fn.v2", b"", submitted_at=1795962930.9996, scheduled_at=1795963000.5, attempt=2,
+               source=Source("kafka", "orders/eu é \"x\" |%"), lineage=Lineage("c-9", 3)),
+    Invocation("t-3", "fn", b"", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01", tracestate="k=v,x=y"),
+    Invocation("t-4", "fn", b"", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01"),
+    Invocation("t-5", "fn", b"", source=Source("rerun", "t-1"), priority="high", concurrency_key="acct-7"),
+]  # fmt: skip
+
+
+def raw_block(headers: dict[str, str]) -> bytes:
+    """A header block as nats-server delivers it, with the headers a headers-only delivery adds."""
+    lines = ["NATS/1.0", *(f"{k}: {v}" for k, v in headers.items()), "Nats-Stream: FNGATE_TASKS", "Nats-Msg-Size: 2"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("inv", INVOCATIONS, ids=lambda inv: inv.task_id)
+def test_a_first_record_is_the_one_new_record_makes(inv: Invocation) -> None:
+    headers = inv.headers()
+    made = first_record(headers[c.H_INVOCATION], headers.get(c.H_TRACEPARENT), headers.get(c.H_TRACESTATE))
+    assert json.loads(made) == json.loads(encode(new_record(Invocation.from_message(headers, b""))))
+
+
+@pytest.mark.parametrize("inv", INVOCATIONS, ids=lambda inv: inv.task_id)
+def test_a_raw_block_makes_the_fact_the_parsed_headers_make(inv: Invocation) -> None:
+    headers = inv.headers()
+    from_raw, from_dict = task_fact(b"", raw_block(headers), 0), task_fact(b"", headers, 0)
+    assert from_raw is not None and from_dict is not None
+    assert record_of(from_raw) == record_of(from_dict)
+    assert (from_raw.task_id, from_raw.function, from_raw.source_type, from_raw.source_name, from_raw.chain_id) == (
+        inv.task_id, inv.function, inv.source.type, inv.source.name, inv.lineage.chain_id,
+    )  # fmt: skip
+    # A submission with flow control's two extra fields is indexed like any other.
+    assert from_raw.submitted_ms == from_dict.submitted_ms
+
+
+def test_headers_and_status_lines() -> None:
+    block = b"NATS/1.0\r\nA: 1\r\nFngate-Invocation:  x|y \r\nB:2\r\n\r\n"
+    assert header(block, "Fngate-Invocation") == "x|y"
+    assert header(block, "B") == "2"
+    assert header(block, "Missing") is None and header(None, "A") is None
+    assert task_fact(b"", b"NATS/1.0\r\nFngate-Invocation: 2|t|f\r\n\r\n", 0) is None  # an unknown version
+    assert is_status(b"NATS/1.0 404 No Messages\r\n\r\n") and is_status(b"NATS/1.0 408 Request Timeout\r\n\r\n")
+    assert not is_status(block) and not is_status(None)
+
+
+def test_statistics_are_refreshed_as_the_table_doubles() -> None:
+    from gateway.history.sql import AnalyzeSchedule
+
+    schedule, refreshed_at, rows = AnalyzeSchedule(), [], 0
+    for _ in range(200):  # batches of 500 inserts, 100k rows
+        rows += 500
+        if schedule.note(500):
+            refreshed_at.append(rows)
+            schedule.refreshed(rows)
+    assert refreshed_at == [1000, 2000, 4000, 8000, 16000, 32000, 64000]
