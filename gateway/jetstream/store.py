@@ -30,6 +30,7 @@ from nats.js.api import DiscardPolicy, RawStreamMsg, RetentionPolicy, StorageTyp
 from nats.js.errors import APIError, NotFoundError
 
 from gateway.errors import DuplicateTask, PayloadTooLarge, ServiceUnavailable
+from gateway.flow.names import PRIORITY_SUBJECT
 from gateway.jetstream.publisher import AckPublisher, DuplicateMessage, PendingAck
 from gateway.observe import metrics
 from gateway.tasks import constants as c
@@ -155,7 +156,16 @@ class TaskStore:
             raise error from None
         if self.write_refused is not None:
             self._stored()
+        await self._priority_enqueued(inv)
         return seq
+
+    async def _priority_enqueued(self, inv: Invocation) -> None:
+        """Tell the function's flow leader that a high or low task is in its queue: it reads
+        the whole backlog then, so priority orders all of it (gateway/flow/leader.py). Core
+        NATS, only for such tasks; a lost one is made up for by a new leader reading all."""
+        if inv.priority != "normal":
+            with contextlib.suppress(Exception):
+                await self.nc.publish(f"{PRIORITY_SUBJECT}.{inv.function}", b"")
 
     def _refused(self, exc: APIError) -> None:
         self.write_refused = exc.description or f"error {exc.err_code}"
@@ -196,6 +206,8 @@ class TaskStore:
                 await self.publisher.acked(pending)
             except Exception as exc:
                 outcomes[i] = submit_error(invs[i], exc)
+        for inv in {inv.function: inv for inv in invs if inv.priority != "normal"}.values():
+            await self._priority_enqueued(inv)
         return outcomes
 
     def _submit_headers(self, inv: Invocation) -> dict[str, str]:
@@ -215,6 +227,7 @@ class TaskStore:
     async def requeue(self, inv: Invocation) -> None:
         """Put an invocation back in its function's queue (after a delay, or a retry)."""
         await self.publisher.publish(inv.subject, inv.payload, inv.headers())
+        await self._priority_enqueued(inv)
 
     async def defer(self, inv: Invocation) -> None:
         """Park an invocation until its not_before time."""
