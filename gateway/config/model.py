@@ -203,7 +203,7 @@ class TriggerConfig(BaseModel):
     @field_validator("concurrency_key")
     @classmethod
     def _check_key_path(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[^.\s]+(\.[^.\s]+)*", value) or len(value or "") > 256:
+        if (value is not None and not re.fullmatch(r"[^.\s]+(\.[^.\s]+)*", value)) or len(value or "") > 256:
             raise ValueError(f"must be a dotted path into the event, like data.customer or kafka.key (got {value!r})")
         return value
 
