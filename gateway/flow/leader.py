@@ -8,7 +8,8 @@ While leading, it pulls the function's consumer (max_ack_pending = concurrency +
 and keeps what waits in memory (heartbeating each message with in_progress() so JetStream
 does not hand it out again); beyond the caps it parks tasks on FNGATE_FLOW and acks them.
 It admits with Admission (key limits, priority, round robin, rate) and hands each admitted
-message over core NATS to a runner of any replica, with a grant id. The runner acks the
+message to the replica running the fewest grants (in-process when that is this one; else
+over core NATS, one message per replica and admission turn), with a grant id. The runner acks the
 JetStream message itself and reports the grant's end (done) and, every ack_wait/3, the
 grants it still runs (hold): a grant nobody reports for ack_wait is freed, so a crashed
 replica leaks no key slot for longer than that. A new leader first listens for one report
