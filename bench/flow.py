@@ -29,7 +29,7 @@ from tests.services import NatsServer, free_port
 from .harness import BODY, Figure, Settings, Stack, function
 
 SUBMITTERS = 64
-ROUNDS = 4
+ROUNDS = 8  # a round's ratio on a shared 2-core VM ranges 0.5-2: the median needs many
 KEYS = 64
 FUNCTIONS = {
     "plain": function("noop", concurrency=64),

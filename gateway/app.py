@@ -184,10 +184,12 @@ class Gateway:
             raise ServiceUnavailable("the gateway is starting")
         return await self.service.submit(function, payload, **options)
 
-    async def submit_many(self, function: str, items: Sequence[BatchItem], *, source: Source) -> list[Exception | None]:
+    async def submit_many(
+        self, function: str, items: Sequence[BatchItem], *, source: Source, **flow: Any
+    ) -> list[Exception | None]:
         if self.service is None:
             raise ServiceUnavailable("the gateway is starting")
-        return await self.service.submit_many(function, items, source=source)
+        return await self.service.submit_many(function, items, source=source, **flow)
 
     async def invoke_sync(self, function: str, payload: bytes, **options: Any) -> tuple[bytes, str]:
         if self.service is None:

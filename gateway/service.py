@@ -87,17 +87,34 @@ class TaskService:
         metrics.TASKS_SUBMITTED.labels(function).inc()
         return inv.task_id
 
-    async def submit_many(self, function: str, items: Sequence[BatchItem], *, source: Source) -> list[Exception | None]:
-        """Enqueue a trigger's batch of JSON events (each with its task id and lineage);
-        one outcome per item, in order: None when enqueued, else why not (as `submit` raises)."""
+    async def submit_many(
+        self,
+        function: str,
+        items: Sequence[BatchItem],
+        *,
+        source: Source,
+        priority: str = "normal",
+        keys: Sequence[str] | None = None,
+    ) -> list[Exception | None]:
+        """Enqueue a trigger's batch of JSON events (each with its task id and lineage, and
+        its concurrency key in `keys`); one outcome per item, in order: None when enqueued,
+        else why not (as `submit` raises)."""
         config = self.function(function)
         outcomes: list[Exception | None] = [None] * len(items)
         batch: list[tuple[int, Invocation]] = []
         for i, (payload, task_id, lineage) in enumerate(items):
             try:
-                batch.append(
-                    (i, self.invocation(function, config, payload, source=source, task_id=task_id, lineage=lineage))
+                inv = self.invocation(
+                    function,
+                    config,
+                    payload,
+                    source=source,
+                    task_id=task_id,
+                    lineage=lineage,
+                    priority=priority,
+                    concurrency_key=keys[i] if keys is not None else "",
                 )
+                batch.append((i, inv))
             except FngateError as exc:
                 outcomes[i] = exc
         stored = await self.store.submit_many([inv for _, inv in batch])

@@ -23,6 +23,8 @@ def _journal(kind: str, context: Any) -> None:
 async def journaled(event: Any, context: Any) -> Any:
     """Journals start and end; sleeps event['seconds'] (default 0) in between."""
     _journal("start", context)
+    if isinstance(event, dict) and isinstance(event.get("data"), dict) and "trigger" in event:
+        event = event["data"]  # a trigger's event: what it carries
     seconds = float(event.get("seconds", 0)) if isinstance(event, dict) else 0.0
     if seconds:
         await asyncio.sleep(seconds)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from gateway.config.model import TriggerConfig
 from gateway.config.registry import Registry, UnknownType
 from gateway.errors import ConfigError, DuplicateTask, FngateError
+from gateway.flow.limits import KEY_PATTERN
 from gateway.observe import metrics
 from gateway.tasks.invocation import BatchItem, Lineage, Source, iso, new_task_id
 
@@ -43,6 +44,8 @@ class Submit(Protocol):
         task_id: str | None = None,
         delay: float = 0.0,
         lineage: Lineage | None = None,
+        priority: str = "normal",
+        concurrency_key: str = "",
     ) -> str:
         """Durably enqueue an async invocation; returns the task id.
 
@@ -53,9 +56,18 @@ class Submit(Protocol):
 
 
 class SubmitMany(Protocol):
-    async def __call__(self, function: str, items: Sequence[BatchItem], *, source: Source) -> list[Exception | None]:
+    async def __call__(
+        self,
+        function: str,
+        items: Sequence[BatchItem],
+        *,
+        source: Source,
+        priority: str = "normal",
+        keys: Sequence[str] | None = None,
+    ) -> list[Exception | None]:
         """Enqueue a batch of JSON events, each (payload, task id, lineage); one outcome per
         item, in order: None when enqueued, else the exception `Submit` would have raised.
+        `keys`: each item's concurrency key, when the trigger sets one.
         Raises ServiceUnavailable, for the whole batch, while NATS is unreachable."""
         ...
 
@@ -257,6 +269,41 @@ def stable_id(prefix: str, *parts: object) -> str:
     return f"{prefix}-{digest}"
 
 
+def event_path(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
+
+
+def concurrency_key_at(payload: bytes, path: Sequence[str]) -> str:
+    """The concurrency key a trigger's `concurrency_key:` path names in the event it submits
+    ("" when the event has nothing there: the task then shares the function's concurrency
+    only). The path descends objects by name and arrays by index; a batch task (a JSON array
+    of events) takes its first event's key. A string is the key as it is when it can be one;
+    any other value, or a string of other characters or over 128, becomes a digest of it, so
+    equal values still share a key."""
+    try:
+        value: Any = json.loads(payload)
+    except (ValueError, RecursionError):
+        return ""
+    if isinstance(value, list) and value:
+        value = value[0]
+    for part in path:
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list):
+            try:
+                value = value[int(part)]
+            except (ValueError, IndexError):
+                return ""
+        else:
+            return ""
+    if value is None or value == "":
+        return ""
+    text = value if isinstance(value, str) else _COMPACT.encode(value)
+    if KEY_PATTERN.match(text):
+        return text
+    return "h:" + hashlib.blake2s(text.encode(), digest_size=12).hexdigest()
+
+
 def _encode(event: dict[str, Any], parsed: tuple[str, Any] | None) -> bytes:
     # A JSON payload (the common case: Kafka, MQTT, webhooks) was checked, and is spliced in
     # as its own text as the last member: encoding it again was most of an event's cost.
@@ -278,6 +325,9 @@ class BaseTrigger:
         self.context = context
         self.path = f"triggers.{config.name}"
         self.source = Source(self.type, self.name)
+        # Flow control of the tasks it makes (their priority; where their key is in the event).
+        self.priority = config.priority
+        self.key_path = event_path(config.concurrency_key) if config.concurrency_key else None
         self.state = TriggerState.CREATED
         self._held = 0  # events waiting for NATS to take them
         self._stopping = asyncio.Event()
@@ -403,7 +453,15 @@ class BaseTrigger:
         """
         task_id = task_id or new_task_id()
         try:
-            await self.context.submit(self.function, payload, source=self.source, task_id=task_id, lineage=lineage)
+            await self.context.submit(
+                self.function,
+                payload,
+                source=self.source,
+                task_id=task_id,
+                lineage=lineage,
+                priority=self.priority,
+                concurrency_key=self.key_of(payload),
+            )
         except DuplicateTask:
             log.debug("trigger %s: task %s already exists", self.name, task_id)
             return task_id
@@ -412,6 +470,10 @@ class BaseTrigger:
             raise
         self.count_invocation()
         return task_id
+
+    def key_of(self, payload: bytes) -> str:
+        """The concurrency key of the task of this event ("" without `concurrency_key:`)."""
+        return concurrency_key_at(payload, self.key_path) if self.key_path is not None else ""
 
     async def submit_held(
         self, payload: bytes, *, task_id: str | None = None, lineage: Lineage | None = None
@@ -447,8 +509,11 @@ class BaseTrigger:
         """Submit a batch of JSON events with stable task ids; returns once every one is
         enqueued (or known already, or can never be). Sent as one batch first; whatever
         that did not enqueue goes through `submit_held`, one by one, with its retries."""
+        keys = [self.key_of(payload) for payload, _, _ in items] if self.key_path is not None else None
         try:
-            outcomes: list[Exception | None] = await self.context.submit_many(self.function, items, source=self.source)
+            outcomes: list[Exception | None] = await self.context.submit_many(
+                self.function, items, source=self.source, priority=self.priority, keys=keys
+            )
         except FngateError as exc:  # the whole batch (NATS unreachable): each item as it failed
             outcomes = [exc] * len(items)
         retry = []

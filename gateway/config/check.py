@@ -54,6 +54,7 @@ def check_file(path: str | Path, env: dict[str, str] | None = None, *, load_code
     dest_errors, dest_warnings = destination_problems(partial)
     errors.extend(dest_errors)
     warnings.extend(dest_warnings)
+    warnings.extend(flow_warnings(partial))
     errors = [e for e in dict.fromkeys(errors) if not _repeats_unset(e, doc.unset_paths) or e in doc.errors]
     return CheckResult(
         config if not errors else None,
@@ -104,6 +105,27 @@ def trigger_errors(config: Config) -> list[str]:
         if check is not None:
             errors.extend(check(trigger, where))
     return errors
+
+
+def flow_warnings(config: Config) -> list[str]:
+    """A trigger's flow options that its function would not act on (a valid config, so a warning)."""
+    warnings: list[str] = []
+    for trigger in config.triggers:
+        function = config.functions.get(trigger.function)
+        if function is None:
+            continue
+        where = f"triggers.{trigger.name}"
+        if trigger.concurrency_key is not None and function.key_concurrency is None:
+            warnings.append(
+                f"{where}.concurrency_key: function {trigger.function!r} has no key_concurrency, "
+                "so the key limits nothing"
+            )
+        if trigger.priority != "normal" and not function.flow_controlled:
+            warnings.append(
+                f"{where}.priority: function {trigger.function!r} has no flow control (key_concurrency, rate_limit "
+                "or priorities: true), so its tasks run in the order they came"
+            )
+    return warnings
 
 
 def destination_problems(config: Config) -> tuple[list[str], list[str]]:

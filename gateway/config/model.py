@@ -188,6 +188,24 @@ class TriggerConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     type: str
     function: str
+    # Flow control (gateway/flow), for every trigger type: the tasks' priority, and where in
+    # the event their concurrency key is (a dotted path such as data.customer or kafka.key).
+    priority: str = "normal"
+    concurrency_key: str | None = None
+
+    @field_validator("priority")
+    @classmethod
+    def _check_priority(cls, value: str) -> str:
+        from gateway.flow.limits import check_priority
+
+        return check_priority(value)
+
+    @field_validator("concurrency_key")
+    @classmethod
+    def _check_key_path(cls, value: str | None) -> str | None:
+        if (value is not None and not re.fullmatch(r"[^.\s]+(\.[^.\s]+)*", value)) or len(value or "") > 256:
+            raise ValueError(f"must be a dotted path into the event, like data.customer or kafka.key (got {value!r})")
+        return value
 
 
 class IndexConfig(_Model):

@@ -130,6 +130,10 @@ class Admission:
             return self.queued
         return sum(len(queue) for (_, key), queue in self.queues.items() if self.key_free(key))
 
+    def holds_rank(self, rank: int) -> bool:
+        """Whether a task of this priority rank waits (in memory or parked)."""
+        return any(r == rank and q for (r, _), q in self.queues.items()) or any(r == rank for r, _ in self.parked)
+
     def key_free(self, key: str) -> bool:
         return not key or self.key_limit is None or self.running.get(key, 0) < self.key_limit
 

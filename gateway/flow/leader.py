@@ -8,7 +8,8 @@ While leading, it pulls the function's consumer (max_ack_pending = concurrency +
 and keeps what waits in memory (heartbeating each message with in_progress() so JetStream
 does not hand it out again); beyond the caps it parks tasks on FNGATE_FLOW and acks them.
 It admits with Admission (key limits, priority, round robin, rate) and hands each admitted
-message over core NATS to a runner of any replica, with a grant id. The runner acks the
+message to the replica running the fewest grants (in-process when that is this one; else
+over core NATS, one message per replica and admission turn), with a grant id. The runner acks the
 JetStream message itself and reports the grant's end (done) and, every ack_wait/3, the
 grants it still runs (hold): a grant nobody reports for ack_wait is freed, so a crashed
 replica leaks no key slot for longer than that. A new leader first listens for one report
@@ -40,6 +41,7 @@ from gateway.supervise import cancel_requested
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import Invocation
 
+from . import handover
 from . import names as n
 from .admission import Admission, Group, Waiter
 from .limits import PRIORITIES, parse_rate
@@ -64,6 +66,7 @@ class Grant:
     khash: str
     task_id: str
     expires: float  # monotonic
+    replica: str  # the one running it
 
 
 class FlowLeader:
@@ -91,11 +94,14 @@ class FlowLeader:
         self._park_consumers: set[Group] = set()
         self._leading = False
         self.runner = runner  # this replica's runner: a share of the tasks is handed over in-process
-        # Deep: read the whole queue (parking beyond memory), so priority holds over the whole
-        # backlog. Otherwise read only what can start soon, and past tasks whose key is full.
-        self.deep = self.config.priorities
+        # Catching up: reading the whole queue (parking beyond memory) until nothing is left
+        # unread, because a high or low task was enqueued (or leadership just began, and one
+        # may have been while nobody listened). See _deep().
+        self._catch_up = False
+        self._hints = 0
         self._more = asyncio.Event()
         self.replicas: dict[str, float] = {}  # replica -> when it last reported (monotonic)
+        self.load: dict[str, int] = {}  # replica -> open grants it runs
 
     def _new_admission(self) -> Admission:
         rate = parse_rate(self.config.rate_limit) if self.config.rate_limit else None
@@ -149,11 +155,14 @@ class FlowLeader:
         self.adm = self._new_admission()
         self.grants.clear()
         self.by_task.clear()
+        self.load.clear()
+        self._catch_up = True
         self._park_consumers.clear()  # an earlier leader may have removed some since
         self._leading = True
         subs: list[Subscription] = [
             await self.nc.subscribe(f"{n.DONE_SUBJECT}.{self.fn}", cb=self._on_done),
             await self.nc.subscribe(f"{n.HOLD_SUBJECT}.{self.fn}", cb=self._on_hold),
+            await self.nc.subscribe(f"{c.PRIORITY_SUBJECT}.{self.fn}", cb=self._on_priority),
         ]
         intake = Puller(self.nc, c.TASKS_STREAM, f"{c.FUNCTION_CONSUMER_PREFIX}{self.fn}", self._on_intake)
         loops: list[asyncio.Task[None]] = []
@@ -216,12 +225,30 @@ class FlowLeader:
 
     async def _pull(self, intake: Puller) -> None:
         while True:
-            want = 256 if self.deep else self._wanted()
+            want = 256 if self._deep() else self._wanted()
             if want <= 0:
                 self._more.clear()
                 await self._more.wait()
                 continue
-            await intake.pull(min(256, want))
+            hints = self._hints
+            unused = await intake.pull(min(256, want))
+            if unused and self._hints == hints:
+                # The request ended short: the consumer had nothing more to deliver, so
+                # every task enqueued before it was read.
+                self._catch_up = False
+
+    def _deep(self) -> bool:
+        """Whether to read the whole queue, not only what can start soon: priority must order
+        all of it. A high task still unread in the stream must start before the normal ones
+        held here (the submit's hint says one is there); a low task held here must not start
+        before an unread normal one. Without either, stream order is priority order."""
+        return self._catch_up or self.adm.holds_rank(len(PRIORITIES) - 1)
+
+    async def _on_priority(self, msg: Msg) -> None:
+        self._hints += 1
+        if not self._catch_up:
+            self._catch_up = True
+            self._more.set()
 
     def _wanted(self) -> int:
         """Enough to fill the free slots and as many again ready to start; tasks whose key is
@@ -233,6 +260,10 @@ class FlowLeader:
 
     # --- what arrives ------------------------------------------------------------------
     def _on_intake(self, msg: Msg, counted: bool) -> None:
+        if self._catch_up:
+            with contextlib.suppress(Exception):
+                if msg.metadata.num_pending == 0:  # the last one there was (hints come after their task)
+                    self._catch_up = False
         self._arrived(msg, parked=False)
 
     def _on_parked(self, msg: Msg, counted: bool) -> None:
@@ -298,31 +329,33 @@ class FlowLeader:
             self._timer = asyncio.get_running_loop().call_later(max(0.001, result.rate_wait), self._wake)
 
     def _send(self, waiters: list[Waiter], *, granted: bool) -> None:
-        messages = []
+        """Hand tasks to runners: each granted one to the live replica running the fewest
+        (this one on a tie: in-process, no hop), the others' in one message per replica."""
+        batches: dict[str, list[handover.Handed]] = {}
         deadline = time.monotonic() + self.ack_wait
+        live = self._live_replicas() if granted else []
         for waiter in waiters:
-            grant = ""
+            grant, target = "", self.replica
             if granted:
                 grant = f"{self._token}-{next(self._ids):x}"
-                self.grants[grant] = Grant(waiter.key, waiter.task_id, deadline)
+                target = min(live, key=lambda r: self.load.get(r, 0))
+                self.grants[grant] = Grant(waiter.key, waiter.task_id, deadline, target)
                 self.by_task[waiter.task_id] = grant
-            if self.runner is not None and (not granted or self._local_share()):
+                self.load[target] = self.load.get(target, 0) + 1
+            if target == self.replica and self.runner is not None:
                 self.runner.start(waiter.msg, grant, waiter.key)
                 continue
             headers = {k: v for k, v in (waiter.msg.headers or {}).items() if not k.startswith("Nats-")}
-            headers[n.H_HANDOVER] = f"{waiter.msg.reply} {waiter.msg.subject} {grant or '-'} {waiter.key or '-'}"
-            messages.append((waiter.msg.data, headers))
-        if messages:
-            self._spawn(self._publish(messages))
+            task = handover.Handed(waiter.msg.reply, waiter.msg.subject, grant, waiter.key, headers, waiter.msg.data)
+            batches.setdefault(target, []).append(task)
+        if batches:
+            self._spawn(self._publish(batches))
 
-    def _local_share(self) -> bool:
-        """Run here, without the hop over NATS, this replica's share of the concurrency."""
-        if self.runner is None:
-            return False
-        live = 1 + sum(
-            1 for r, at in self.replicas.items() if r != self.replica and at > time.monotonic() - self.ack_wait
-        )
-        return len(self.runner.held) * live < self.config.concurrency
+    def _live_replicas(self) -> list[str]:
+        """This replica first, then those whose last hold report is recent (one is sent every
+        interval, so two missed means gone: a replica's tasks are not sent into the void for long)."""
+        since = time.monotonic() - 2.2 * self.interval
+        return [self.replica, *(r for r, at in self.replicas.items() if r != self.replica and at > since)]
 
     def release_local(self, grant_id: str) -> bool:
         """A grant handed over in-process ended; False when it is not ours (leadership moved)."""
@@ -331,10 +364,9 @@ class FlowLeader:
         self._release(grant_id)
         return True
 
-    async def _publish(self, messages: list[tuple[bytes, dict[str, str]]]) -> None:
-        subject = f"{n.RUN_SUBJECT}.{self.fn}"
-        for data, headers in messages:
-            await self.nc.publish(subject, data, headers=headers)
+    async def _publish(self, batches: dict[str, list[handover.Handed]]) -> None:
+        for replica, tasks in batches.items():
+            await self.nc.publish(n.run_subject(self.fn, replica), handover.encode(tasks))
 
     def _release(self, grant_id: str) -> None:
         grant = self.grants.pop(grant_id, None)
@@ -343,6 +375,7 @@ class FlowLeader:
         if self.by_task.get(grant.task_id) == grant_id:
             del self.by_task[grant.task_id]
         self.released[grant_id] = time.monotonic()
+        self.load[grant.replica] = self.load.get(grant.replica, 1) - 1
         self.adm.finished(grant.khash)
         self._more.set()
         self._schedule()
@@ -355,9 +388,10 @@ class FlowLeader:
         try:
             report = json.loads(msg.data)
             held = report["grants"]
-            self.replicas[str(report.get("replica", ""))] = time.monotonic()
+            replica = str(report["replica"])
         except (ValueError, KeyError, TypeError):
             return
+        self.replicas[replica] = time.monotonic()
         deadline = time.monotonic() + self.ack_wait
         for grant_id, task_id, khash in held:
             grant = self.grants.get(grant_id)
@@ -365,8 +399,9 @@ class FlowLeader:
                 grant.expires = deadline
             elif grant_id not in self.released:
                 # Granted by an earlier leader and still running: it counts here too.
-                self.grants[grant_id] = Grant(khash, task_id, deadline)
+                self.grants[grant_id] = Grant(khash, task_id, deadline, replica)
                 self.by_task[task_id] = grant_id
+                self.load[replica] = self.load.get(replica, 0) + 1
                 self.adm.started(khash)
 
     async def _heartbeats(self) -> None:

@@ -10,21 +10,20 @@ PARK_SUBJECT = "fngate.flow.park"
 LEADERS_STREAM = "FNGATE_FLOW_LEADERS"  # one message per function, max_age = ack_wait
 LEADER_SUBJECT = "fngate.flow.leader"  # fngate.flow.leader.{fn}: the replica leading it
 # Core NATS, no stream: the leader's hand-over and the runners' reports.
-RUN_SUBJECT = "fngate.flow.run"  # fngate.flow.run.{fn}, queue group: an admitted task
-DONE_SUBJECT = "fngate.flow.done"  # fngate.flow.done.{fn}: a grant ended
+RUN_SUBJECT = "fngate.flow.run"  # fngate.flow.run.{fn}.{replica}: admitted tasks, a batch (handover.py)
+DONE_SUBJECT = "fngate.flow.done"  # fngate.flow.done.{fn}: grants that ended, space-separated
 HOLD_SUBJECT = "fngate.flow.hold"  # fngate.flow.hold.{fn}: the grants a replica still runs
 STATS_SUBJECT = "fngate.flow.stats"  # fngate.flow.stats.{fn}: the leader's waiting counts
-
-# On a hand-over, one header (every header costs the receiving client a parse):
-# "{reply subject of the leader's delivery} {its subject} {grant id} {key hash}"; the worker
-# acks the leader's delivery on that reply subject.
-H_HANDOVER = "Fngate-Flow"
 
 
 @functools.lru_cache(maxsize=4096)  # the keys of a busy function repeat
 def key_hash(key: str) -> str:
     """A subject token and consumer-name part for a key (keys may hold dots and slashes)."""
     return hashlib.blake2s(key.encode(), digest_size=8).hexdigest() if key else "_"
+
+
+def run_subject(function: str, replica: str) -> str:
+    return f"{RUN_SUBJECT}.{function}.{replica}"
 
 
 def park_subject(function: str, rank: int, khash: str) -> str:

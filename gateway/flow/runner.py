@@ -1,10 +1,11 @@
 """The worker side of flow control, in every replica: runs what the leader admitted.
 
-A task arrives over core NATS (queue group: one replica of the deployment takes it) with
-the reply subject of the leader's JetStream delivery; the worker handles it as if it had
-pulled it, so acks, heartbeats and retries work as for any task. When the handling ends
-the grant is reported done; every ack_wait/3 the grants still running are reported, which
-keeps them alive at the leader (and tells a new leader what runs).
+Tasks arrive over core NATS on this replica's own subject, many to a message (handover.py),
+each with the reply subject of the leader's JetStream delivery; the worker handles it as if
+it had pulled it, so acks, heartbeats and retries work as for any task. When the handling
+ends the grant is reported done (the ends close together in one message); every ack_wait/3
+the grants still running are reported, which keeps them alive at the leader (and tells a
+new leader what runs and which replicas there are).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 
+from . import handover, stats
 from . import names as n
-from . import stats
 
 if TYPE_CHECKING:
     from gateway.pipeline.worker import FunctionWorker
@@ -26,6 +27,12 @@ if TYPE_CHECKING:
     from .leader import FlowLeader
 
 log = logging.getLogger(__name__)
+# Ends of grants are gathered this long while the runner holds many (a slot freed a moment
+# later among many costs little; one done message per task cost the leader a parse each).
+# Holding few, every end is reported in the loop turn it happened: a slot of a function
+# with little concurrency is worth more than a message.
+DONE_GATHER = 0.003
+GATHER_FROM = 8
 
 
 class FlowRunner:
@@ -39,10 +46,11 @@ class FlowRunner:
         self.held: dict[str, tuple[str, str]] = {}  # grant id -> (task id, key hash)
         self._reports: set[asyncio.Task[Any]] = set()
         self._ended: list[str] = []  # grants ended since the last done report
+        self._reported_at = 0.0  # loop time of the last done report
 
     async def run(self) -> None:
         subs = [
-            await self.nc.subscribe(f"{n.RUN_SUBJECT}.{self.fn}", queue=f"fngate-flow-{self.fn}", cb=self._on_run),
+            await self.nc.subscribe(n.run_subject(self.fn, self.replica), cb=self._on_run),
             await self.nc.subscribe(f"{n.STATS_SUBJECT}.{self.fn}", cb=self._on_stats),
         ]
         try:
@@ -59,13 +67,14 @@ class FlowRunner:
                     await sub.unsubscribe()
 
     async def _on_run(self, msg: Msg) -> None:
-        headers = msg.headers or {}
         try:
-            reply, subject, grant, khash = headers.pop(n.H_HANDOVER).split(" ")
-        except (KeyError, ValueError):
-            return
-        grant, khash = ("" if grant == "-" else grant), ("" if khash == "-" else khash)
-        self.start(Msg(self.nc, subject=subject, reply=reply, data=msg.data, headers=headers), grant, khash)
+            for task in handover.decode(msg.data):
+                delivery = Msg(self.nc, subject=task.subject, reply=task.reply, data=task.data, headers=task.headers)
+                self.start(delivery, task.grant, task.khash)
+        except (ValueError, UnicodeDecodeError) as exc:
+            # Not ours or damaged: what was not started is redelivered by JetStream after
+            # ack_wait, and its grant expires at the leader.
+            log.error("unreadable flow hand-over on %s: %s", msg.subject, exc)
 
     def start(self, delivery: Msg, grant: str, khash: str) -> None:
         """Handle a delivery the leader admitted (handed over by NATS, or in-process)."""
@@ -79,16 +88,22 @@ class FlowRunner:
             task.add_done_callback(lambda _: self._done(grant))
 
     def _done(self, grant: str) -> None:
-        """Report the grant's end; the ends of one loop turn go out as one message."""
+        """Report the grant's end, with the others that end close to it (see DONE_GATHER)."""
         self.held.pop(grant, None)
         if self.leader is not None and self.leader.release_local(grant):
             return
         self._ended.append(grant)
         if len(self._ended) == 1:
-            asyncio.get_running_loop().call_soon(self._report_done)
+            loop = asyncio.get_running_loop()
+            wait = self._reported_at + DONE_GATHER - loop.time()
+            if wait > 0 and len(self.held) >= GATHER_FROM:
+                loop.call_later(wait, self._report_done)
+            else:
+                loop.call_soon(self._report_done)
 
     def _report_done(self) -> None:
         ended, self._ended = self._ended, []
+        self._reported_at = asyncio.get_running_loop().time()
         report = asyncio.create_task(self.nc.publish(f"{n.DONE_SUBJECT}.{self.fn}", " ".join(ended).encode()))
         self._reports.add(report)
         report.add_done_callback(self._reports.discard)

@@ -172,7 +172,16 @@ class TaskStore:
             raise error from None
         if self.write_refused is not None:
             self._stored()
+        await self._priority_enqueued(inv)
         return seq
+
+    async def _priority_enqueued(self, inv: Invocation) -> None:
+        """Tell the function's flow leader that a high or low task is in its queue: it reads
+        the whole backlog then, so priority orders all of it (gateway/flow/leader.py). Core
+        NATS, only for such tasks; a lost one is made up for by a new leader reading all."""
+        if inv.priority != "normal":
+            with contextlib.suppress(Exception):
+                await self.nc.publish(f"{c.PRIORITY_SUBJECT}.{inv.function}", b"")
 
     def _refused(self, exc: APIError) -> None:
         self.write_refused = exc.description or f"error {exc.err_code}"
@@ -213,6 +222,8 @@ class TaskStore:
                 await self.publisher.acked(pending)
             except Exception as exc:
                 outcomes[i] = submit_error(invs[i], exc)
+        for inv in {inv.function: inv for inv in invs if inv.priority != "normal"}.values():
+            await self._priority_enqueued(inv)
         return outcomes
 
     def _submit_headers(self, inv: Invocation) -> dict[str, str]:
@@ -232,6 +243,7 @@ class TaskStore:
     async def requeue(self, inv: Invocation) -> None:
         """Put an invocation back in its function's queue (after a delay, or a retry)."""
         await self.publisher.publish(inv.subject, inv.payload, inv.headers())
+        await self._priority_enqueued(inv)
 
     async def defer(self, inv: Invocation) -> None:
         """Park an invocation until its not_before time."""

@@ -28,3 +28,4 @@ DELIVERIES_CONSUMER = "deliveries"
 
 LOGS_STREAM = "FNGATE_LOGS"
 LOGS_SUBJECT = "fngate.logs"  # fngate.logs.{task_id}: batches of a task's function log lines
+PRIORITY_SUBJECT = "fngate.flow.priority"  # fngate.flow.priority.{fn}: a high or low task was enqueued

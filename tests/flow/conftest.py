@@ -22,9 +22,13 @@ def journal(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def replicas(nats_server: NatsServer, gateway_factory: GatewayFactory, journal: Path) -> Replicas:
-    def start(name: str, count: int = 2, ack_wait: str = "2s", **function: Any) -> list[GatewayProcess]:
+    def start(
+        name: str, count: int = 2, ack_wait: str = "2s", triggers: list[dict[str, Any]] | None = None, **function: Any
+    ) -> list[GatewayProcess]:
         spec = {"handler": "python:tests.functions:journaled", "timeout": "60s", **function}
-        config = {"nats": {"url": nats_server.url, "ack_wait": ack_wait}, "functions": {name: spec}}
+        config: dict[str, Any] = {"nats": {"url": nats_server.url, "ack_wait": ack_wait}, "functions": {name: spec}}
+        if triggers:
+            config["triggers"] = [{"function": name, **trigger} for trigger in triggers]
         return [gateway_factory(config, env={"FNGATE_TEST_JOURNAL": str(journal)}) for _ in range(count)]
 
     return start

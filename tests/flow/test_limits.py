@@ -11,7 +11,8 @@ import pytest
 from gateway.config.model import parse_config
 from gateway.errors import ConfigError
 from gateway.flow.admission import Admission, Waiter
-from gateway.flow.limits import TokenBucket, parse_rate
+from gateway.flow.limits import KEY_PATTERN, TokenBucket, parse_rate
+from triggers.base import concurrency_key_at
 
 
 def waiter(task_id: str, key: str = "", rank: int = 1) -> Waiter:
@@ -95,3 +96,51 @@ def test_fngate_check_names_bad_flow_keys(tmp_path: Path) -> None:
     assert "functions.f.key_concurrency: must be 1..10000 (got 0)" in output
     assert "functions.f.rate_limit: must be a positive number of starts per s, m or h" in output
     assert "functions.f.priorities" in output
+
+
+def _check(tmp_path: Path, text: str) -> tuple[int, str]:
+    config = tmp_path / "fngate.yaml"
+    config.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "-c", str(config)], capture_output=True, text=True, timeout=60
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_fngate_check_names_bad_trigger_flow_options_by_path(tmp_path: Path) -> None:
+    code, output = _check(
+        tmp_path,
+        "functions:\n  f:\n    handler: python:examples.functions:echo\n    key_concurrency: 1\n"
+        "triggers:\n"
+        "  - {name: hook, type: http, function: f, path: /hook, priority: urgent, concurrency_key: data..customer}\n"
+        "  - {name: tick, type: timer, function: f, every: 5s, priority: HIGH, concurrency_key: payload.tenant}\n",
+    )
+    assert code == 2
+    assert "triggers.hook.priority: priority must be high, normal or low" in output
+    assert "triggers.hook.concurrency_key: must be a dotted path into the event" in output
+    assert "triggers.tick" not in output  # any case of a priority; a path of two names
+
+
+def test_fngate_check_warns_of_trigger_flow_options_its_function_ignores(tmp_path: Path) -> None:
+    code, output = _check(
+        tmp_path,
+        "functions:\n  f:\n    handler: python:examples.functions:echo\n"
+        "triggers:\n  - {name: tick, type: timer, function: f, every: 5s, priority: high, concurrency_key: a.b}\n",
+    )
+    assert code == 0, output
+    assert "warning: triggers.tick.concurrency_key: function 'f' has no key_concurrency" in output
+    assert "warning: triggers.tick.priority: function 'f' has no flow control" in output
+
+
+def test_concurrency_key_from_an_event_path() -> None:
+    event = b'{"data": {"customer": "acme", "n": 7, "name": "Globex Corp", "items": [{"sku": "x-1"}]}}'
+    assert concurrency_key_at(event, ("data", "customer")) == "acme"
+    assert concurrency_key_at(event, ("data", "items", "0", "sku")) == "x-1"
+    assert concurrency_key_at(event, ("data", "n")) == "7"
+    assert concurrency_key_at(event, ("data", "missing")) == ""
+    assert concurrency_key_at(event, ("data", "customer", "deeper")) == ""
+    digest = concurrency_key_at(event, ("data", "name"))
+    assert digest.startswith("h:") and KEY_PATTERN.match(digest)
+    assert digest == concurrency_key_at(b'{"data": {"name": "Globex Corp"}}', ("data", "name"))
+    assert concurrency_key_at(b"[" + event + b"," + event.replace(b"acme", b"b") + b"]", ("data", "customer")) == "acme"
+    assert concurrency_key_at(b"not json", ("data",)) == ""
