@@ -235,7 +235,8 @@ def run(run_stack: Stack, settings: Settings) -> list[Figure]:
     qs = queries(n, start_ms)
     nats = run_stack.nats()
     figures: list[Figure] = []
-    for kind in ("sqlite", "postgresql"):
+    kinds = os.environ.get("FNGATE_BENCH_BACKENDS", "sqlite,postgresql").split(",")
+    for kind in kinds:
         url = asyncio.run(_database(kind, run_stack))
         try:
             figures += _one(run_stack, nats.url, kind, url, n, start_ms, qs)
