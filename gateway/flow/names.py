@@ -5,10 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 
-FLOW_STREAM = "FNGATE_FLOW"  # work queue: parked tasks on fngate.flow.park.{fn}.{rank}.{key hash}
-PARK_SUBJECT = "fngate.flow.park"
-LEADERS_STREAM = "FNGATE_FLOW_LEADERS"  # one message per function, max_age = ack_wait
-LEADER_SUBJECT = "fngate.flow.leader"  # fngate.flow.leader.{fn}: the replica leading it
+from gateway.tasks.constants import FLOW_STREAM, LEADER_SUBJECT, LEADERS_STREAM, PARK_SUBJECT
+
+__all__ = ["FLOW_STREAM", "LEADERS_STREAM", "LEADER_SUBJECT", "PARK_SUBJECT"]  # the streams' names: constants.py
 # Core NATS, no stream: the leader's hand-over and the runners' reports.
 RUN_SUBJECT = "fngate.flow.run"  # fngate.flow.run.{fn}.{replica}: admitted tasks, a batch (handover.py)
 DONE_SUBJECT = "fngate.flow.done"  # fngate.flow.done.{fn}: grants that ended, space-separated

@@ -26,11 +26,12 @@ from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RawStreamMsg, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import RawStreamMsg, StreamConfig
 from nats.js.errors import APIError
 
 from gateway.errors import DuplicateTask, FngateError, PayloadTooLarge, ServiceUnavailable
-from gateway.jetstream.errors import not_found, store_full, stream_name_in_use, wrong_last_sequence
+from gateway.jetstream import streams
+from gateway.jetstream.errors import not_found, store_full, wrong_last_sequence
 from gateway.jetstream.publisher import AckPublisher, DuplicateMessage, PendingAck
 from gateway.observe import metrics
 from gateway.tasks import constants as c
@@ -110,49 +111,17 @@ class TaskStore:
     async def ensure_streams(self) -> None:
         """Create or update the streams; idempotent, safe for every replica at start-up."""
         await self.publisher.start()
-        streams = [
-            StreamConfig(
-                name=c.TASKS_STREAM,
-                subjects=[f"{c.TASKS_SUBJECT}.>"],
-                retention=RetentionPolicy.LIMITS,
-                max_age=self.retention,
-                # Task ids are unique across the deployment for as long as tasks are kept.
-                duplicate_window=self.retention,
-                storage=StorageType.FILE,
-                num_replicas=self.replicas,
-                allow_direct=True,
-            ),
-            StreamConfig(
-                name=c.STATE_STREAM,
-                subjects=[f"{c.STATE_SUBJECT}.>"],
-                retention=RetentionPolicy.LIMITS,
-                max_msgs_per_subject=1,
-                max_age=self.retention,
-                storage=StorageType.FILE,
-                num_replicas=self.replicas,
-                allow_direct=True,
-                discard=DiscardPolicy.OLD,
-            ),
-            StreamConfig(
-                name=c.DELAY_STREAM,
-                subjects=[f"{c.DELAY_SUBJECT}.>"],
-                retention=RetentionPolicy.WORK_QUEUE,
-                storage=StorageType.FILE,
-                num_replicas=self.replicas,
-            ),
-        ]
-        for config in streams:
+        for config in (
+            streams.tasks_stream(self.retention, self.replicas),
+            streams.state_stream(self.retention, self.replicas),
+            streams.delay_stream(self.replicas),
+        ):
             await self.ensure_stream(config)
         self.ready = True
 
     async def ensure_stream(self, config: StreamConfig) -> None:
         """Create a stream, or bring an existing one to this config (another replica's or an older one)."""
-        try:
-            await self.js.add_stream(config)
-        except APIError as exc:
-            if not stream_name_in_use(exc):
-                raise
-            await self.js.update_stream(config)
+        await streams.ensure_stream(self.js, config)
 
     def check_connected(self) -> None:
         if not self.nc.is_connected:

@@ -20,10 +20,10 @@ from typing import Any, cast
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from gateway.config.model import Config
+from gateway.jetstream import streams
 from gateway.jetstream.store import StoredRecord, TaskStore
 from gateway.observe import metrics, tracing
 from gateway.supervise import cancel_requested
@@ -94,15 +94,7 @@ class Dispatcher:
                 self.destinations[(name, on)] = Destination(name, on, dest.type, sink, max_payload(dest, options))
 
     async def ensure_stream(self) -> None:
-        config = StreamConfig(
-            name=c.DELIVERIES_STREAM,
-            subjects=[f"{c.DELIVERIES_SUBJECT}.>"],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            num_replicas=self.replicas,
-            duplicate_window=120,
-        )
-        await self.store.ensure_stream(config)
+        await self.store.ensure_stream(streams.deliveries_stream(self.replicas))
 
     async def on_terminal(self, record: Record, inv: Invocation) -> None:
         """Queue the delivery of a finished task's record (called before its message is acked)."""
@@ -182,10 +174,7 @@ class Dispatcher:
             max_ack_pending=100_000,
             max_deliver=-1,
         )
-        try:
-            await js.add_consumer(c.DELIVERIES_STREAM, config)
-        except APIError as exc:
-            log.warning("deliveries consumer not updated: %s", exc.description)
+        await streams.ensure_consumer(js, c.DELIVERIES_STREAM, config, log)
         sub = await js.pull_subscribe_bind(durable=c.DELIVERIES_CONSUMER, stream=c.DELIVERIES_STREAM)
         tasks: set[asyncio.Task[None]] = set()
         try:

@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError
 
+from gateway.jetstream import streams
 from gateway.jetstream.errors import not_found
 from gateway.jetstream.store import TaskStore
 from gateway.supervise import Background, cancel_requested
@@ -57,17 +57,7 @@ class TaskLogs(logging.Handler):
         self._flushes = Background()
 
     async def ensure_stream(self) -> None:
-        config = StreamConfig(
-            name=c.LOGS_STREAM,
-            subjects=[f"{c.LOGS_SUBJECT}.>"],
-            retention=RetentionPolicy.LIMITS,
-            max_age=self.retention,
-            storage=StorageType.FILE,
-            num_replicas=self.replicas,
-            allow_direct=True,
-            discard=DiscardPolicy.OLD,
-        )
-        await self.store.ensure_stream(config)
+        await self.store.ensure_stream(streams.logs_stream(self.retention, self.replicas))
         logging.getLogger(FUNCTION_LOGGER).addHandler(self)
 
     def close(self) -> None:

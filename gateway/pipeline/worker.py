@@ -24,6 +24,7 @@ from nats.js.errors import APIError
 
 from gateway.config.model import FunctionConfig
 from gateway.errors import FngateError, FunctionError, FunctionTimeout, TransientError
+from gateway.jetstream import streams
 from gateway.jetstream.puller import Puller
 from gateway.jetstream.replicas import BEAT, ReplicaRegistry
 from gateway.jetstream.store import UNAVAILABLE, UNREAD, StoredRecord, TaskStore
@@ -119,10 +120,7 @@ class FunctionWorker:
             return
         js = self.store.js
         config = self.consumer_config()
-        try:
-            await js.add_consumer(c.TASKS_STREAM, config)
-        except APIError as exc:
-            self.log.warning("consumer %s not updated: %s", config.durable_name, exc.description)
+        await streams.ensure_consumer(js, c.TASKS_STREAM, config, self.log)
         puller = Puller(self.store.nc, c.TASKS_STREAM, consumer_name(self.name), self._dispatch)
         await puller.start()
         heartbeats = asyncio.create_task(supervised(f"heartbeats of {self.name}", self._heartbeats))
@@ -478,10 +476,7 @@ class DelayScheduler:
             max_ack_pending=200_000,
             max_deliver=-1,
         )
-        try:
-            await js.add_consumer(c.DELAY_STREAM, config)
-        except APIError as exc:
-            log.warning("delay consumer not updated: %s", exc.description)
+        await streams.ensure_consumer(js, c.DELAY_STREAM, config, log)
         puller = Puller(self.store.nc, c.DELAY_STREAM, c.DELAY_CONSUMER, self._dispatch)
         await puller.start()
         try:

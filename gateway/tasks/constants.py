@@ -29,3 +29,9 @@ DELIVERIES_CONSUMER = "deliveries"
 LOGS_STREAM = "FNGATE_LOGS"
 LOGS_SUBJECT = "fngate.logs"  # fngate.logs.{task_id}: batches of a task's function log lines
 PRIORITY_SUBJECT = "fngate.flow.priority"  # fngate.flow.priority.{fn}: a high or low task was enqueued
+FLOW_STREAM = "FNGATE_FLOW"  # work queue: parked tasks on fngate.flow.park.{fn}.{rank}.{key hash}
+PARK_SUBJECT = "fngate.flow.park"
+LEADERS_STREAM = "FNGATE_FLOW_LEADERS"  # one message per function, max_age = ack_wait
+LEADER_SUBJECT = "fngate.flow.leader"  # fngate.flow.leader.{fn}: the replica leading it
+OPS_STREAM = "FNGATE_OPS"  # work queue: fngate.ops.{operation}.{chunk}, the chunks of bulk operations
+OPS_SUBJECT = "fngate.ops"
