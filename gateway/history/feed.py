@@ -98,6 +98,7 @@ def state_fact(msg: Msg, seq: int) -> Fact | None:
             record.get("condition"),
             to_ms(parse_iso(finished)) if finished else None,
             text,
+            started_ms=to_ms(parse_iso(started)) if (started := record.get("started_at")) else None,
         )
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         return None

@@ -17,6 +17,7 @@ import asyncpg
 
 from .model import WINDOW, Counts, Fact, Listed, TaskQuery
 from .plan import Plan, plan
+from .series import MINUTES_SQL, MinuteRow
 from .sql import INDEXES, SCHEMA_VERSION, numbered, select_sql
 
 ANALYZE_EVERY = 100_000  # rows this replica inserted between two ANALYZE of the table
@@ -177,6 +178,10 @@ class PostgresBackend:
     async def purge_recent(self, before_second: int) -> int:
         result = await self._pool().execute("DELETE FROM recent WHERE second < $1", before_second)
         return int(str(result).split()[-1])
+
+    async def minute_counts(self, function: str, since_second: int) -> list[MinuteRow]:
+        rows = await self._pool().fetch(numbered(MINUTES_SQL), function, since_second)
+        return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
 
     def __repr__(self) -> str:
         return "PostgresBackend()"

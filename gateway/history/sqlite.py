@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from .model import WINDOW, Counts, Fact, Listed, TaskQuery
 from .plan import Plan, plan
+from .series import MINUTES_SQL, MinuteRow
 from .sql import COLUMNS, INDEXES, SCHEMA_VERSION, select_sql
 
 T = TypeVar("T")
@@ -215,6 +216,10 @@ class SqliteBackend:
             return conn.execute("DELETE FROM recent WHERE second < ?", (before_second,)).rowcount
 
         return await self.writer.run(lambda conn: _write(conn, work))
+
+    async def minute_counts(self, function: str, since_second: int) -> list[MinuteRow]:
+        rows = await self.reader.run(lambda conn: conn.execute(MINUTES_SQL, (function, since_second)).fetchall())
+        return [(str(kind), int(minute), int(n)) for kind, minute, n in rows]
 
     def __repr__(self) -> str:
         return f"SqliteBackend({str(self.path)!r})"
