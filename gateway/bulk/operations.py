@@ -36,7 +36,7 @@ SUBJECT = "fngate.ops"
 DURABLE = "fngate-bulk"
 CHUNK = 500  # task ids per message
 ACK_WAIT = 15.0  # seconds before a chunk whose replica went silent is redelivered
-PULLERS = 4  # chunks in flight per replica: reads of payloads and enqueues overlap
+PULLERS = 8  # chunks in flight per replica: under a loaded CPU each round trip waits its turn, so more overlap
 PUBLISHING = 64  # chunks whose ack is awaited at once, at creation
 PAGE = 5000  # task ids per index read at creation
 
