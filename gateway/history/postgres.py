@@ -17,7 +17,7 @@ import asyncpg
 
 from .model import WINDOW, Counts, Fact, Listed, TaskQuery
 from .plan import Plan, plan
-from .series import MINUTES_SQL, MinuteRow
+from .series import LAST_MINUTE_KINDS, MINUTES_SQL, MinuteRow
 from .sql import INDEXES, SCHEMA_VERSION, numbered, select_sql
 
 ANALYZE_EVERY = 100_000  # rows this replica inserted between two ANALYZE of the table
@@ -141,8 +141,8 @@ class PostgresBackend:
             for r in await conn.fetch("SELECT function, status, n FROM counts WHERE function = ANY($1::text[])", names):
                 statuses[r[0]][r[1]] = r[2]
             for r in await conn.fetch(
-                "SELECT function, kind, SUM(n) FROM recent WHERE function = ANY($1::text[]) AND second > $2 "
-                "GROUP BY function, kind",
+                "SELECT function, kind, SUM(n) FROM recent WHERE function = ANY($1::text[]) "
+                f"AND kind IN {LAST_MINUTE_KINDS} AND second > $2 GROUP BY function, kind",
                 names,
                 int(now) - WINDOW,
             ):

@@ -33,6 +33,9 @@ MINUTES_SQL = (
     "SELECT kind, second - second % 60 AS minute, SUM(n) FROM recent WHERE function = ? AND second >= ? "
     "GROUP BY kind, minute"
 )
+# The last minute's counts name their kinds: a range of the primary key (function, kind,
+# second) each, not a scan of the hour's counters and histograms.
+LAST_MINUTE_KINDS = "('submitted', 'completed', 'failed')"
 MinuteRow = tuple[str, int, int]  # (kind, minute start in epoch seconds, count)
 
 

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from .model import WINDOW, Counts, Fact, Listed, TaskQuery
 from .plan import Plan, plan
-from .series import MINUTES_SQL, MinuteRow
+from .series import LAST_MINUTE_KINDS, MINUTES_SQL, MinuteRow
 from .sql import COLUMNS, INDEXES, SCHEMA_VERSION, select_sql
 
 T = TypeVar("T")
@@ -174,8 +174,8 @@ class SqliteBackend:
                 ):
                     statuses[function][status] = n
                 rows = conn.execute(
-                    f"SELECT function, kind, SUM(n) FROM recent WHERE function IN ({marks}) AND second > ? "
-                    "GROUP BY function, kind",
+                    f"SELECT function, kind, SUM(n) FROM recent WHERE function IN ({marks}) "
+                    f"AND kind IN {LAST_MINUTE_KINDS} AND second > ? GROUP BY function, kind",
                     [*names, int(now) - WINDOW],
                 )
                 for function, kind, n in rows:
