@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.services import GatewayProcess, die_with_parent
+from gateway.jetstream.embedded import die_with_parent
+from tests.services import GatewayProcess
 
 from .bulk import FAILING, FUNCTION, call, cpu_seconds, failed_count
 from .harness import function, stack, wait_for, wrk
