@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,6 +42,13 @@ def failed_count(base: str) -> int:
     if status != 200:
         raise RuntimeError(f"GET /v1/functions/{FUNCTION} answered {status}: {body}")
     return int(body["counts"]["totals"]["failed"])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used (Linux /proc): per task, a figure that other
+    work on the machine disturbs far less than the rate."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(run_stack: Stack, settings: Settings) -> list[Figure]:
@@ -71,6 +79,9 @@ def run(run_stack: Stack, settings: Settings) -> list[Figure]:
     wait_for(settled, 300, 0.5, "the index to catch up")
     matched = failed_count(gateway.url)
     flt = {"function": FUNCTION, "status": "Failed"}
+    assert gateway.proc is not None and nats_server.proc is not None
+    pids = {"gateway": gateway.proc.pid, "nats-server": nats_server.proc.pid}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.monotonic()
     status, accepted = call(gateway.url, "POST", "/v1/tasks/rerun", {"filter": flt, "limit": 1_000_000})
     created = time.monotonic() - started
@@ -83,6 +94,8 @@ def run(run_stack: Stack, settings: Settings) -> list[Figure]:
 
     op = wait_for(ended, 900, 0.1, "the operation to end")
     seconds = time.monotonic() - started
+    done = max(op["done"], 1)
+    cpu_us = {name: round((cpu_seconds(pid) - cpu_before[name]) / done * 1e6) for name, pid in pids.items()}
     if (op["status"], op["done"]) != ("Succeeded", accepted["matched"]):
         raise RuntimeError(f"operation ended {op}")
     rate = op["done"] / seconds
@@ -91,6 +104,8 @@ def run(run_stack: Stack, settings: Settings) -> list[Figure]:
         "failed_in_index": matched,
         "seconds": round(seconds, 2),
         "create_seconds": round(created, 2),
+        "cpu_us_per_task": cpu_us,  # while the operation ran: the first replica, the index feed in it included
+        "load_average": round(os.getloadavg()[0], 1),
         "fill_seconds": round(fill_seconds, 1),
         "gateway_log": [line for line in gateway.log().splitlines() if "operation op-" in line][-3:],
     }

@@ -8,6 +8,7 @@ With FNGATE_SCREENSHOTS=1 the main views are saved to docs/images/ for the READM
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -112,6 +113,17 @@ async def test_dashboard_end_to_end(
     for name in (work, slow, fail):
         total = page.locator(f'.card[data-function="{name}"] [data-count="total"]')
         assert await total.get_attribute("data-sum") == await total.text_content(), name
+    # Charts of the last hour, drawn from the index: the tasks just run are on them.
+    counts = page.locator(f'.stats[data-stats="{work}"] svg[data-chart="counts"]')
+    await expect(counts).to_be_visible(timeout=15_000)
+    await expect(counts.locator('g[data-series="submitted"]')).to_have_attribute("data-total", "3", timeout=15_000)
+    await expect(counts.locator('g[data-series="succeeded"]')).to_have_attribute("data-total", "3")
+    await expect(counts.locator('g[data-series="submitted"] polyline')).not_to_have_count(0)
+    failing = page.locator(f'.stats[data-stats="{fail}"] svg[data-chart="counts"] g[data-series="failed"]')
+    await expect(failing).to_have_attribute("data-total", "1", timeout=15_000)
+    latency = page.locator(f'.stats[data-stats="{work}"] svg[data-chart="latency"] g[data-series="p99"]')
+    await expect(latency.locator("circle")).not_to_have_count(0)  # a point where the tasks ended
+    await expect(page.locator(f'.stats[data-stats="{work}"] [data-latency="end_to_end"]')).to_contain_text("(3 tasks)")
     await shot(page, "overview")
 
     await page.goto(gw.url + "/#/tasks")
@@ -340,6 +352,8 @@ async def test_bulk_rerun_from_the_task_list(
     await page.click("#bulk-rerun")
     await expect(page.locator("#bulk-progress")).to_have_attribute("data-status", "Succeeded", timeout=30_000)
     await expect(page.locator("#bulk-progress")).to_contain_text("5/5 done, 0 failed")
+    await expect(page.locator("#bulk-progress-bar")).to_have_js_property("max", 5)
+    await expect(page.locator("#bulk-progress-bar")).to_have_js_property("value", 5)
     op_id = await page.locator("#bulk-progress").get_attribute("data-operation")
     status, op = await api.get(f"/v1/operations/{op_id}")
     assert status == 200 and (op["kind"], op["matched"], op["done"]) == ("rerun", 5, 5)
@@ -355,4 +369,64 @@ async def test_bulk_rerun_from_the_task_list(
     found = await wait_until(reruns)
     # The picked one twice (by hand, then in bulk), the others and the first rerun once each.
     assert len(found) == 6 and found.count(failed[0]) == 2 and set(failed) <= set(found)
+    await page.close()
+
+
+async def test_bulk_stop_progress_bar_moves_to_its_end(
+    nats_server: NatsServer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, browser: Browser, unique: Any
+) -> None:
+    """A bulk stop of thousands of waiting tasks from the list: the bar shows the operation
+    part way, never goes back, and ends full (FNGATE_SCREENSHOTS=1 saves it part way)."""
+    later = unique("nightly")
+    gw = gateway_factory(admin_api(nats_server.url, {later: {"handler": "python:examples.functions:noop"}}))
+    api = Api(http, gw.url, token=TOKEN)
+    n = 3000
+    slots = asyncio.Semaphore(32)
+
+    async def submit(i: int) -> str:
+        async with slots:
+            return await api.submit(later, {"n": i}, X_Delay="3600")
+
+    await asyncio.gather(*(submit(i) for i in range(n)))
+    page = await browser.new_page(viewport={"width": 1280, "height": 560})
+    page.on("dialog", lambda dialog: dialog.accept())
+    await sign_in(page, gw.url)
+    await page.goto(f"{gw.url}/#/tasks?function={later}&status=Enqueued")
+    for _ in range(40):  # the index may trail the submits a moment
+        await expect(page.locator("#bulk-matched")).not_to_have_text("")
+        if await page.locator("#bulk-matched").text_content() == str(n):
+            break
+        await page.reload()
+    await expect(page.locator("#bulk-matched")).to_have_text(str(n))
+    await page.check("#select-all-matching")
+    # Every state the bar shows, as the page draws it.
+    await page.evaluate(
+        """() => { window.seen = []; new MutationObserver(() => {
+             const bar = document.getElementById("bulk-progress-bar");
+             const status = document.getElementById("bulk-progress").dataset.status;
+             if (bar) window.seen.push([bar.value, bar.max, status]);
+           }).observe(document.getElementById("bulk-progress"), {subtree: true, childList: true, attributes: true,
+                                                                characterData: true}); }"""
+    )
+    await page.click("#bulk-stop")
+    progress = page.locator("#bulk-progress")
+    await expect(progress).to_have_attribute("data-status", "Running")
+    if os.environ.get("FNGATE_SCREENSHOTS") == "1":
+        # Part way, for the docs: as soon as some of it is done (or it ended first).
+        await page.wait_for_function(
+            """() => { const bar = document.getElementById("bulk-progress-bar");
+                       const status = document.getElementById("bulk-progress").dataset.status;
+                       return bar.value > 0 || status !== "Running"; }"""
+        )
+        await page.locator("#bulk-bar").screenshot(path=str(IMAGES / "bulk-progress.png"))
+    await expect(progress).to_have_attribute("data-status", "Succeeded", timeout=60_000)
+    await expect(progress).to_contain_text(f"{n}/{n} done, 0 failed")
+    await expect(page.locator("#bulk-progress-bar")).to_have_js_property("value", n)
+    seen = [tuple(s) for s in await page.evaluate("window.seen") if s[2]]
+    running = [value for value, top, status in seen if status == "Running" and top == n]
+    assert running and min(running) < n, seen  # shown part way
+    values = [value for value, top, _ in seen if top == n]
+    assert values == sorted(values), seen  # never back
+    status, body = await api.get(f"/v1/tasks?function={later}&status=Stopped&limit=1")
+    assert status == 200 and body["tasks"], body
     await page.close()

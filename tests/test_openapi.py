@@ -160,6 +160,8 @@ async def test_every_response_matches_the_document(
     await call("GET", "/v1/functions")
     for fn in ("echo", "shell", "nope"):
         await call("GET", "/v1/functions/{fn}", f"/v1/functions/{fn}")
+        await call("GET", "/v1/functions/{fn}/stats", f"/v1/functions/{fn}/stats")
+    await call("GET", "/v1/functions/{fn}/stats", "/v1/functions/echo/stats", params={"minutes": "99"})  # 400
     await call("GET", "/v1/triggers")
     await call("GET", "/v1/triggers", headers={"Authorization": "Bearer wrong-token-000"})
     for path in ("/healthz", "/readyz", "/openapi.json", "/metrics", "/"):

@@ -53,8 +53,10 @@ def again(inv: Invocation, op_id: str, now: float) -> Invocation:
 
 
 async def rerun_chunk(service: TaskService, op_id: str, tasks: Sequence[Task]) -> Outcome:
+    # The chunk's payloads in one pipelined read (no per-task request), then one batch of
+    # publishes with their acks awaited together.
     store = service.store
-    found = await asyncio.gather(*(store.get_submission(fn, task_id) for fn, task_id in tasks))
+    found = await store.get_submissions(tasks)
     failed = 0
     now = time.time()
     invs: list[Invocation] = []

@@ -17,26 +17,26 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError
+from nats.js.api import AckPolicy, ConsumerConfig
 
-from gateway.jetstream.errors import stream_name_in_use
+from gateway.jetstream import streams
 from gateway.supervise import cancel_requested
+from gateway.tasks import constants as c
 
 from ..errors import ServiceUnavailable
 from ..history import TaskQuery
 from ..service import TaskService
 from .actions import Task, rerun_chunk, stop_chunk
-from .records import KEEP, OperationRecords, new_record, public
+from .records import OperationRecords, new_record, public
 from .request import BulkRequest
 
 log = logging.getLogger(__name__)
-STREAM = "FNGATE_OPS"
-SUBJECT = "fngate.ops"
+STREAM = c.OPS_STREAM
+SUBJECT = c.OPS_SUBJECT
 DURABLE = "fngate-bulk"
 CHUNK = 500  # task ids per message
 ACK_WAIT = 15.0  # seconds before a chunk whose replica went silent is redelivered
-PULLERS = 4  # chunks in flight per replica: reads of payloads and enqueues overlap
+PULLERS = 8  # chunks in flight per replica: under a loaded CPU each round trip waits its turn, so more overlap
 PUBLISHING = 64  # chunks whose ack is awaited at once, at creation
 PAGE = 5000  # task ids per index read at creation
 
@@ -50,27 +50,11 @@ class BulkOperations:
 
     async def open(self) -> None:
         await self.records.open()
-        config = StreamConfig(
-            name=STREAM,
-            subjects=[f"{SUBJECT}.>"],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            max_age=KEEP,
-            num_replicas=self.replicas,
-        )
-        try:
-            await self.js.add_stream(config)
-        except APIError as exc:
-            if not stream_name_in_use(exc):
-                raise
-            await self.js.update_stream(config)
+        await streams.ensure_stream(self.js, streams.ops_stream(self.replicas))
         consumer = ConsumerConfig(
             durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT, max_deliver=-1
         )
-        try:
-            await self.js.add_consumer(STREAM, consumer)
-        except APIError as exc:  # another version's config: the consumer there still serves
-            log.warning("consumer %s not updated: %s", DURABLE, exc.description)
+        await streams.ensure_consumer(self.js, STREAM, consumer, log)
 
     # --- creation ------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from typing import Protocol
 from ..errors import ConfigError
 from .model import Counts, Fact, Listed, TaskQuery
 from .plan import Plan
+from .series import MinuteRow
 
 OldestMs = Callable[[str], int]
 
@@ -56,6 +57,9 @@ class Backend(Protocol):
 
     async def purge_recent(self, before_second: int) -> int:
         """Drop per-second counters older than `before_second`."""
+
+    async def minute_counts(self, function: str, since_second: int) -> list[MinuteRow]:
+        """The function's counters from `since_second` on, summed by kind and minute (series.py)."""
 
 
 def open_backend(url: str, data_dir: str | Path) -> Backend:

@@ -113,6 +113,7 @@ def state_fact(data: bytes, _hdr: Headers, seq: int) -> Fact | None:
             record.get("condition"),
             to_ms(parse_iso(finished)) if finished else None,
             text,
+            started_ms=to_ms(parse_iso(started)) if (started := record.get("started_at")) else None,
         )
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         return None

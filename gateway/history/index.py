@@ -20,6 +20,7 @@ from .backend import Backend, open_backend
 from .feed import StreamFeed, stream_feeds
 from .model import Counts, Cursor, Listed, TaskQuery
 from .retention import Retention
+from .series import MAX_MINUTES, STEP, function_stats
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,14 @@ class TaskHistory:
 
     async def function_of(self, task_id: str) -> str | None:
         return await self.backend.function_of(task_id)
+
+    async def stats(self, function: str, minutes: int = MAX_MINUTES) -> dict[str, Any]:
+        """The function's charts over the last `minutes` (series.py)."""
+        now = time.time()
+        since = (int(now) // STEP - minutes + 1) * STEP
+        async with unavailable_as_503():
+            rows = await self.backend.minute_counts(function, since)
+        return function_stats(function, rows, now=now, minutes=minutes)
 
     def check(self) -> dict[str, Any]:
         """The `index` entry of /readyz: the backend, and how far the feed trails the streams."""

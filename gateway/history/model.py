@@ -12,6 +12,7 @@ from gateway.tasks.status import TaskStatus
 from ..errors import BadRequest
 
 WINDOW = 60  # seconds of the "last minute" counts
+SERIES = 3600  # seconds the per-second counters are kept for the overview's charts (series.py)
 QUEUED = frozenset({TaskStatus.ENQUEUED, TaskStatus.RETRYING, TaskStatus.DEQUEUED})
 RUNNING = frozenset({TaskStatus.RUNNING, TaskStatus.STOPPING})
 FAILED = frozenset({TaskStatus.FAILED, TaskStatus.EXPIRED, TaskStatus.INVALID})
@@ -44,6 +45,7 @@ class Fact:
     finished_ms: int | None = None
     record: str | None = None  # the task record (JSON) of a state; a submission's is made on insert
     headers: dict[str, str] | None = None  # a submission's headers, to make its record from
+    started_ms: int | None = None  # the record's started_at (its first attempt), for the run-time histogram
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +107,11 @@ class Counts:
             "totals": {
                 "submitted": sum(s.values()),
                 "completed": s.get(TaskStatus.SUCCEEDED, 0),
-                "failed": sum(s.get(x, 0) for x in FAILED),
+                # The totals partition the tasks: expired apart from failed, so the six
+                # states add up to `submitted` (Invalid, never run, counts as failed).
+                "failed": s.get(TaskStatus.FAILED, 0) + s.get(TaskStatus.INVALID, 0),
                 "stopped": s.get(TaskStatus.STOPPED, 0),
+                "expired": s.get(TaskStatus.EXPIRED, 0),
                 "queued": sum(s.get(x, 0) for x in QUEUED),
                 "running": sum(s.get(x, 0) for x in RUNNING),
             },

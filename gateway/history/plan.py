@@ -23,7 +23,8 @@ from gateway.tasks.invocation import META_VERSION, Invocation, iso
 from gateway.tasks.records import RERUN_SOURCE, encode, new_record, trace_entry
 from gateway.tasks.status import TaskStatus
 
-from .model import WINDOW, Fact, recent_kind
+from .model import SERIES, Fact, recent_kind
+from .series import latency_kinds
 
 # (function, status, state_seq) of a row already in the history
 Existing = Mapping[str, tuple[str, str, int]]
@@ -65,7 +66,9 @@ def plan(
 ) -> Plan:
     """`oldest_ms(function)`: submissions before it are past retention and not indexed."""
     result = Plan()
-    recent_from = int(now) - WINDOW
+    # Counters are kept for the last hour (the overview's charts); the last minute's counts
+    # read the newest of them.
+    recent_from = int(now) - SERIES
     for task_id, fact in facts.items():
         row = existing.get(task_id)
         if row is None:
@@ -150,3 +153,6 @@ def _note_finished(result: Plan, fact: Fact, status: TaskStatus, recent_from: in
     second = fact.finished_ms // 1000
     if second >= recent_from:
         result.recent[(fact.function, kind, second)] += 1
+        # A latency histogram per minute, in the same counters (series.py)
+        for latency in latency_kinds(fact.status, fact.submitted_ms, fact.started_ms, fact.finished_ms):
+            result.recent[(fact.function, latency, second - second % 60)] += 1

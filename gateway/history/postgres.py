@@ -17,6 +17,7 @@ import asyncpg
 
 from .model import WINDOW, Counts, Fact, Listed, TaskQuery
 from .plan import Plan, plan
+from .series import LAST_MINUTE_KINDS, MINUTES_SQL, MinuteRow
 from .sql import (
     INDEXES,
     RETIRED_INDEXES,
@@ -53,8 +54,8 @@ SCHEMA = [
 FUNCTIONS = "SELECT DISTINCT function FROM counts WHERE n > 0"
 ROWS = "SELECT SUM(n) FROM counts"  # the table's rows, from the counters
 COUNTS = """SELECT 's', function, status, n FROM counts WHERE function = ANY($1::text[])
-    UNION ALL SELECT 'r', function, kind, SUM(n) FROM recent WHERE function = ANY($1::text[]) AND second > $2
-    GROUP BY function, kind"""
+    UNION ALL SELECT 'r', function, kind, SUM(n) FROM recent WHERE function = ANY($1::text[])
+    AND kind IN """ + LAST_MINUTE_KINDS + """ AND second > $2 GROUP BY function, kind"""
 INSERT_TASKS = """INSERT INTO tasks (task_id, function, submitted_ms, status, state_seq, source_type,
     source_name, condition, chain_id, finished_ms, record)
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[],
@@ -214,6 +215,10 @@ class PostgresBackend:
     async def purge_recent(self, before_second: int) -> int:
         result = await self._pool().execute("DELETE FROM recent WHERE second < $1", before_second)
         return int(str(result).split()[-1])
+
+    async def minute_counts(self, function: str, since_second: int) -> list[MinuteRow]:
+        rows = await self._pool().fetch(numbered(MINUTES_SQL), function, since_second)
+        return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
 
     def __repr__(self) -> str:
         return "PostgresBackend()"

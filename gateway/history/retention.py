@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from .backend import Backend
-from .model import WINDOW
+from .model import SERIES, WINDOW
 
 log = logging.getLogger(__name__)
 INTERVAL = 60.0  # seconds between sweeps
@@ -44,7 +44,7 @@ class Retention:
                 if n < BATCH:
                     break
                 await asyncio.sleep(0)  # let queries and the feed in between batches
-        await self.backend.purge_recent(int(now) - 2 * WINDOW)
+        await self.backend.purge_recent(int(now) - SERIES - 2 * WINDOW)  # the charts' hour, and a margin
         if deleted:
             log.info("task index: %d tasks past retention deleted", deleted)
         return deleted

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from .model import WINDOW, Counts, Fact, Listed, TaskQuery
 from .plan import Plan, plan
+from .series import LAST_MINUTE_KINDS, MINUTES_SQL, MinuteRow
 from .sql import (
     COLUMNS,
     INDEXES,
@@ -227,8 +228,8 @@ class SqliteBackend:
                 ):
                     statuses[function][status] = n
                 rows = conn.execute(
-                    f"SELECT function, kind, SUM(n) FROM recent WHERE function IN ({marks}) AND second > ? "
-                    "GROUP BY function, kind",
+                    f"SELECT function, kind, SUM(n) FROM recent WHERE function IN ({marks}) "
+                    f"AND kind IN {LAST_MINUTE_KINDS} AND second > ? GROUP BY function, kind",
                     [*names, int(now) - WINDOW],
                 )
                 for function, kind, n in rows:
@@ -267,6 +268,10 @@ class SqliteBackend:
             return conn.execute("DELETE FROM recent WHERE second < ?", (before_second,)).rowcount
 
         return await self.writer.run(lambda conn: _write(conn, work))
+
+    async def minute_counts(self, function: str, since_second: int) -> list[MinuteRow]:
+        rows = await self.reader.run(lambda conn: conn.execute(MINUTES_SQL, (function, since_second)).fetchall())
+        return [(str(kind), int(minute), int(n)) for kind, minute, n in rows]
 
     def __repr__(self) -> str:
         return f"SqliteBackend({str(self.path)!r})"

@@ -23,6 +23,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
@@ -229,6 +230,52 @@ class TaskStore:
             # One unreadable message must not break a get or a listing: it is skipped.
             log.warning("unreadable task message %s (seq %s): %s", msg.subject, msg.seq, exc)
             return None
+
+    async def get_submissions(self, tasks: Sequence[tuple[str, str]], timeout: float = 10.0) -> list[Invocation | None]:
+        """The submissions of many (function, task id) at once, in order (None: none stored,
+        or unreadable). Every direct get is sent before any answer is awaited, on one inbox
+        subscription: request() per task paid a future, a random token and a parse of the
+        stamp each, which was most of a bulk rerun's time. An outage raises ServiceUnavailable."""
+        self.check_connected()
+        found: list[Invocation | None] = [None] * len(tasks)
+        if not tasks:
+            return found
+        inbox = self.nc.new_inbox()
+        left = len(tasks)
+        complete: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        trouble: list[str] = []
+
+        async def answer(msg: Msg) -> None:
+            nonlocal left
+            i = int(msg.subject.rpartition(".")[2])
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status and not msg.data:
+                if status != "404":  # 404: no such message; anything else (503: no responders) is an outage
+                    trouble.append(f"{status} {headers.get('Description', '')}".strip())
+            else:
+                try:
+                    found[i] = Invocation.from_message(headers, msg.data)
+                except (KeyError, ValueError, IndexError) as exc:
+                    log.warning("unreadable task message %s: %s", headers.get("Nats-Subject"), exc)
+            left -= 1
+            if left == 0 and not complete.done():
+                complete.set_result(None)
+
+        sub = await self.nc.subscribe(f"{inbox}.*", cb=answer, pending_msgs_limit=len(tasks) + 1)
+        try:
+            prefix = f"$JS.API.DIRECT.GET.{c.TASKS_STREAM}.{c.TASKS_SUBJECT}"
+            for i, (function, task_id) in enumerate(tasks):
+                await self.nc.publish(f"{prefix}.{function}.{task_id}", b"", reply=f"{inbox}.{i}")
+            await asyncio.wait_for(complete, timeout)
+        except UNAVAILABLE as exc:
+            raise ServiceUnavailable(f"task messages cannot be read right now ({type(exc).__name__}); retry") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if trouble:
+            raise ServiceUnavailable(f"task messages cannot be read right now ({trouble[0]}); retry")
+        return found
 
     async def get_state(self, task_id: str) -> StoredRecord | None:
         msg = await self._last_message(c.STATE_STREAM, f"{c.STATE_SUBJECT}.{task_id}")

@@ -16,6 +16,7 @@ from gateway.config.model import Config
 from gateway.errors import BadRequest, DuplicateTask, FngateError, Forbidden, Unauthorized
 from gateway.flow.limits import check_key, check_priority
 from gateway.history import query_from_params
+from gateway.history.series import MAX_MINUTES
 from gateway.jetstream.store import UNAVAILABLE
 from gateway.observe.redact import redact_text
 from gateway.service import check_task_id
@@ -266,6 +267,17 @@ async def get_function(request: web.Request) -> web.Response:
     return web.json_response(shape(schemas.Function, summary))
 
 
+async def get_function_stats(request: web.Request) -> web.Response:
+    """Per minute over the last hour: tasks submitted, succeeded, failed; latency percentiles."""
+    service = request.app[SERVICE]
+    name = request.match_info["fn"]
+    service.function(name)  # 404 for a function not configured
+    raw = request.query.get("minutes") or str(MAX_MINUTES)
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_MINUTES:
+        raise BadRequest(f"minutes must be an integer 1..{MAX_MINUTES}")
+    return web.json_response(shape(schemas.FunctionStats, await service.history.stats(name, int(raw))))
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response(shape(schemas.Health, {"status": "ok"}))
 
@@ -292,6 +304,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/functions/{fn}/invocations", invoke)
     app.router.add_get("/v1/functions", list_functions)
     app.router.add_get("/v1/functions/{fn}", get_function)
+    app.router.add_get("/v1/functions/{fn}/stats", get_function_stats)
     app.router.add_get("/v1/tasks", list_tasks)
     app.router.add_get("/v1/tasks/{id}", get_task)
     app.router.add_post("/v1/tasks/{id}/stop", stop_task)

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from gateway import __version__
+from gateway.history.series import MAX_MINUTES
 from gateway.service import MAX_TASK_ID, TASK_ID_PATTERN
 from gateway.web import schemas
 from gateway.web.keys import TRIGGER_PATHS
@@ -170,6 +171,24 @@ def core_paths() -> dict[str, Any]:
                 "responses": {
                     "200": json_body(ref(schemas.Function), "the function"),
                     **error_responses(401, 403, 404),
+                },
+            }
+        },
+        "/v1/functions/{fn}/stats": {
+            "get": {
+                "summary": "Per minute: tasks submitted, succeeded, failed, and latency percentiles (from the index)",
+                "operationId": "getFunctionStats",
+                "parameters": [
+                    FN_PARAM,
+                    query(
+                        "minutes",
+                        "how many minutes back, the running one included",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_MINUTES, "default": MAX_MINUTES},
+                    ),
+                ],
+                "responses": {
+                    "200": json_body(ref(schemas.FunctionStats), "the function's series"),
+                    **error_responses(400, 401, 403, 404, 503),
                 },
             }
         },

@@ -42,6 +42,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/v1/functions/{fn}/invocations"): INVOKE,
     ("GET", "/v1/functions"): READ,
     ("GET", "/v1/functions/{fn}"): READ,
+    ("GET", "/v1/functions/{fn}/stats"): READ,
     ("GET", "/v1/triggers"): READ,
     ("GET", "/v1/tasks"): READ,
     ("GET", "/v1/tasks/{id}"): READ,

@@ -159,7 +159,7 @@ async def test_a_batch_applied_twice_changes_nothing(backend: Backend) -> None:
     after = (await backend.counts([fn], now=time.time()))[fn]
     assert after == before
     assert after.summary()["totals"] == {
-        "submitted": 10, "completed": 6, "failed": 0, "stopped": 0, "queued": 0, "running": 4,
+        "submitted": 10, "completed": 6, "failed": 0, "stopped": 0, "expired": 0, "queued": 0, "running": 4,
     }  # fmt: skip
     assert after.summary()["last_minute"] == {"submitted": 10, "completed": 6, "failed": 0}
 

@@ -103,12 +103,20 @@ async function act(kind, state, progress) {
   }
 }
 
+// The operation's progress: a bar (done + failed of matched) and the figures beside it.
 async function follow(opId, progress) {
+  const bar = el("progress", { id: "bulk-progress-bar", max: 1, value: 0 });
+  const text = el("span", { id: "bulk-progress-text" });
+  progress.replaceChildren(bar, " ", text);
   for (;;) {
     const op = await api(`/v1/operations/${encodeURIComponent(opId)}`);
     progress.dataset.operation = opId;
     progress.dataset.status = op.status;
-    progress.textContent = `${op.kind} ${opId}: ${op.done}/${op.matched} done, ${op.failed} failed — ${op.status}`;
+    bar.max = Math.max(op.matched, 1);
+    bar.value = op.matched ? op.done + op.failed : 1;
+    bar.className = "s-" + op.status;
+    const percent = op.matched ? Math.floor((100 * (op.done + op.failed)) / op.matched) : 100;
+    text.textContent = `${op.kind} ${opId}: ${op.done}/${op.matched} done, ${op.failed} failed — ${op.status} (${percent}%)`;
     if (op.status !== "Running") return op;
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
   }
