@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -81,6 +81,42 @@ class Incoming:
     session: int  # which connection delivered it: acks go only to that one
     properties: dict[str, str] = field(default_factory=dict)
     content_type: str | None = None
+
+
+READ_CHUNK = 64 * 1024  # bytes one recv() may take from the socket
+
+
+class _Client(paho.Client):
+    """paho's client, reading its socket in chunks.
+
+    paho reads a packet in three or more recv() calls (the fixed header a byte at a time)
+    and goes back to select() after every packet: at thousands of messages a second those
+    system calls were a large part of its network thread. Here one recv() takes what the
+    socket holds (up to READ_CHUNK), packets are cut from that buffer, and a read goes on
+    until the buffer is used up, so no bytes wait in it where select() cannot see them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._buffer = b""
+        self._at = 0
+        self._buffered_from: object = None  # the socket the buffer was read from
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._buffered_from is not self._sock:  # a new connection: the old bytes are not its own
+            self._buffer, self._at, self._buffered_from = b"", 0, self._sock
+        if self._at >= len(self._buffer):
+            # Raises BlockingIOError when the socket is empty; b"" when the broker closed it.
+            self._buffer, self._at = super()._sock_recv(READ_CHUNK), 0
+        chunk = self._buffer[self._at : self._at + bufsize]
+        self._at += len(chunk)
+        return chunk
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._at < len(self._buffer):
+            rc = super().loop_read(max_packets)
+        return rc
 
 
 class MqttTrigger(BaseTrigger):
@@ -147,7 +183,7 @@ class MqttTrigger(BaseTrigger):
 
     def _client(self) -> paho.Client:
         client_id = self.options.client_id or f"fngate-{self.name}-{secrets.token_hex(4)}"
-        client = paho.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
