@@ -17,6 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.config.model import TriggerConfig
 from tests.conftest import Api, GatewayFactory, wait_until
 from tests.services import Mosquitto, NatsServer
 from tests.triggers.conftest import (
@@ -28,7 +29,8 @@ from tests.triggers.conftest import (
     wait_holding,
     wait_tasks,
 )
-from triggers.mqtt import READ_CHUNK, _Client
+from triggers.base import TriggerContext
+from triggers.mqtt import READ_CHUNK, Incoming, MqttTrigger, _Client
 
 Message = tuple[str, bytes, dict[str, str]]
 
@@ -219,3 +221,40 @@ def test_packets_cut_from_chunked_reads_arrive_whole_and_in_order(tmp_path: Path
             client.disconnect()
             client.loop_stop()
         broker.stop()
+
+
+def test_the_templated_event_is_the_generic_one_byte_for_byte() -> None:
+    # _encoded writes the envelope from a template for speed; it must stay exactly what
+    # cloud_event() (the encoding every trigger shares) makes of the same message.
+    async def unused(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("not submitted")
+
+    context = TriggerContext(
+        submit=unused, submit_many=unused, invoke_sync=unused, add_route=lambda *_: None,
+        data_dir="/tmp", max_request_body=1 << 20, max_chain_depth=10,
+    )  # fmt: skip
+    trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    messages = [
+        Incoming("d/1/t", b'{"a":1}', 1, False, 1, 1),
+        Incoming('d/ü"\\/', b' [1, "\\u00e9", {"b": null}] \n', 2, True, 2, 1, {"k": "vé", **trace}, "text/x é"),
+        Incoming("d/1/t", b"42", 0, False, 3, 1, {}, None),
+        Incoming("d/1/t", b"not json", 1, False, 4, 1),
+        Incoming("d/1/t", b"", 1, False, 5, 1),
+    ]
+    for shared_group in (None, 'g"é'):
+        config = {"name": "t.emplate", "type": "mqtt", "function": "f", "url": "mqtt://x:1", "topic": "d/#",
+                  "shared_group": shared_group}  # fmt: skip
+        trigger = MqttTrigger(TriggerConfig.model_validate(config), context)
+        for incoming in messages:
+            item = trigger._event(incoming)
+            assert item is not None
+            event, task_id, lineage = item
+            decoded = dict(json.loads(event))
+            generic = trigger.cloud_event(
+                event_id=task_id, kind="message", subject=incoming.topic, raw=incoming.payload, extra=decoded["mqtt"]
+            )
+            # the time is now, which may differ by a microsecond between the two calls
+            assert json.loads(generic)["time"][:19] == decoded["time"][:19]
+            assert generic.replace(json.loads(generic)["time"].encode(), decoded["time"].encode()) == event
+            assert decoded["mqtt"]["shared_group"] == shared_group
+            assert (lineage is not None) == ("traceparent" in incoming.properties)
