@@ -243,7 +243,7 @@ def text_or_base64(raw: bytes | None) -> dict[str, str | None]:
 
 def stable_id(prefix: str, *parts: object) -> str:
     """A task id derived from what identifies an event: the same event always gets the same id."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
     return f"{prefix}-{digest}"
 
 
