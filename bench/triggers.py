@@ -79,6 +79,8 @@ async def _read_rate(base: str, trigger: str, n: int, timeout: float = 600) -> t
         # The gateway answers only once its trigger is ready, and by then a backlog may be
         # partly read: the rate counts what was read after the first look, not before.
         first, seen = time.perf_counter(), await _trigger_count(http, base, trigger)
+        if seen >= n:  # nothing left to time: a figure from it would be noise
+            raise RuntimeError(f"all {n} events read by {trigger} before the first look: use more messages")
         while (count := await _trigger_count(http, base, trigger)) < n:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{count} of {n} events read by {trigger} after {timeout}s")
@@ -102,6 +104,8 @@ async def _batch_rate(base: str, name: str, trigger: str, n: int, timeout: float
         # As in _read_rate: what was read before the first look is not counted.
         first = last_change = time.perf_counter()
         seen = read = await _trigger_count(http, base, trigger)
+        if seen >= n:  # nothing left to time: a figure from it would be noise
+            raise RuntimeError(f"all {n} events read by {trigger} before the first look: use more messages")
         tasks = 0
         while read < n or time.perf_counter() - last_change < 1.0:
             if time.monotonic() > deadline:
