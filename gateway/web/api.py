@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.config.model import Config
+from gateway.config.model import Config, FunctionConfig
 from gateway.errors import BadRequest, DuplicateTask, FngateError, Forbidden, Unauthorized
 from gateway.flow.limits import check_key, check_priority
 from gateway.history import query_from_params
@@ -174,7 +174,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         source=Source("api", ""),
         lineage=request_lineage(request.headers),
         traceparent=valid_traceparent(request.headers.get("traceparent")),
-        **parse_flow_headers(request.headers),
+        **parse_flow_headers(request.headers, name, service.function(name)),
     )
     return enqueued_response(task_id)
 
@@ -212,8 +212,11 @@ def json_depth(document: Any) -> int:
     return deepest
 
 
-def parse_flow_headers(headers: Any) -> dict[str, str]:
-    """X-Priority and X-Concurrency-Key of an async invocation, checked (see gateway/flow)."""
+def parse_flow_headers(headers: Any, name: str, function: FunctionConfig) -> dict[str, str]:
+    """X-Priority and X-Concurrency-Key of an async invocation, checked (see gateway/flow).
+    A priority other than normal on a function that does not order its waiting tasks is
+    refused rather than ignored: only a flow-controlled function's leader sees the whole
+    backlog, and making every function flow-controlled would bound each one by one core."""
     given = {}
     for header, check, arg in (
         ("X-Priority", check_priority, "priority"),
@@ -226,6 +229,11 @@ def parse_flow_headers(headers: Any) -> dict[str, str]:
             given[arg] = check(value)
         except ValueError as exc:
             raise BadRequest(f"{header}: {exc}") from None
+    if given.get("priority", "normal") != "normal" and not function.flow_controlled:
+        raise BadRequest(
+            f"X-Priority: function {name!r} does not order its tasks by priority; give it "
+            f"functions.{name}.priorities: true (or a key_concurrency or rate_limit)"
+        )
     return given
 
 

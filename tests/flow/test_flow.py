@@ -204,3 +204,10 @@ async def test_flow_headers_are_checked(replicas: Replicas, http: aiohttp.Client
         assert next(iter(headers)) in body["error"]["message"]
     status, body, _ = await api.invoke(name, {}, headers={"X-Priority": "HIGH", "X-Concurrency-Key": "a:b@c/d.e-f"})
     assert status == 202, body
+    # A function that does not order its waiting tasks refuses a priority instead of ignoring it.
+    plain = unique("plain")
+    (other,) = replicas(plain, count=1)
+    status, body, _ = await Api(http, other.url).invoke(plain, {}, headers={"X-Priority": "high"})
+    assert status == 400 and "priorities: true" in body["error"]["message"], body
+    status, body, _ = await Api(http, other.url).invoke(plain, {}, headers={"X-Priority": "normal"})
+    assert status == 202, body
