@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import json
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -31,11 +33,30 @@ from gateway.jetstream.embedded import die_with_parent
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Ports for the services the tests start, below the kernel's ephemeral range (32768 up, where
+# port 0 and outgoing connections draw from), split between pytest-xdist workers: a port one
+# worker found free cannot be taken by another's service before its own binds it (with port
+# 0, two workers were handed the same port, and a test talked to the other worker's gateway).
+_PORTS = range(20000, 32000)
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_WORKERS = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+_SLICE = len(_PORTS) // _WORKERS
+_next_port = itertools.cycle(range(_PORTS.start + _WORKER * _SLICE, _PORTS.start + (_WORKER + 1) * _SLICE))
+for _ in range(random.randrange(_SLICE)):  # each run starts elsewhere in the slice
+    next(_next_port)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A port no other service of this run holds, that nothing listens on now."""
+    for _ in range(_SLICE):
+        port = next(_next_port)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
         return port
+    raise RuntimeError("no free port left in this worker's range")
 
 
 def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
