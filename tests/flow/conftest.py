@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,19 @@ def runs(journal: Path) -> list[tuple[str, float, float | None, int]]:
     rows = read_journal(str(journal))
     ends = {(r[1], r[2], r[4]): r[3] for r in rows if r[0] == "end"}
     return [(r[1], r[3], ends.get((r[1], r[2], r[4])), r[4]) for r in rows if r[0] == "start"]
+
+
+def spans_by_key(
+    journal: Path, key_of: dict[str, str]
+) -> tuple[dict[str, list[tuple[float, float]]], list[tuple[float, float]]]:
+    """Every finished execution's (start, end), by its task's concurrency key and all together."""
+    per_key: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    everything = []
+    for task_id, start, end, _ in runs(journal):
+        assert end is not None
+        per_key[key_of[task_id]].append((start, end))
+        everything.append((start, end))
+    return per_key, everything
 
 
 def peak(executions: list[tuple[float, float]]) -> int:

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from tests.conftest import Api, wait_all, wait_until
-from tests.flow.conftest import Replicas, peak, runs
+from tests.flow.conftest import Replicas, peak, runs, spans_by_key
 
 
 async def test_key_concurrency_across_replicas_and_other_keys_keep_running(
@@ -30,12 +29,7 @@ async def test_key_concurrency_across_replicas_and_other_keys_keep_running(
         task_id = await apis[i % 2].submit(name, {"seconds": 0.2}, X_Concurrency_Key=key)
         key_of[task_id] = key
     await wait_all(apis[0], list(key_of), "Succeeded", timeout=90)
-    per_key: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    everything = []
-    for task_id, start, end, _ in runs(journal):
-        assert end is not None
-        per_key[key_of[task_id]].append((start, end))
-        everything.append((start, end))
+    per_key, everything = spans_by_key(journal, key_of)
     assert {key: peak(spans) for key, spans in per_key.items()} == dict.fromkeys(keys, 2)
     assert peak(everything) > 2  # the keys ran beside each other, up to the function's concurrency
     assert peak(everything) <= 6

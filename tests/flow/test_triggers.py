@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import aiohttp
 import nats
 
 from tests.conftest import Api, wait_all, wait_until
-from tests.flow.conftest import Replicas, peak, runs
+from tests.flow.conftest import Replicas, peak, runs, spans_by_key
 from tests.services import NatsServer
 
 
@@ -59,12 +58,7 @@ async def test_trigger_concurrency_key_limits_each_key(
     finally:
         await nc.close()
     await wait_all(apis[0], list(key_of), "Succeeded", timeout=90)
-    per_key: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    everything = []
-    for task_id, start, end, _ in runs(journal):
-        assert end is not None
-        per_key[key_of[task_id]].append((start, end))
-        everything.append((start, end))
+    per_key, everything = spans_by_key(journal, key_of)
     assert {key: peak(spans) for key, spans in per_key.items()} == dict.fromkeys(customers, 2)
     assert 2 < peak(everything) <= 6  # the keys ran beside each other, within the function's concurrency
 
