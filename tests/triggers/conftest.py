@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.conftest import Api, wait_until
 from tests.services import Tansu
+from triggers.base import TriggerContext
 
 ECHO = "python:examples.functions:echo"
 
@@ -87,3 +88,15 @@ async def wait_holding(api: Api, name: str, timeout: float = 15.0) -> dict[str, 
 
     found: dict[str, Any] = await wait_until(holding, timeout=timeout)
     return found
+
+
+def offline_context() -> TriggerContext:
+    """A trigger's context for tests that only build events: submitting fails the test."""
+
+    async def unused(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("not submitted")
+
+    return TriggerContext(
+        submit=unused, submit_many=unused, invoke_sync=unused, add_route=lambda *_: None,
+        data_dir="/tmp", max_request_body=1 << 20, max_chain_depth=10,
+    )  # fmt: skip

@@ -19,13 +19,14 @@ from tests.services import NatsServer, Tansu
 from tests.triggers.conftest import (
     assert_cloud_event,
     event_of,
+    offline_context,
     tasks_of,
     trigger_config,
     trigger_health,
     wait_holding,
     wait_tasks,
 )
-from triggers.base import TriggerContext, stable_id
+from triggers.base import stable_id
 from triggers.kafka import KafkaTrigger
 
 
@@ -161,13 +162,7 @@ async def test_a_batch_is_held_while_nats_is_down_and_enqueued_once_after(
 def test_the_templated_event_is_the_generic_one_byte_for_byte() -> None:
     # _encoded writes the envelope from a template for speed; it must stay exactly what
     # cloud_event() (the encoding every trigger shares) makes of the same message.
-    async def unused(*_args: Any, **_kwargs: Any) -> Any:
-        raise AssertionError("not submitted")
-
-    context = TriggerContext(
-        submit=unused, submit_many=unused, invoke_sync=unused, add_route=lambda *_: None,
-        data_dir="/tmp", max_request_body=1 << 20, max_chain_depth=10,
-    )  # fmt: skip
+    context = offline_context()
     config = {"name": "t.emplate", "type": "kafka", "function": "f", "bootstrap_servers": "x:1", "topics": ["t"],
               "group_id": 'g "é"'}  # fmt: skip
     trigger = KafkaTrigger(TriggerConfig.model_validate(config), context)

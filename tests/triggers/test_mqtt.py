@@ -23,13 +23,13 @@ from tests.services import Mosquitto, NatsServer
 from tests.triggers.conftest import (
     assert_cloud_event,
     event_of,
+    offline_context,
     tasks_of,
     trigger_config,
     trigger_health,
     wait_holding,
     wait_tasks,
 )
-from triggers.base import TriggerContext
 from triggers.mqtt import READ_CHUNK, Incoming, MqttTrigger, _Client
 
 Message = tuple[str, bytes, dict[str, str]]
@@ -226,13 +226,7 @@ def test_packets_cut_from_chunked_reads_arrive_whole_and_in_order(tmp_path: Path
 def test_the_templated_event_is_the_generic_one_byte_for_byte() -> None:
     # _encoded writes the envelope from a template for speed; it must stay exactly what
     # cloud_event() (the encoding every trigger shares) makes of the same message.
-    async def unused(*_args: Any, **_kwargs: Any) -> Any:
-        raise AssertionError("not submitted")
-
-    context = TriggerContext(
-        submit=unused, submit_many=unused, invoke_sync=unused, add_route=lambda *_: None,
-        data_dir="/tmp", max_request_body=1 << 20, max_chain_depth=10,
-    )  # fmt: skip
+    context = offline_context()
     trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
     messages = [
         Incoming("d/1/t", b'{"a":1}', 1, False, 1, 1),
