@@ -16,7 +16,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"observe"},
     "tasks": {"observe"},
     "jetstream": {"observe", "tasks"},
-    "history": {"observe", "config", "tasks"},
+    "history": {"observe", "config", "tasks", "jetstream"},  # its feed is a JetStream consumer
     "pipeline": {"observe", "config", "tasks", "jetstream"},
     "flow": {"observe", "config", "tasks", "jetstream", "pipeline"},
     "service": {"observe", "config", "tasks", "jetstream", "pipeline", "history", "flow"},

@@ -26,8 +26,8 @@ async def ensure_flow_streams(store: TaskStore, ack_wait: float) -> None:
     async with _ensuring:
         if id(store) in _ensured:
             return
-        await store.ensure_stream(streams.flow_stream(store.replicas))
-        await store.ensure_stream(streams.flow_leaders_stream(ack_wait, store.replicas))
+        await streams.ensure_stream(store.js, streams.flow_stream(store.replicas))
+        await streams.ensure_stream(store.js, streams.flow_leaders_stream(ack_wait, store.replicas))
         _ensured.add(id(store))
 
 

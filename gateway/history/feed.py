@@ -32,8 +32,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import NotFoundError
 
+from gateway.jetstream import streams
 from gateway.observe import metrics
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import parse_iso
@@ -181,10 +182,7 @@ class StreamFeed:
         )
 
     async def ensure_consumer(self) -> None:
-        try:
-            await self.nc.jetstream().add_consumer(self.stream, self.consumer_config())
-        except APIError as exc:
-            log.warning("task index: consumer %s not updated: %s", self.consumer, exc.description)
+        await streams.ensure_consumer(self.nc.jetstream(), self.stream, self.consumer_config(), log)
 
     async def run(self) -> None:
         await self.ensure_consumer()

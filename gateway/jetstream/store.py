@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg, StreamConfig
+from nats.js.api import RawStreamMsg
 from nats.js.errors import APIError
 
 from gateway.errors import DuplicateTask, FngateError, PayloadTooLarge, ServiceUnavailable
@@ -117,12 +117,8 @@ class TaskStore:
             streams.state_stream(self.retention, self.replicas),
             streams.delay_stream(self.replicas),
         ):
-            await self.ensure_stream(config)
+            await streams.ensure_stream(self.js, config)
         self.ready = True
-
-    async def ensure_stream(self, config: StreamConfig) -> None:
-        """Create a stream, or bring an existing one to this config (another replica's or an older one)."""
-        await streams.ensure_stream(self.js, config)
 
     def check_connected(self) -> None:
         if not self.nc.is_connected:

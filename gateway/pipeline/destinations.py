@@ -94,7 +94,7 @@ class Dispatcher:
                 self.destinations[(name, on)] = Destination(name, on, dest.type, sink, max_payload(dest, options))
 
     async def ensure_stream(self) -> None:
-        await self.store.ensure_stream(streams.deliveries_stream(self.replicas))
+        await streams.ensure_stream(self.store.js, streams.deliveries_stream(self.replicas))
 
     async def on_terminal(self, record: Record, inv: Invocation) -> None:
         """Queue the delivery of a finished task's record (called before its message is acked)."""

@@ -57,7 +57,7 @@ class TaskLogs(logging.Handler):
         self._flushes = Background()
 
     async def ensure_stream(self) -> None:
-        await self.store.ensure_stream(streams.logs_stream(self.retention, self.replicas))
+        await streams.ensure_stream(self.store.js, streams.logs_stream(self.retention, self.replicas))
         logging.getLogger(FUNCTION_LOGGER).addHandler(self)
 
     def close(self) -> None:
