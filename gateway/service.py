@@ -14,6 +14,7 @@ from gateway.jetstream.store import StoredRecord, TaskStore
 from gateway.observe import metrics, tracing
 from gateway.pipeline.runtimes import Context, Runtime, redact_url, run_with_timeout, task_logger
 from gateway.tasks import attemptlog, lifecycle
+from gateway.tasks.constants import STOP_SUBJECT
 from gateway.tasks.invocation import TASK_ID, BatchItem, Invocation, Lineage, Source, new_task_id
 from gateway.tasks.invocation import TASK_ID_PATTERN as TASK_ID_PATTERN  # re-exported (openapi)
 from gateway.tasks.records import RERUN_SOURCE, Record, new_record, status_of
@@ -292,8 +293,6 @@ class TaskService:
         return record
 
     async def _signal_stop(self, task_id: str) -> None:
-        from gateway.tasks.constants import STOP_SUBJECT
-
         await self.store.nc.publish(f"{STOP_SUBJECT}.{task_id}", b"")
 
     async def rerun(self, task_id: str) -> str:

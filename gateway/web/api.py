@@ -145,7 +145,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     name = request.match_info["fn"]
     # Not the submit's check (the service makes it): an unknown function is a 404 before
     # its body is read or its headers judged, whatever else is wrong with the request.
-    service.function(name)
+    function = service.function(name)
     kind = request.headers.get("X-Invocation-Type", "sync").lower()
     if kind not in ("sync", "async"):
         raise BadRequest("X-Invocation-Type must be sync or async")
@@ -174,7 +174,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         source=Source("api", ""),
         lineage=request_lineage(request.headers),
         traceparent=valid_traceparent(request.headers.get("traceparent")),
-        **parse_flow_headers(request.headers, name, service.function(name)),
+        **parse_flow_headers(request.headers, name, function),
     )
     return enqueued_response(task_id)
 
