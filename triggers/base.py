@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from aiohttp import web
@@ -199,7 +200,13 @@ RETRY_FIRST = 0.5  # seconds before the first retry of an event NATS did not tak
 RETRY_MAX = 5.0
 # One encoder for every event: json.dumps with options builds a new one per call, which
 # cost as much as encoding a small event.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+def json_string(text: str) -> str:
+    """`text` as a JSON string, as COMPACT_JSON writes it (ASCII, escaped): for the triggers
+    that write their events from a template (kafka, mqtt)."""
+    return str(encode_basestring_ascii(text))
 
 
 class TriggerOptions(BaseModel):
@@ -298,7 +305,7 @@ def concurrency_key_at(payload: bytes, path: Sequence[str]) -> str:
             return ""
     if value is None or value == "":
         return ""
-    text = value if isinstance(value, str) else _COMPACT.encode(value)
+    text = value if isinstance(value, str) else COMPACT_JSON.encode(value)
     if KEY_PATTERN.match(text):
         return text
     return "h:" + hashlib.blake2s(text.encode(), digest_size=12).hexdigest()
@@ -307,7 +314,7 @@ def concurrency_key_at(payload: bytes, path: Sequence[str]) -> str:
 def _encode(event: dict[str, Any], parsed: tuple[str, Any] | None) -> bytes:
     # A JSON payload (the common case: Kafka, MQTT, webhooks) was checked, and is spliced in
     # as its own text as the last member: encoding it again was most of an event's cost.
-    encoded = _COMPACT.encode(event)
+    encoded = COMPACT_JSON.encode(event)
     if parsed is not None:
         encoded = f'{encoded[:-1]},"data":{parsed[0].strip()}}}'
     return encoded.encode()
@@ -325,6 +332,12 @@ class BaseTrigger:
         self.context = context
         self.path = f"triggers.{config.name}"
         self.source = Source(self.type, self.name)
+        # What every event of this trigger carries, and the same encoded once for the
+        # triggers that write their events from a template.
+        self.event_source = f"/fngate/triggers/{self.type}/{self.name}"
+        self.trigger_ref = {"type": self.type, "name": self.name}
+        self.event_source_json = json_string(self.event_source)
+        self.trigger_ref_json = COMPACT_JSON.encode(self.trigger_ref)
         # Flow control of the tasks it makes (their priority; where their key is in the event).
         self.priority = config.priority
         self.key_path = event_path(config.concurrency_key) if config.concurrency_key else None
@@ -442,7 +455,7 @@ class BaseTrigger:
         event: dict[str, Any] = {
             "specversion": SPECVERSION,
             "id": event_id,
-            "source": f"/fngate/triggers/{self.type}/{self.name}",
+            "source": self.event_source,
             "type": f"fngate.{self.type}.{kind}",
             "time": iso(at if at is not None else time.time()),
             "subject": subject,
@@ -454,7 +467,7 @@ class BaseTrigger:
             event.update(event_data(raw))
         else:
             event.update({"datacontenttype": "application/json", "data": data})
-        event["trigger"] = {"type": self.type, "name": self.name}
+        event["trigger"] = self.trigger_ref
         if extra is not None:
             event[self.type] = extra
         return event, parsed

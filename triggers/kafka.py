@@ -14,7 +14,6 @@ import hashlib
 import logging
 import re
 import time
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -27,12 +26,13 @@ from gateway.supervise import supervised
 from gateway.tasks.invocation import BatchItem, iso, lineage_from_headers
 
 from .base import (
-    _COMPACT,
+    COMPACT_JSON,
     RETRY_MAX,
     SPECVERSION,
     BaseTrigger,
     TriggerContext,
     TriggerState,
+    json_string,
     parse_json,
     parse_options,
     text_or_base64,
@@ -104,9 +104,7 @@ class KafkaTrigger(BaseTrigger):
         self._task: asyncio.Task[None] | None = None
         # What every event of this trigger shares, encoded once (see _encoded).
         self._id_prefix = f"kafka-{self.name}-"
-        self._source = _string(f"/fngate/triggers/{self.type}/{self.name}")
-        self._trigger = _COMPACT.encode({"type": self.type, "name": self.name})
-        self._group = _string(self.group_id)
+        self._group = json_string(self.group_id)
         self._topics: dict[str, str] = {}  # topic name -> JSON string
 
     async def start(self) -> None:
@@ -317,27 +315,23 @@ class KafkaTrigger(BaseTrigger):
         tests/triggers/test_kafka.py checks it against cloud_event()."""
         topic = self._topics.get(message.topic)
         if topic is None:
-            topic = self._topics[message.topic] = _string(message.topic)
+            topic = self._topics[message.topic] = json_string(message.topic)
         key = key_field.get("text")
-        key_json = "null" if key is None else _string(key)
+        key_json = "null" if key is None else json_string(key)
         if "base64" in key_field:
             key_json += f',"key_base64":"{key_field["base64"]}"'
         timestamp = "null" if message.timestamp is None else str(message.timestamp)
         kind = "log_append" if message.timestamp_type == 1 else "create"
         return (
-            f'{{"specversion":"{SPECVERSION}","id":{_string(task_id)},"source":{self._source},'
+            f'{{"specversion":"{SPECVERSION}","id":{json_string(task_id)},"source":{self.event_source_json},'
             f'"type":"fngate.kafka.message","time":"{iso(at if at is not None else time.time())}",'
-            f'"subject":{topic},"datacontenttype":"application/json","trigger":{self._trigger},'
+            f'"subject":{topic},"datacontenttype":"application/json","trigger":{self.trigger_ref_json},'
             f'"kafka":{{"topic":{topic},"partition":{message.partition},"offset":{message.offset},'
             f'"timestamp":{timestamp},"timestamp_type":"{kind}","key":{key_json},'
-            f'"headers":{_COMPACT.encode(headers) if headers else "{}"},"group_id":{self._group}}},'
+            f'"headers":{COMPACT_JSON.encode(headers) if headers else "{}"},"group_id":{self._group}}},'
             f'"data":{data.strip()}}}'
         ).encode()
 
-
-def _string(text: str) -> str:
-    """A JSON string as the envelope's encoder writes it (ASCII, escaped)."""
-    return encode_basestring_ascii(text)
 
 
 # Readiness reads two things aiokafka keeps but does not publish: whether the group has

@@ -16,7 +16,6 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
@@ -31,7 +30,16 @@ from gateway.config.model import Duration, TriggerConfig
 from gateway.supervise import supervised
 from gateway.tasks.invocation import BatchItem, iso, lineage_from_headers, new_task_id
 
-from .base import _COMPACT, SPECVERSION, BaseTrigger, TriggerContext, TriggerState, parse_json, parse_options
+from .base import (
+    COMPACT_JSON,
+    SPECVERSION,
+    BaseTrigger,
+    TriggerContext,
+    TriggerState,
+    json_string,
+    parse_json,
+    parse_options,
+)
 from .shaping import BatchedOptions, batch_task, chunks
 
 log = logging.getLogger(__name__)
@@ -155,9 +163,7 @@ class MqttTrigger(BaseTrigger):
         self._loop: asyncio.AbstractEventLoop | None = None
         # What every event of this trigger shares, encoded once (see _encoded).
         self._skip = self.options.retained == "skip"
-        self._source = _string(f"/fngate/triggers/{self.type}/{self.name}")
-        self._trigger = _COMPACT.encode({"type": self.type, "name": self.name})
-        self._group = "null" if group is None else _string(group)
+        self._group = "null" if group is None else json_string(group)
 
     async def start(self) -> None:
         self._loop = loop = asyncio.get_running_loop()
@@ -395,19 +401,15 @@ class MqttTrigger(BaseTrigger):
         """cloud_event() of a message whose payload is the JSON text `data`, byte for byte,
         written from a template (encoding the envelope's dict was most of an event's cost
         in the event loop). tests/triggers/test_mqtt.py checks it against cloud_event()."""
-        topic = _string(incoming.topic)
-        properties = _COMPACT.encode(incoming.properties) if incoming.properties else "{}"
-        content_type = "null" if incoming.content_type is None else _string(incoming.content_type)
+        topic = json_string(incoming.topic)
+        properties = COMPACT_JSON.encode(incoming.properties) if incoming.properties else "{}"
+        content_type = "null" if incoming.content_type is None else json_string(incoming.content_type)
         return (
-            f'{{"specversion":"{SPECVERSION}","id":{_string(task_id)},"source":{self._source},'
+            f'{{"specversion":"{SPECVERSION}","id":{json_string(task_id)},"source":{self.event_source_json},'
             f'"type":"fngate.mqtt.message","time":"{at or iso(time.time())}","subject":{topic},'
-            f'"datacontenttype":"application/json","trigger":{self._trigger},"mqtt":{{"topic":{topic},'
+            f'"datacontenttype":"application/json","trigger":{self.trigger_ref_json},"mqtt":{{"topic":{topic},'
             f'"qos":{incoming.qos},"retain":{"true" if incoming.retain else "false"},'
             f'"user_properties":{properties},"content_type":{content_type},"shared_group":{self._group}}},'
             f'"data":{data.strip()}}}'
         ).encode()
 
-
-def _string(text: str) -> str:
-    """A JSON string as the envelope's encoder writes it (ASCII, escaped)."""
-    return str(encode_basestring_ascii(text))
