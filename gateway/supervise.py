@@ -84,9 +84,14 @@ class Background:
         coro = supervised(name, factory, stopping=stopping, final_return=final_return, max_backoff=max_backoff)
         return self.start(coro, name=name)
 
-    async def close(self, timeout: float | None = None) -> None:
+    def cancel(self) -> list[asyncio.Task[Any]]:
+        """Cancel what is left, without waiting for it; the tasks cancelled."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
+        return tasks
+
+    async def close(self, timeout: float | None = None) -> None:
+        tasks = self.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)

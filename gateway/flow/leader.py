@@ -37,7 +37,7 @@ from nats.js.errors import APIError
 from gateway.errors import FngateError
 from gateway.jetstream.errors import wrong_last_sequence
 from gateway.jetstream.puller import Puller
-from gateway.supervise import cancel_requested
+from gateway.supervise import Background, cancel_requested
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import Invocation
 
@@ -83,7 +83,7 @@ class FlowLeader:
         self.log = logging.getLogger(f"fngate.flow.{self.fn}")
         self._token = secrets.token_hex(4)
         self._ids = itertools.count()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Background()
         self.adm = self._new_admission()
         self.grants: dict[str, Grant] = {}
         self.by_task: dict[str, str] = {}
@@ -519,6 +519,4 @@ class FlowLeader:
                     await self.js.delete_consumer(n.FLOW_STREAM, name)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.start(coro)

@@ -46,5 +46,4 @@ async def run_flow(worker: FunctionWorker) -> None:
             group.create_task(runner.run())
             group.create_task(runner.leader.run())
     finally:
-        for task in list(worker._tasks):
-            task.cancel()
+        worker.tasks.cancel()

@@ -81,9 +81,7 @@ class FlowRunner:
         if grant:
             task_id = (delivery.headers or {}).get("Fngate-Invocation", "").split("|", 2)[1:2]
             self.held[grant] = (task_id[0] if task_id else "", khash)
-        task = asyncio.create_task(self.worker._handle(delivery, holds_slot=False))
-        self.worker._tasks.add(task)
-        task.add_done_callback(self.worker._tasks.discard)
+        task = self.worker.tasks.start(self.worker._handle(delivery, holds_slot=False))
         if grant:
             task.add_done_callback(lambda _: self._done(grant))
 

@@ -31,7 +31,7 @@ from gateway.jetstream.store import UNAVAILABLE, UNREAD, StoredRecord, TaskStore
 from gateway.observe import metrics, tracing
 from gateway.pipeline.runtimes import Context, Runtime, run_with_timeout, task_logger
 from gateway.pipeline.tasklogs import TaskLogs
-from gateway.supervise import cancel_requested, supervised
+from gateway.supervise import Background, cancel_requested, supervised
 from gateway.tasks import attemptlog, lifecycle
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import TASK_ID, Invocation
@@ -96,7 +96,7 @@ class FunctionWorker:
         # What the heartbeat loop keeps claimed: task id -> (its message, when last renewed).
         self._claims: dict[str, tuple[Msg, float]] = {}
         self._slots = asyncio.Semaphore(config.concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = Background()  # one per message being handled
         self.log = logging.getLogger(f"fngate.function.{name}")
 
     def consumer_config(self) -> ConsumerConfig:
@@ -138,13 +138,10 @@ class FunctionWorker:
         finally:
             heartbeats.cancel()
             await puller.close()
-            for task in list(self._tasks):
-                task.cancel()
+            self.tasks.cancel()
 
     def _dispatch(self, msg: Msg, counted: bool) -> None:
-        task = asyncio.create_task(self._handle(msg, holds_slot=counted))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.start(self._handle(msg, holds_slot=counted))
 
     async def on_terminal(self, record: Record, inv: Invocation) -> None:
         metrics.TASKS_FINISHED.labels(self.name, record["status"]).inc()
@@ -464,7 +461,7 @@ class DelayScheduler:
 
     def __init__(self, store: TaskStore) -> None:
         self.store = store
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = Background()  # one per message being handled
 
     async def run(self) -> None:
         js = self.store.js
@@ -484,13 +481,10 @@ class DelayScheduler:
                 await puller.pull(256)
         finally:
             await puller.close()
-            for task in list(self._tasks):
-                task.cancel()
+            self.tasks.cancel()
 
     def _dispatch(self, msg: Msg, counted: bool) -> None:
-        task = asyncio.create_task(self._move(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.start(self._move(msg))
 
     async def _move(self, msg: Msg) -> None:
         try:
