@@ -185,11 +185,17 @@ class Gateway:
         return await self.service.submit(function, payload, **options)
 
     async def submit_many(
-        self, function: str, items: Sequence[BatchItem], *, source: Source, **flow: Any
+        self,
+        function: str,
+        items: Sequence[BatchItem],
+        *,
+        source: Source,
+        priority: str = "normal",
+        keys: Sequence[str] | None = None,
     ) -> list[Exception | None]:
         if self.service is None:
             raise ServiceUnavailable("the gateway is starting")
-        return await self.service.submit_many(function, items, source=source, **flow)
+        return await self.service.submit_many(function, items, source=source, priority=priority, keys=keys)
 
     async def invoke_sync(self, function: str, payload: bytes, **options: Any) -> tuple[bytes, str]:
         if self.service is None:
