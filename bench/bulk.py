@@ -37,6 +37,29 @@ def call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]
         conn.close()
 
 
+def rerun_failed(
+    url: str, flt: dict[str, Any], poll: float = 0.1
+) -> tuple[dict[str, Any], dict[str, Any], float, float]:
+    """POST a bulk rerun of `flt` and wait for the operation to end: the 202's body, the
+    operation's record, and seconds from the request to the 202 and to the end. Raises
+    unless the operation Succeeded, every matched task done."""
+    started = time.monotonic()
+    status, accepted = call(url, "POST", "/v1/tasks/rerun", {"filter": flt, "limit": 1_000_000})
+    created = time.monotonic() - started
+    if status != 202:
+        raise RuntimeError(f"POST /v1/tasks/rerun answered {status}: {accepted}")
+
+    def ended() -> dict[str, Any] | None:
+        code, op = call(url, "GET", f"/v1/operations/{accepted['operation_id']}")
+        return op if code == 200 and op["status"] != "Running" else None
+
+    op = wait_for(ended, 900, poll, "the operation to end")
+    seconds = time.monotonic() - started
+    if (op["status"], op["done"]) != ("Succeeded", accepted["matched"]):
+        raise RuntimeError(f"operation ended {op}")
+    return accepted, op, created, seconds
+
+
 def failed_count(base: str) -> int:
     status, body = call(base, "GET", f"/v1/functions/{FUNCTION}")
     if status != 200:
@@ -82,22 +105,9 @@ def run(run_stack: Stack, settings: Settings) -> list[Figure]:
     assert gateway.proc is not None and nats_server.proc is not None
     pids = {"gateway": gateway.proc.pid, "nats-server": nats_server.proc.pid}
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    started = time.monotonic()
-    status, accepted = call(gateway.url, "POST", "/v1/tasks/rerun", {"filter": flt, "limit": 1_000_000})
-    created = time.monotonic() - started
-    if status != 202:
-        raise RuntimeError(f"POST /v1/tasks/rerun answered {status}: {accepted}")
-
-    def ended() -> dict[str, Any] | None:
-        code, op = call(gateway.url, "GET", f"/v1/operations/{accepted['operation_id']}")
-        return op if code == 200 and op["status"] != "Running" else None
-
-    op = wait_for(ended, 900, 0.1, "the operation to end")
-    seconds = time.monotonic() - started
+    accepted, op, created, seconds = rerun_failed(gateway.url, flt)
     done = max(op["done"], 1)
     cpu_us = {name: round((cpu_seconds(pid) - cpu_before[name]) / done * 1e6) for name, pid in pids.items()}
-    if (op["status"], op["done"]) != ("Succeeded", accepted["matched"]):
-        raise RuntimeError(f"operation ended {op}")
     rate = op["done"] / seconds
     extra = {
         "matched": accepted["matched"],

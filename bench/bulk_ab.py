@@ -13,14 +13,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from gateway.jetstream.embedded import die_with_parent
 from tests.services import GatewayProcess
 
-from .bulk import FAILING, FUNCTION, call, cpu_seconds, failed_count
+from .bulk import FAILING, FUNCTION, call, cpu_seconds, failed_count, rerun_failed
 from .harness import function, stack, wait_for, wrk
 
 
@@ -81,20 +80,7 @@ def turn(gw: Versioned, nats_pid: int) -> dict[str, float]:
     wait_for(settled, 300, 0.5, "the index to catch up")
     assert gw.proc is not None
     cpu = (cpu_seconds(gw.proc.pid), cpu_seconds(nats_pid))
-    started = time.monotonic()
-    body = {"filter": {"function": FUNCTION, "status": "Failed"}, "limit": 1_000_000}
-    status, accepted = call(gw.url, "POST", "/v1/tasks/rerun", body)
-    if status != 202:
-        raise RuntimeError(f"POST /v1/tasks/rerun answered {status}: {accepted}")
-
-    def ended() -> dict[str, Any] | None:
-        code, op = call(gw.url, "GET", f"/v1/operations/{accepted['operation_id']}")
-        return op if code == 200 and op["status"] != "Running" else None
-
-    op = wait_for(ended, 900, 0.05, "the operation to end")
-    seconds = time.monotonic() - started
-    if (op["status"], op["done"]) != ("Succeeded", accepted["matched"]):
-        raise RuntimeError(f"operation ended {op}")
+    _, op, _, seconds = rerun_failed(gw.url, {"function": FUNCTION, "status": "Failed"}, poll=0.05)
     done = op["done"]
     return {
         "tasks": done,
