@@ -20,7 +20,7 @@ from .backend import Backend, open_backend
 from .feed import StreamFeed, stream_feeds
 from .model import Counts, Cursor, Listed, TaskQuery
 from .retention import Retention
-from .series import MAX_MINUTES, STEP, function_stats
+from .series import MAX_MINUTES, function_stats, window_start
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class TaskHistory:
     async def stats(self, function: str, minutes: int = MAX_MINUTES) -> dict[str, Any]:
         """The function's charts over the last `minutes` (series.py)."""
         now = time.time()
-        since = (int(now) // STEP - minutes + 1) * STEP
+        since = window_start(now, minutes)
         async with unavailable_as_503():
             rows = await self.backend.minute_counts(function, since)
         return function_stats(function, rows, now=now, minutes=minutes)

@@ -82,10 +82,15 @@ def latency(histogram: dict[int, int]) -> dict[str, Any]:
     return {"count": sum(histogram.values()), **{name: percentile(histogram, q) for name, q in QUANTILES}}
 
 
+def window_start(now: float, minutes: int) -> int:
+    """The first second of the oldest of `minutes` points, the last one the minute now running."""
+    return (int(now) // STEP - minutes + 1) * STEP
+
+
 def function_stats(function: str, rows: Iterable[MinuteRow], *, now: float, minutes: int) -> dict[str, Any]:
     """The response of `GET /v1/functions/{fn}/stats`: `minutes` points, oldest first, the
     last one the minute now running."""
-    first = (int(now) // STEP - minutes + 1) * STEP
+    first = window_start(now, minutes)
     starts = [first + i * STEP for i in range(minutes)]
     counts: dict[int, dict[str, int]] = {s: {"submitted": 0, "succeeded": 0, "failed": 0} for s in starts}
     per_minute: dict[int, dict[str, dict[int, int]]] = {s: {k: {} for k in LATENCIES} for s in starts}
