@@ -35,7 +35,6 @@ from .bulk import BulkOperations
 from .bulk.routes import add_bulk_routes
 from .errors import ConfigError, ServiceUnavailable
 from .history import TaskHistory
-from .history.headers import install as lean_headers
 from .service import TaskService
 from .tuning import tune_gc
 
@@ -124,8 +123,7 @@ class Gateway:
         history = self.history = TaskHistory(self.config)
         await history.try_open(timeout=10)
         nc = self.history_nc = await connect(servers, name="fngate-index")
-        lean_headers(nc)
-        self._spawn("task index", lambda: history.run(nc))
+        self._spawn("task index", lambda: history.run(nc, servers))
 
     async def _connect(self, servers: list[str]) -> NATS:
         delay = 0.5

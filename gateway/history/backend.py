@@ -14,6 +14,16 @@ from .series import MinuteRow
 OldestMs = Callable[[str], int]
 
 
+class FeedLease(Protocol):
+    """One of the database's feeder slots, held by one process until it lets go or dies
+    (the operating system or the database server then frees it)."""
+
+    async def held(self) -> bool:
+        """Still ours (the holder's connection to the database is alive)."""
+
+    async def release(self) -> None: ...
+
+
 class Backend(Protocol):
     """A database holding the task rows and their counters.
 
@@ -60,6 +70,10 @@ class Backend(Protocol):
 
     async def minute_counts(self, function: str, since_second: int) -> list[MinuteRow]:
         """The function's counters from `since_second` on, summed by kind and minute (series.py)."""
+
+    async def feed_lease(self, slots: int) -> FeedLease | None:
+        """One of `slots` feeder slots if one is free, else None (feeder.py). The slots are
+        an economy, not a safeguard: two feeders at once are still correct (plan.py)."""
 
 
 def open_backend(url: str, data_dir: str | Path) -> Backend:

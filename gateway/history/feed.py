@@ -56,6 +56,7 @@ INACTIVE = 3 * 86400.0  # consumers of a database nobody feeds any more are drop
 # lag (its Enqueued tasks missing from lists) would grow with every burst.
 YIELD_BATCHES = 10
 PROGRESS_EVERY = 5.0  # seconds between backfill progress lines
+COMMIT_GRACE = 5.0  # seconds a stopping feed waits for the batch it is committing
 V1_ACK_TOKENS = 9  # an ack subject without domain and account hash (older servers)
 
 
@@ -70,6 +71,15 @@ def ack_position(reply: str) -> tuple[int, int, int]:
 
 Headers = bytes | dict[str, str] | None  # a raw header block (headers.py), or nats-py's parse of it
 Delivery = tuple[str, bytes, Headers]  # (reply subject, payload, headers) of one message
+# Told of every committed batch: (stream, messages, seconds from the newest one's store to its commit).
+OnCommit = Callable[[str, int, float | None], None]
+
+
+def count_commit(stream: str, messages: int, delay: float | None) -> None:
+    """A committed batch in this process's metrics."""
+    metrics.INDEX_APPLIED.labels(stream).inc(messages)
+    if delay is not None:
+        metrics.INDEX_APPLY_DELAY.labels(stream).observe(delay)
 
 
 def task_fact(data: bytes, hdr: Headers, _seq: int) -> Fact | None:
@@ -153,6 +163,7 @@ class StreamFeed:
     ack_wait: float = ACK_WAIT
     lag: Lag = field(default_factory=Lag)
     applied: int = 0
+    on_commit: OnCommit = count_commit
     # The feed this one waits for while it has a backlog (the tasks feed waits for the state
     # feed): in a backfill a task's record then makes its row, and its submission finds the
     # row there, one insert per task instead of an insert and an update.
@@ -238,8 +249,15 @@ class StreamFeed:
                     progress_at, progress_applied, progress_started = now + PROGRESS_EVERY, self.applied, now
         finally:
             if committing is not None and not committing.done():
-                # Cancelled: its batch is acknowledged only if it committed; else redelivered.
-                committing.cancel()
+                # Stopped: the batch being committed gets a moment to commit and be acked, or a
+                # successor would wait ack_wait for it; past that it is redelivered.
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.shield(committing), COMMIT_GRACE)
+            if self._buffer:
+                # Taken but never applied: handed back at once rather than after ack_wait.
+                with contextlib.suppress(Exception):
+                    await self._ack([m[0] for m in self._buffer], b"-NAK")
+                self._buffer.clear()
             if raw is not None and self._sub is not None:
                 raw.pop(self._sub._id, None)
             if self._sub is not None:
@@ -311,19 +329,19 @@ class StreamFeed:
             await self.backend.apply(batch.facts, now=time.time(), oldest_ms=self.oldest_ms)
         await self._ack(batch.replies)
         self.applied += len(batch.replies)
-        metrics.INDEX_APPLIED.labels(self.stream).inc(len(batch.replies))
-        if batch.newest_ns:
-            metrics.INDEX_APPLY_DELAY.labels(self.stream).observe(max(0.0, time.time() - batch.newest_ns / 1e9))
+        delay = max(0.0, time.time() - batch.newest_ns / 1e9) if batch.newest_ns else None
+        self.on_commit(self.stream, len(batch.replies), delay)
 
-    async def _ack(self, replies: list[str]) -> None:
+    async def _ack(self, replies: list[str], verdict: bytes = b"+ACK") -> None:
         """Each message acknowledged explicitly (see the module's doc), all in one write."""
         send = getattr(self.nc, "_send_command", None)
         flush = getattr(self.nc, "_flush_pending", None)
         if send is None or flush is None or not self.nc.is_connected:
             for reply in replies:
-                await self.nc.publish(reply, b"+ACK")
+                await self.nc.publish(reply, verdict)
             return
-        await send(b"".join(b"PUB %s 4\r\n+ACK\r\n" % reply.encode() for reply in replies))
+        head = b"PUB %s " + str(len(verdict)).encode() + b"\r\n" + verdict + b"\r\n"
+        await send(b"".join(head % reply.encode() for reply in replies))
         await flush()
 
     async def check_lag(self) -> Lag:
@@ -353,7 +371,12 @@ class StreamFeed:
 
 
 def stream_feeds(
-    nc: NATS, backend: Backend, database_id: str, oldest_ms: OldestMs, ack_wait: float = ACK_WAIT
+    nc: NATS,
+    backend: Backend,
+    database_id: str,
+    oldest_ms: OldestMs,
+    ack_wait: float = ACK_WAIT,
+    on_commit: OnCommit = count_commit,
 ) -> list[StreamFeed]:
     prefix = f"fngate-index-{database_id}"
     tasks = StreamFeed(
@@ -363,5 +386,6 @@ def stream_feeds(
         nc, backend, c.STATE_STREAM, f"{c.STATE_SUBJECT}.>", f"{prefix}-state", False, state_fact, oldest_ms
     )
     tasks.ack_wait = states.ack_wait = ack_wait
+    tasks.on_commit = states.on_commit = on_commit
     tasks.yield_to = states
     return [tasks, states]

@@ -18,6 +18,8 @@ from gateway.config.model import Config
 from ..errors import FngateError, ServiceUnavailable
 from .backend import Backend, open_backend
 from .feed import StreamFeed, stream_feeds
+from .feeder import FeederSettings
+from .feeder_process import FeederProcess
 from .model import Counts, Cursor, Listed, TaskQuery
 from .retention import Retention
 from .series import MAX_MINUTES, function_stats, window_start
@@ -50,6 +52,7 @@ class TaskHistory:
         self.feeds: list[StreamFeed] = []
         self.retention = Retention(self.backend, self.retention_of)
         self.nc: NATS | None = None
+        self.feeder: FeederProcess | None = None
         self.opened = False
 
     def retention_of(self, function: str) -> float:
@@ -73,9 +76,10 @@ class TaskHistory:
             with contextlib.suppress(Exception):
                 await self.backend.close()
 
-    async def run(self, nc: NATS) -> None:
+    async def run(self, nc: NATS, servers: list[str]) -> None:
         """Open the database (a supervisor retries until it can: submits never wait for the
-        index), then feed it, watch the lag and sweep retention until one of them fails."""
+        index), start this replica's feeder process (feeder.py), and watch the lag until
+        either fails."""
         if not self.opened:
             try:
                 await self.open()
@@ -85,12 +89,30 @@ class TaskHistory:
                 raise
         if not self.feeds:
             self.attach(nc, await self.backend.database_id())
+            for feed in self.feeds:  # before the lag is watched, which would make them again
+                await feed.ensure_consumer()
+        self.feeder = FeederProcess(self.feeder_settings(servers))
         async with asyncio.TaskGroup() as group:
-            for name, loop in self.loops():
-                group.create_task(loop(), name=name)
+            group.create_task(self.feeder.run(), name="index feeder")
+            group.create_task(self._watch_lag(), name="index lag")
+
+    def feeder_settings(self, servers: list[str]) -> FeederSettings:
+        config = self.config
+        return FeederSettings(
+            servers=servers,
+            index_url=config.index.url,
+            data_dir=str(config.nats.data_dir),
+            ack_wait=config.index.ack_wait,
+            slots=config.index.feeders,
+            retention={name: fn.async_.retention for name, fn in config.functions.items()},
+            default_retention=config.max_retention,
+            log_level=config.logging.level,
+            log_format=config.logging.format,
+        )
 
     def attach(self, nc: NATS, database_id: str) -> None:
-        """Feed from this connection (the history's own, not the one serving submits)."""
+        """The consumers this replica watches (their lag) on this connection; `loops` feeds
+        from them in this process instead of a feeder's (bench/history_backfill.py)."""
         self.nc = nc
         self.feeds = stream_feeds(nc, self.backend, database_id, self.oldest_ms, self.config.index.ack_wait)
 
@@ -111,6 +133,8 @@ class TaskHistory:
             await asyncio.sleep(LAG_INTERVAL)
 
     async def close(self) -> None:
+        if self.feeder is not None:
+            await self.feeder.stop()
         if self.opened:
             await self.backend.close()
 
@@ -154,4 +178,5 @@ class TaskHistory:
             "lag_messages": sum(lag.messages for lag in lags),
             "lag_seconds": round(max((lag.seconds for lag in lags), default=0.0), 3),
             "known": bool(lags) and all(lag.checked for lag in lags),
+            "feeding": self.feeder is not None and self.feeder.feeding,
         }

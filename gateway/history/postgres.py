@@ -9,6 +9,7 @@ range of the primary key and the order matches byte order on every server.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -32,6 +33,8 @@ from .sql import (
 )
 
 LOCK_KEY = 0x666E67617465  # "fngate": the advisory lock every writer takes
+FEEDER_KEY = LOCK_KEY + 1  # feeder slot k is the session advisory lock FEEDER_KEY + k
+LEASE_CHECK_TIMEOUT = 5.0  # seconds a lease's connection has to answer before it counts as lost
 TEXT = 'TEXT COLLATE "C"'
 SCHEMA = [
     f"""CREATE TABLE IF NOT EXISTS tasks (
@@ -53,9 +56,13 @@ SCHEMA = [
 ]
 FUNCTIONS = "SELECT DISTINCT function FROM counts WHERE n > 0"
 ROWS = "SELECT SUM(n) FROM counts"  # the table's rows, from the counters
-COUNTS = """SELECT 's', function, status, n FROM counts WHERE function = ANY($1::text[])
+COUNTS = (
+    """SELECT 's', function, status, n FROM counts WHERE function = ANY($1::text[])
     UNION ALL SELECT 'r', function, kind, SUM(n) FROM recent WHERE function = ANY($1::text[])
-    AND kind IN """ + LAST_MINUTE_KINDS + """ AND second > $2 GROUP BY function, kind"""
+    AND kind IN """
+    + LAST_MINUTE_KINDS
+    + """ AND second > $2 GROUP BY function, kind"""
+)
 INSERT_TASKS = """INSERT INTO tasks (task_id, function, submitted_ms, status, state_seq, source_type,
     source_name, condition, chain_id, finished_ms, record)
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[],
@@ -220,5 +227,41 @@ class PostgresBackend:
         rows = await self._pool().fetch(numbered(MINUTES_SQL), function, since_second)
         return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
 
+    async def feed_lease(self, slots: int) -> SessionLease | None:
+        # Its own connection, outside the pool: a session lock lives as long as the session,
+        # and the server frees it when the holder dies or its connection drops.
+        conn = await asyncpg.connect(self.url)
+        try:
+            for slot in range(slots):
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", FEEDER_KEY + slot):
+                    return SessionLease(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        await conn.close()
+        return None
+
     def __repr__(self) -> str:
         return "PostgresBackend()"
+
+
+class SessionLease:
+    """A feeder slot of a PostgreSQL database: a session advisory lock on a connection of its own."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn: asyncpg.Connection | None = conn
+
+    async def held(self) -> bool:
+        if self.conn is None or self.conn.is_closed():
+            return False
+        try:
+            await self.conn.fetchval("SELECT 1", timeout=LEASE_CHECK_TIMEOUT)
+        except Exception:
+            return False  # the session, and with it the lock, may be gone: take a slot again
+        return True
+
+    async def release(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                await self.conn.close()
+            self.conn = None

@@ -9,6 +9,9 @@ connection lives on its own thread (a writer and a reader): the event loop never
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -273,5 +276,39 @@ class SqliteBackend:
         rows = await self.reader.run(lambda conn: conn.execute(MINUTES_SQL, (function, since_second)).fetchall())
         return [(str(kind), int(minute), int(n)) for kind, minute, n in rows]
 
+    async def feed_lease(self, slots: int) -> FileLease | None:
+        for slot in range(slots):
+            lease = FileLease.take(self.path.with_name(f"{self.path.name}.feeder-{slot}.lock"))
+            if lease is not None:
+                return lease
+        return None
+
     def __repr__(self) -> str:
         return f"SqliteBackend({str(self.path)!r})"
+
+
+class FileLease:
+    """A feeder slot of a SQLite database: an exclusive flock on a file beside it, which the
+    kernel lets go when the holding process dies, however it dies."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    @classmethod
+    def take(cls, path: Path) -> FileLease | None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return cls(fd)
+
+    async def held(self) -> bool:
+        return self.fd is not None
+
+    async def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)  # closing the only descriptor drops the flock
+            self.fd = None

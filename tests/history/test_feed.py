@@ -30,10 +30,10 @@ def nats_alone(tmp_path: Path) -> Any:
     server.stop()
 
 
-def config(nats_url: str, index_url: str, **functions: Any) -> dict[str, Any]:
+def config(nats_url: str, index_url: str, feeders: int = 1, **functions: Any) -> dict[str, Any]:
     return {
         "nats": {"url": nats_url},
-        "index": {"url": index_url, "ack_wait": "2s"},
+        "index": {"url": index_url, "ack_wait": "2s", "feeders": feeders},
         "functions": functions or {"echo": {"handler": "python:examples.functions:echo"}},
     }
 
@@ -69,20 +69,36 @@ async def test_sigkill_of_a_replica_mid_batch_loses_and_double_counts_nothing(
 ) -> None:
     total, done = 30_000, 10_000
     await fill(nats_alone.url, BULK, total, succeeded=done)
-    first = gateway_factory(config(nats_alone.url, index_url))
-    second = gateway_factory(config(nats_alone.url, index_url))
-    # Killed while it holds batches: taken from the consumer, not all of them committed or acked.
-    await wait_until(lambda: applied(http, first), timeout=30, interval=0.02)
-    first.stop(signal.SIGKILL)
+    gws = [gateway_factory(config(nats_alone.url, index_url)) for _ in range(2)]
+
+    async def the_feeder() -> GatewayProcess | None:
+        for gw in gws:
+            if await applied(http, gw) > 0:
+                return gw
+        return None
+
+    # One feeder slot: one replica feeds. Killed while it holds batches (taken from the
+    # consumer, not all of them committed or acked), its slot goes to the other replica.
+    feeding = await wait_until(the_feeder, timeout=30, interval=0.02)
+    other = gws[1 - gws.index(feeding)]
+    assert await applied(http, other) == 0 and not await feeds(http, other)
+    feeding.stop(signal.SIGKILL)
     backend = await opened(index_url, tmp_path)
     try:
         await settled(backend, BULK, {"submitted": total, "completed": done, "queued": total - done})
-        assert await applied(http, second) > 0
+        assert await applied(http, other) > 0 and await feeds(http, other)
         # And it stays so: redeliveries of what the killed replica had committed change nothing.
-        await wait_until(lambda: lag_is_zero(http, second), timeout=30, interval=0.5)
+        await wait_until(lambda: lag_is_zero(http, other), timeout=30, interval=0.5)
         await settled(backend, BULK, {"submitted": total, "completed": done, "queued": total - done}, timeout=1)
+        assert "task index: backfilling" in feeding.log() + other.log()
     finally:
         await backend.close()
+
+
+async def feeds(http: aiohttp.ClientSession, gw: GatewayProcess) -> bool:
+    """This replica's feeder holds a feeder slot (/readyz)."""
+    async with http.get(f"{gw.url}/readyz") as resp:
+        return bool((await resp.json())["checks"]["index"]["feeding"])
 
 
 async def lag_is_zero(http: aiohttp.ClientSession, gw: GatewayProcess) -> bool:
@@ -95,8 +111,11 @@ async def test_two_replicas_feed_at_once_while_serving_submits(
     gateway_factory: GatewayFactory, http: aiohttp.ClientSession, nats_alone: NatsServer, index_url: str, tmp_path: Path
 ) -> None:
     total = 20_000
+    # Two feeder slots: both replicas pull from the same consumers and race on the database.
+    gws = [gateway_factory(config(nats_alone.url, index_url, feeders=2)) for _ in range(2)]
+    for gw in gws:
+        await wait_until(lambda gw=gw: feeds(http, gw), timeout=20, interval=0.1)  # type: ignore[misc]
     ids = await fill(nats_alone.url, BULK, total)
-    gws = [gateway_factory(config(nats_alone.url, index_url)) for _ in range(2)]
     # Submits are served during the backfill, through both replicas.
     live = [await Api(http, gw.url).submit("echo", {"n": n}) for n in range(10) for gw in gws]
     backend = await opened(index_url, tmp_path)
@@ -106,7 +125,6 @@ async def test_two_replicas_feed_at_once_while_serving_submits(
         assert all([await applied(http, gw) > 0 for gw in gws]), "both replicas took batches"
         body = await wait_until(lambda: listed(http, gws[1], f"function={BULK}&limit=1000&order=asc"))
         assert [t["task_id"] for t in body["tasks"]] == ids[:1000]
-        assert "task index: backfilling" in gws[0].log() + gws[1].log()
     finally:
         await backend.close()
 

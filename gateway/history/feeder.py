@@ -1,0 +1,196 @@
+"""The feeder: the process that applies the streams to the history database.
+
+Every gateway starts one (`feeder_process.py`), and it feeds only while it holds one of the
+database's feeder slots (`index.feeders`, default 1): a file lock beside a SQLite file, a
+session advisory lock in PostgreSQL. So a deployment has one feeder at work per database
+whatever its number of replicas, and its batches stay large; when that feeder's process or
+host dies, the operating system or the database server frees its slot and a waiting
+feeder takes it within LEASE_POLL. The slots are an economy, not a safeguard: two feeders at
+once (a slot taken over while the old holder still commits) are correct, because every
+batch is idempotent by stream sequence (plan.py).
+
+A process of its own, because parsing and writing every message of the deployment would
+otherwise share the interpreter lock with the event loop that serves submits. It is told its
+settings as one JSON line on stdin, reports what it applied as JSON lines on stdout, logs to
+the gateway's stderr, and exits when stdin closes (its gateway is gone, however it died).
+
+Run by hand: `python -m gateway.history < settings.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from gateway import tuning
+from gateway.jetstream.store import connect
+from gateway.observe.logs import setup_logging
+
+from .backend import Backend, FeedLease, open_backend
+from .feed import StreamFeed, stream_feeds
+from .headers import install as lean_headers
+from .retention import Retention
+
+log = logging.getLogger(__name__)
+LEASE_POLL = 1.0  # seconds between tries for a free feeder slot
+LEASE_CHECK = 2.0  # seconds between checks that the slot is still held
+REPORT_EVERY = 0.5  # seconds between reports to the gateway
+
+
+@dataclass
+class FeederSettings:
+    servers: list[str]
+    index_url: str
+    data_dir: str
+    ack_wait: float
+    slots: int
+    retention: dict[str, float]  # seconds, per configured function
+    default_retention: float  # for a function this replica's config does not have
+    log_level: str = "info"
+    log_format: str = "text"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, line: str) -> FeederSettings:
+        return cls(**json.loads(line))
+
+    def retention_of(self, function: str) -> float:
+        return self.retention.get(function, self.default_retention)
+
+
+@dataclass
+class Report:
+    """What the feeder did since its last report, for the gateway's metrics and /readyz."""
+
+    feeding: bool = False
+    applied: dict[str, int] = field(default_factory=dict)
+    delays: dict[str, list[float]] = field(default_factory=dict)
+
+    def committed(self, stream: str, messages: int, delay: float | None) -> None:
+        self.applied[stream] = self.applied.get(stream, 0) + messages
+        if delay is not None:
+            self.delays.setdefault(stream, []).append(round(delay, 4))
+
+    def take(self) -> str:
+        line = json.dumps({"feeding": self.feeding, "applied": self.applied, "delays": self.delays})
+        self.applied, self.delays = {}, {}
+        return line
+
+
+class LeaseLost(Exception):
+    pass
+
+
+class Feeder:
+    def __init__(self, settings: FeederSettings, backend: Backend | None = None) -> None:
+        self.settings = settings
+        self.backend = backend or open_backend(settings.index_url, settings.data_dir)
+        self.report = Report()
+
+    def oldest_ms(self, function: str) -> int:
+        return int((time.time() - self.settings.retention_of(function)) * 1000)
+
+    async def run(self) -> None:
+        await self._open()
+        nc = await connect(self.settings.servers, name="fngate-index-feeder")
+        lean_headers(nc)
+        database_id = await self.backend.database_id()
+        try:
+            while True:
+                lease = await self.backend.feed_lease(self.settings.slots)
+                if lease is None:
+                    await asyncio.sleep(LEASE_POLL)
+                    continue
+                log.info("task index: this replica's feeder holds a feeder slot of %s", self.backend.name)
+                feeds = stream_feeds(
+                    nc, self.backend, database_id, self.oldest_ms, self.settings.ack_wait, self.report.committed
+                )
+                self.report.feeding = True
+                try:
+                    await self._feed(feeds, lease)
+                except* LeaseLost:
+                    log.warning("task index: this replica's feeder lost its slot; waiting for one again")
+                finally:
+                    self.report.feeding = False
+                    await lease.release()
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            await self.backend.close()
+
+    async def _open(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.backend.open()
+                return
+            except Exception as exc:
+                name = self.backend.name
+                log.warning("task index: feeder cannot open %s yet (%s: %s)", name, type(exc).__name__, exc)
+                with contextlib.suppress(Exception):
+                    await self.backend.close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _feed(self, feeds: list[StreamFeed], lease: FeedLease) -> None:
+        retention = Retention(self.backend, self.settings.retention_of)
+        async with asyncio.TaskGroup() as group:
+            for feed in feeds:
+                group.create_task(feed.run(), name=f"index feed {feed.stream}")
+            group.create_task(retention.run(), name="index retention")
+            group.create_task(self._hold(lease), name="index lease")
+
+    async def _hold(self, lease: FeedLease) -> None:
+        while True:
+            await asyncio.sleep(LEASE_CHECK)
+            if not await lease.held():
+                raise LeaseLost()
+
+    async def report_loop(self) -> None:
+        while True:
+            sys.stdout.write(self.report.take() + "\n")
+            sys.stdout.flush()
+            await asyncio.sleep(REPORT_EVERY)
+
+
+async def _until_stdin_closes() -> None:
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.read)
+
+
+async def main() -> int:
+    loop = asyncio.get_running_loop()
+    line = await loop.run_in_executor(None, sys.stdin.readline)
+    if not line:
+        return 0
+    settings = FeederSettings.from_json(line)
+    setup_logging(settings.log_level, settings.log_format)
+    feeder = Feeder(settings)
+    feeding = asyncio.create_task(feeder.run(), name="feeder")
+    # SIGTERM (the gateway stopping): the feeds finish the batch they commit and hand back
+    # what they took but did not apply, so a successor does not wait ack_wait for it.
+    loop.add_signal_handler(signal.SIGTERM, feeding.cancel)
+    reports = asyncio.create_task(feeder.report_loop(), name="feeder reports")
+    parent = asyncio.create_task(_until_stdin_closes(), name="feeder parent")
+    await asyncio.wait([feeding, reports, parent], return_when=asyncio.FIRST_COMPLETED)
+    if parent.done() or feeding.cancelled():
+        return 0  # the gateway is gone or stopping; what is not committed is redelivered
+    exc = feeding.exception() if feeding.done() else reports.exception()
+    log.error("task index: feeder failed: %s: %s", type(exc).__name__, exc)
+    return 1
+
+
+def run() -> None:
+    tuning.tune_gc()
+    with asyncio.Runner(loop_factory=tuning.new_event_loop) as runner:
+        code = runner.run(main())
+    sys.stdout.flush()
+    os._exit(code)  # not waiting for the thread still reading stdin
