@@ -57,7 +57,7 @@ def run(run_stack: Stack, settings: Settings) -> list[Figure]:
     window = (fill_at + settings.history // 3 * 1e-4, fill_at + settings.history // 2 * 1e-4)
     figures = [Figure("scale_out", "history written to the streams", fill_rate, "tasks/s",
                       extra={"tasks": settings.history})]  # fmt: skip
-    for backend in ("sqlite", "postgresql"):
+    for backend in os.environ.get("FNGATE_BENCH_BACKENDS", "sqlite,postgresql").split(","):
         url = asyncio.run(_database(backend, run_stack))
         try:
             figures += _one_backend(run_stack, settings, nats, backend, url, ids, window)
@@ -254,14 +254,34 @@ async def _count_db_times(index_url: str, run_stack: Stack) -> list[float]:
     return times
 
 
-def _cpu_seconds(pids: list[int]) -> float:
+def _tree(pid: int) -> list[int]:
+    """The process and its descendants (a gateway's helper processes count as its own CPU)."""
+    found = [pid]
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as children:
+                for child in children.read().split():
+                    found += _tree(int(child))
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def _cpu_by_process(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (utime + stime) of each process, its descendants included."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    used: dict[int, float] = {}
     for pid in pids:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+        total = 0
+        for member in _tree(pid):
+            try:
+                with open(f"/proc/{member}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        used[pid] = total / ticks
+    return used
 
 
 async def _burst(gateways: list[GatewayProcess], nats: NatsServer, n: int) -> tuple[float, list[float]]:
@@ -280,7 +300,7 @@ async def _burst(gateways: list[GatewayProcess], nats: NatsServer, n: int) -> tu
                 await asyncio.sleep(0.25)
 
         sampler = asyncio.create_task(sample())
-        cpu = _cpu_seconds(pids)
+        cpu = _cpu_by_process(pids)
         queue = iter(range(n))
         headers = {"Content-Type": "application/json", "X-Invocation-Type": "async"}
 
@@ -298,7 +318,10 @@ async def _burst(gateways: list[GatewayProcess], nats: NatsServer, n: int) -> tu
             if body["checks"]["index"]["known"] and body["checks"]["index"]["lag_messages"] == 0:
                 break
             await asyncio.sleep(0.1)
-        used = _cpu_seconds(pids) - cpu
+        after = _cpu_by_process(pids)
+        shares = {pid: round((after[pid] - cpu[pid]) / n * 1e6) for pid in pids}
+        print(f"scale_out: CPU µs per task by process (gateways, nats-server): {list(shares.values())}", flush=True)
+        used = sum(after.values()) - sum(cpu.values())
         done.set()
         await sampler
     return used / n * 1e6, lags

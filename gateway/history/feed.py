@@ -48,7 +48,10 @@ from .plan import merge
 log = logging.getLogger(__name__)
 BATCH = 2000  # messages per pull request and per transaction
 EXPIRES = 2.0  # seconds a pull request waits on the server when there is nothing new
-LINGER = 0.02  # a trickle of live messages is gathered this long into one batch
+# A trickle of live messages is gathered this long into one batch: every commit rewrites the
+# hot pages of each index, so a batch of 20 ms cost the feeder ~30% more CPU per task than
+# one of 100-250 ms (docs/benchmarks.md), and the lag stays well under a second.
+LINGER = 0.1
 ACK_WAIT = 30.0  # a batch not committed by then is handed to another replica
 INACTIVE = 3 * 86400.0  # consumers of a database nobody feeds any more are dropped by the server
 # The tasks feed starts waiting when the state feed holds more than this many batches (a
