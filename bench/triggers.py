@@ -53,6 +53,8 @@ def _shaped(run_stack: Stack, nats_url: str, settings: Settings) -> list[Figure]
         _kafka_shaped(run_stack, nats_url, kafka, "filter"),
         _mqtt_shaped(run_stack, nats_url, mqtt, "batch"),
         _mqtt_shaped(run_stack, nats_url, mqtt, "filter"),
+        _mqtt_shaped(run_stack, nats_url, mqtt, "batch", qos=0),
+        _mqtt_shaped(run_stack, nats_url, mqtt, "filter", qos=0),
     ]
 
 
@@ -167,24 +169,26 @@ def _kafka_shaped(run_stack: Stack, nats_url: str, n: int, kind: str) -> Figure:
     return _shaped_figure("Kafka", kind, _measure_cpu(gateway, name, n, kind), n)
 
 
-def _mqtt_shaped(run_stack: Stack, nats_url: str, n: int, kind: str) -> Figure:
+def _mqtt_shaped(run_stack: Stack, nats_url: str, n: int, kind: str, qos: int = 1) -> Figure:
     # The backlog is queued by the broker for the trigger's persistent session before the
     # gateway starts, as the Kafka runs have theirs in the topic: the bench's own publisher
     # (paho, QoS 1, one PUBACK per message through its network thread) reaches ~7k/s on its
     # own, which would otherwise be the figure. The in-flight windows are sized to a batch
-    # flow: two batches of 100 filling and being enqueued never wait for the broker.
-    conf = ["max_queued_messages 0", f"max_inflight_messages {MQTT_SHAPED_WINDOW}"]
-    broker = run_stack.add(Mosquitto(run_stack.root / f"mosquitto-{kind}", extra=conf))
-    name = f"mqtt_{kind}"
+    # flow: two batches of 100 filling and being enqueued never wait for the broker. At
+    # QoS 0 the session subscribes at QoS 0 (the broker then queues at QoS 0 what was
+    # published at 1, as queue_qos0_messages allows), and nothing is acknowledged.
+    conf = ["max_queued_messages 0", f"max_inflight_messages {MQTT_SHAPED_WINDOW}", "queue_qos0_messages true"]
+    broker = run_stack.add(Mosquitto(run_stack.root / f"mosquitto-{kind}-{qos}", extra=conf))
+    name = f"mqtt_{kind}_qos{qos}"
     client_id = f"fngate-bench-{name}"
-    _mqtt_session(broker.port, client_id, "devices/+/telemetry")
+    _mqtt_session(broker.port, client_id, "devices/+/telemetry", qos)
     _mqtt_publish(broker.port, _payloads(n))
     trigger = {
-        "name": name, "type": "mqtt", "url": broker.url, "topic": "devices/+/telemetry", "qos": 1,
+        "name": name, "type": "mqtt", "url": broker.url, "topic": "devices/+/telemetry", "qos": qos,
         "client_id": client_id, "clean_session": False, "max_inflight": MQTT_SHAPED_WINDOW, **_shaping(kind),
     }  # fmt: skip
     gateway = run_stack.gateway(_parked(nats_url, trigger, name))
-    figure = _shaped_figure("MQTT QoS 1", kind, _measure_cpu(gateway, name, n, kind), n)
+    figure = _shaped_figure(f"MQTT QoS {qos}", kind, _measure_cpu(gateway, name, n, kind), n)
     figure.extra["in_flight_window"] = MQTT_SHAPED_WINDOW
     return figure
 
@@ -192,7 +196,7 @@ def _mqtt_shaped(run_stack: Stack, nats_url: str, n: int, kind: str) -> Figure:
 MQTT_SHAPED_WINDOW = 1000
 
 
-def _mqtt_session(port: int, client_id: str, topic: str) -> None:
+def _mqtt_session(port: int, client_id: str, topic: str, qos: int = 1) -> None:
     """Open a persistent session subscribed to `topic`, and leave: the broker keeps what is
     published to it until `client_id` comes back."""
     subscribed = threading.Event()
@@ -203,7 +207,7 @@ def _mqtt_session(port: int, client_id: str, topic: str) -> None:
     client.connect("127.0.0.1", port, clean_start=False, properties=properties)
     client.loop_start()
     try:
-        client.subscribe(topic, qos=1)
+        client.subscribe(topic, qos=qos)
         if not subscribed.wait(30):
             raise TimeoutError(f"no SUBACK for {topic} after 30s")
     finally:
