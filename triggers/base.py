@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -207,6 +207,30 @@ def json_string(text: str) -> str:
     """`text` as a JSON string, as COMPACT_JSON writes it (ASCII, escaped): for the triggers
     that write their events from a template (kafka, mqtt)."""
     return str(encode_basestring_ascii(text))
+
+
+HeaderValue = str | list[str]  # a name sent more than once has its values as a list, in order
+
+
+def header_fields(pairs: Sequence[tuple[str, str]]) -> tuple[dict[str, str], dict[str, HeaderValue]]:
+    """Kafka headers and MQTT 5 user properties may repeat a name: (each name's first value,
+    which the lineage reads; the event's field, where a repeated name keeps every value, as a
+    list in order). Without a repeat, which is the rule, both are the same dict."""
+    first: dict[str, str] = {}
+    for name, value in pairs:
+        first.setdefault(name, value)
+    if len(first) == len(pairs):
+        return first, cast(dict[str, HeaderValue], first)
+    fields: dict[str, HeaderValue] = {}
+    for name, value in pairs:
+        known = fields.get(name)
+        if known is None:
+            fields[name] = value
+        elif isinstance(known, list):
+            known.append(value)
+        else:
+            fields[name] = [known, value]
+    return first, fields
 
 
 class TriggerOptions(BaseModel):

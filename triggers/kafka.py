@@ -30,8 +30,10 @@ from .base import (
     RETRY_MAX,
     SPECVERSION,
     BaseTrigger,
+    HeaderValue,
     TriggerContext,
     TriggerState,
+    header_fields,
     json_string,
     parse_json,
     parse_options,
@@ -268,7 +270,10 @@ class KafkaTrigger(BaseTrigger):
         None when the filter drops it. Not counted (see _as_events)."""
         value = message.value or b""
         key = message.key
-        headers = {name: raw.decode(errors="replace") for name, raw in message.headers} if message.headers else {}
+        first: dict[str, str] = {}
+        headers: dict[str, HeaderValue] = {}
+        if message.headers:
+            first, headers = header_fields([(name, raw.decode(errors="replace")) for name, raw in message.headers])
         content = hashlib.sha256(b"%d:" % len(key or b"") + (key or b"") + value).hexdigest()
         # stable_id(prefix, topic, partition, offset, timestamp, content), written out: the
         # same id as ever (a message consumed again after an upgrade is still a duplicate).
@@ -276,7 +281,7 @@ class KafkaTrigger(BaseTrigger):
         task_id = self._id_prefix + hashlib.sha256(parts.encode()).hexdigest()[:32]
         key_field = text_or_base64(key)
         at = message.timestamp / 1000 if message.timestamp else None
-        lineage = lineage_from_headers(headers) if headers else None
+        lineage = lineage_from_headers(first) if first else None
         if self.pattern is None and (parsed := parse_json(value) if value else None) is not None:
             return self._encoded(message, task_id, at, key_field, headers, parsed[0]), task_id, lineage
         # A filter to match, or a payload that is not JSON: the event as a dict first.
@@ -307,7 +312,7 @@ class KafkaTrigger(BaseTrigger):
         task_id: str,
         at: float | None,
         key_field: dict[str, str | None],
-        headers: dict[str, str],
+        headers: dict[str, HeaderValue],
         data: str,
     ) -> bytes:
         """cloud_event() of a message whose payload is the JSON text `data`, byte for byte,
@@ -331,7 +336,6 @@ class KafkaTrigger(BaseTrigger):
             f'"headers":{COMPACT_JSON.encode(headers) if headers else "{}"},"group_id":{self._group}}},'
             f'"data":{data.strip()}}}'
         ).encode()
-
 
 
 # Readiness reads two things aiokafka keeps but does not publish: whether the group has

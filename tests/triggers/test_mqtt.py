@@ -32,7 +32,7 @@ from tests.triggers.conftest import (
 )
 from triggers.mqtt import READ_CHUNK, Incoming, MqttTrigger, _Client
 
-Message = tuple[str, bytes, dict[str, str]]
+Message = tuple[str, bytes, dict[str, str] | list[tuple[str, str]]]
 
 
 def publish_all(broker: Mosquitto, messages: list[Message]) -> None:
@@ -45,7 +45,8 @@ def publish_all(broker: Mosquitto, messages: list[Message]) -> None:
             properties = None
             if user_properties:
                 properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-                properties.UserProperty = list(user_properties.items())
+                pairs = user_properties.items() if isinstance(user_properties, dict) else user_properties
+                properties.UserProperty = list(pairs)
             client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(10)
     finally:
         client.disconnect()
@@ -92,10 +93,16 @@ async def test_messages_become_tasks_over_mqtt5_and_311(
             (f"{base}/d1/telemetry", b'{"t": 21.5}', {"Fngate-Chain-Id": "chain-m", "Fngate-Chain-Depth": "2"}),
             (f"{base}/d2/telemetry", b"\x00\x01 binary", {}),
             (f"{base}/d3/telemetry", b'{"t": 19}', {"site": "north"}),
+            # A name sent more than once keeps every value, in order; the lineage reads the first.
+            (
+                f"{base}/d4/telemetry",
+                b'{"t": 7}',
+                [("tag", "a"), ("Fngate-Chain-Id", "c-first"), ("tag", "b"), ("Fngate-Chain-Id", "c-second")],
+            ),
             (f"{base}/legacy/a/b", b'{"old": true}', {}),
         ],
     )
-    tasks = await wait_tasks(api, fn, 4)
+    tasks = await wait_tasks(api, fn, 5)
     by_topic = {event_of(t)["subject"]: t for t in tasks}
     first = by_topic[f"{base}/d1/telemetry"]
     assert first["source"] == {"type": "mqtt", "name": f"{fn}-v5"}
@@ -108,11 +115,17 @@ async def test_messages_become_tasks_over_mqtt5_and_311(
     raw = event_of(by_topic[f"{base}/d2/telemetry"])
     assert base64.b64decode(raw["data_base64"]) == b"\x00\x01 binary"
     assert event_of(by_topic[f"{base}/d3/telemetry"])["mqtt"]["user_properties"] == {"site": "north"}
+    repeated = by_topic[f"{base}/d4/telemetry"]
+    assert event_of(repeated)["mqtt"]["user_properties"] == {
+        "tag": ["a", "b"],
+        "Fngate-Chain-Id": ["c-first", "c-second"],
+    }
+    assert repeated["chain"]["id"] == "c-first"
     legacy = by_topic[f"{base}/legacy/a/b"]
     assert legacy["source"] == {"type": "mqtt", "name": f"{fn}-v3"}
     assert event_of(legacy)["data"] == {"old": True} and event_of(legacy)["mqtt"]["user_properties"] == {}
     health = await trigger_health(api, f"{fn}-v5")
-    assert (health["events_received"], health["invocations"], health["errors"]) == (3, 3, 0)
+    assert (health["events_received"], health["invocations"], health["errors"]) == (4, 4, 0)
     assert health["connected"] is True
 
 
