@@ -166,16 +166,27 @@ HEAD = (
 )
 
 
-async def test_slow_body_gets_408(gateway: GatewayProcess) -> None:
-    reader, writer = await _raw_request(gateway, HEAD, b'{"a": ')
+# Every route that reads a body: the invoke route, an http trigger's webhook route, a bulk route.
+BODY_ROUTES = ["/v1/functions/echo/invocations", "/hooks/deep", "/v1/tasks/rerun"]
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES)
+async def test_slow_body_gets_408(gateway: GatewayProcess, path: str) -> None:
+    """A body that has not arrived within api.body_read_timeout (1s here) is answered 408 and
+    the connection closed, whichever route it was sent to."""
+    head = HEAD.replace(b"/v1/functions/echo/invocations", path.encode())
+    reader, writer = await _raw_request(gateway, head, b'{"a": ')
     try:
-        status_line = await asyncio.wait_for(reader.readline(), 20)
-        assert status_line.split()[1] == b"408", status_line
+        head_answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head_answer.split()[1] == b"408", head_answer
+        length = int(head_answer.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        error = json.loads(await reader.readexactly(length))["error"]
+        assert error["code"] == "RequestTimeout" and "not received within 1s" in error["message"], error
     finally:
         writer.close()
 
 
-@pytest.mark.parametrize("path", ["/v1/functions/echo/invocations", "/hooks/deep"])
+@pytest.mark.parametrize("path", BODY_ROUTES)
 async def test_abandoned_upload_logs_no_traceback(gateway: GatewayProcess, path: str) -> None:
     before = gateway.log().count("went away before its request body arrived")
     head = HEAD.replace(b"/v1/functions/echo/invocations", path.encode())

@@ -90,6 +90,9 @@ class InvokeSync(Protocol):
 
 
 RouteAdder = Callable[[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], None]
+# Reads a request's whole body within the given size limit and the API's body_read_timeout,
+# as the invoke route does: 413 past the limit, 408 when it is slow, ClientGone when abandoned.
+BodyReader = Callable[[web.Request, int], Awaitable[bytes]]
 
 
 @dataclass
@@ -118,6 +121,7 @@ class TriggerContext:
     submit_many: SubmitMany
     invoke_sync: InvokeSync
     add_route: RouteAdder
+    read_body: BodyReader
     data_dir: str
     max_request_body: int
     max_chain_depth: int

@@ -16,9 +16,8 @@ from aiohttp import web
 from pydantic import Field, field_validator
 
 from gateway.config.model import Size, TriggerConfig
-from gateway.errors import BadRequest, FngateError, Forbidden, PayloadTooLarge, Unauthorized
+from gateway.errors import BadRequest, FngateError, Forbidden, Unauthorized
 from gateway.tasks.invocation import lineage_from_headers, new_task_id
-from gateway.units import format_size
 
 from .base import BaseTrigger, TriggerContext, TriggerState, parse_options, stable_id
 from .shaping import FilterOptions
@@ -76,7 +75,8 @@ class HttpTrigger(BaseTrigger):
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.count_event()
         try:
-            body = await self.read_body(request)
+            # 413 past max_body, 408 when slower than api.body_read_timeout: as on the invoke route.
+            body = await self.context.read_body(request, self.max_body)
             verdict = verify(self.options.auth, request.headers, body)
             if verdict.replay_key is not None and self.replays.seen(verdict.replay_key):
                 raise Unauthorized("replayed request: this signature was already accepted")
@@ -146,21 +146,6 @@ class HttpTrigger(BaseTrigger):
         if "WebHook-Request-Rate" in request.headers:
             headers["WebHook-Allowed-Rate"] = "*"
         return web.Response(status=200, headers=headers)
-
-    async def read_body(self, request: web.Request) -> bytes:
-        """The body, refused with 413 as soon as it passes max_body (read in chunks, never whole)."""
-        limit = self.max_body
-        too_large = f"request body over the limit of {format_size(limit)}"
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(too_large)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(too_large)
-            chunks.append(chunk)
-        return b"".join(chunks)
 
 
 def visible_headers(request: web.Request) -> dict[str, str]:
