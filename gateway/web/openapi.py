@@ -266,7 +266,7 @@ def core_paths() -> dict[str, Any]:
                             "text/event-stream": {"schema": {"type": "string"}},
                         },
                     },
-                    **error_responses(400, 401, 403, 404),
+                    **error_responses(400, 401, 403, 404, 429),
                 },
             }
         },
