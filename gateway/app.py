@@ -30,6 +30,7 @@ from gateway.web.api import add_routes, auth_middleware, errors_middleware
 from gateway.web.console import add_console_routes
 from gateway.web.keys import BULK, CONFIG, HISTORY, LIVE, SERVICE, STORE, TASK_LOGS, TRIGGER_PATHS, TRIGGERS
 from gateway.web.live import LiveStatus
+from gateway.web.requests import body_reader
 
 from .bulk import BulkOperations
 from .bulk.routes import add_bulk_routes
@@ -169,6 +170,7 @@ class Gateway:
                 submit_many=self.submit_many,
                 invoke_sync=self.invoke_sync,
                 add_route=self._add_route,
+                read_body=body_reader(self.config.api.body_read_timeout),
                 data_dir=self.config.nats.data_dir,
                 max_request_body=self.config.api.max_request_body,
                 max_chain_depth=self.config.max_chain_depth,

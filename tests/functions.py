@@ -32,6 +32,14 @@ async def journaled(event: Any, context: Any) -> Any:
     return {"ok": True}
 
 
+async def leaky(event: Any, context: Any) -> Any:
+    """Fails quoting a URL with its credentials, as a driver's message might: the event's
+    `url` (or, from a trigger, its data's)."""
+    if isinstance(event, dict) and isinstance(event.get("data"), dict) and "trigger" in event:
+        event = event["data"]
+    raise ConnectionError(f"cannot reach {event['url']}: connection refused")
+
+
 def read_journal(path: str) -> list[tuple[str, str, int, float, int]]:
     rows: list[tuple[str, str, int, float, int]] = []
     if not os.path.exists(path):

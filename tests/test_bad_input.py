@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -34,6 +36,7 @@ def gateway(
         "functions": {
             "echo": {"handler": "python:examples.functions:echo"},
             "remote": {"url": f"http://127.0.0.1:{endpoint_port}/fn", "async": {"max_retries": 0}},
+            "reset": {"url": f"http://127.0.0.1:{endpoint_port}/reset", "async": {"max_retries": 0}},
         },
         "triggers": [{"name": "hook", "type": "http", "path": "/hooks/deep", "function": "echo"}],
     }
@@ -48,8 +51,10 @@ async def api(gateway: GatewayProcess, http: aiohttp.ClientSession) -> Api:
 
 @pytest.fixture(scope="module")
 async def endpoint(endpoint_port: int) -> AsyncIterator[Counter[str]]:
-    """An HTTP function whose first call for each task dies mid-request: the connection is
-    closed before any response (the endpoint killed and restarted); later calls answer."""
+    """An HTTP function whose first call for each task dies mid-request, before any response
+    (the endpoint killed and restarted): at /fn the connection is closed (FIN), at /reset it
+    is reset (RST, as from a process killed with unread data or behind a proxy that gave
+    up); later calls answer."""
     calls: Counter[str] = Counter()
 
     async def handle(request: web.Request) -> web.Response:
@@ -57,20 +62,28 @@ async def endpoint(endpoint_port: int) -> AsyncIterator[Counter[str]]:
         calls[task_id] += 1
         await request.read()
         if calls[task_id] == 1 and request.transport is not None:
+            if request.path == "/reset":
+                # SO_LINGER on, 0 s: close() then discards the socket with a RST, not a FIN.
+                sock = request.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             request.transport.close()
         return web.json_response({"ok": True})
 
-    double = Endpoint({"/fn": handle}, endpoint_port)
+    double = Endpoint({"/fn": handle, "/reset": handle}, endpoint_port)
     await double.up()
     yield calls
     await double.down()
 
 
-async def test_endpoint_closing_mid_request_is_transient(api: Api, endpoint: Counter[str]) -> None:
-    task_id = await api.submit("remote", {"n": 1})
+@pytest.mark.parametrize("function", ["remote", "reset"])
+async def test_endpoint_closing_mid_request_is_transient(api: Api, endpoint: Counter[str], function: str) -> None:
+    task_id = await api.submit(function, {"n": 1})
     record = await api.wait_status(task_id, "Succeeded", "Failed")
     assert record["status"] == "Succeeded", record
     assert record["attempts"] == 1  # the cut-off call was not charged to max_retries
+    assert [e["type"] for e in record["errors"]] == ["TransientError"], record["errors"]
+    said = {"remote": "closed the connection before answering", "reset": "reset the connection before answering"}
+    assert said[function] in record["errors"][0]["message"], record["errors"]
     assert endpoint[task_id] == 2
 
 
@@ -166,16 +179,27 @@ HEAD = (
 )
 
 
-async def test_slow_body_gets_408(gateway: GatewayProcess) -> None:
-    reader, writer = await _raw_request(gateway, HEAD, b'{"a": ')
+# Every route that reads a body: the invoke route, an http trigger's webhook route, a bulk route.
+BODY_ROUTES = ["/v1/functions/echo/invocations", "/hooks/deep", "/v1/tasks/rerun"]
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES)
+async def test_slow_body_gets_408(gateway: GatewayProcess, path: str) -> None:
+    """A body that has not arrived within api.body_read_timeout (1s here) is answered 408 and
+    the connection closed, whichever route it was sent to."""
+    head = HEAD.replace(b"/v1/functions/echo/invocations", path.encode())
+    reader, writer = await _raw_request(gateway, head, b'{"a": ')
     try:
-        status_line = await asyncio.wait_for(reader.readline(), 20)
-        assert status_line.split()[1] == b"408", status_line
+        head_answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head_answer.split()[1] == b"408", head_answer
+        length = int(head_answer.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        error = json.loads(await reader.readexactly(length))["error"]
+        assert error["code"] == "RequestTimeout" and "not received within 1s" in error["message"], error
     finally:
         writer.close()
 
 
-@pytest.mark.parametrize("path", ["/v1/functions/echo/invocations", "/hooks/deep"])
+@pytest.mark.parametrize("path", BODY_ROUTES)
 async def test_abandoned_upload_logs_no_traceback(gateway: GatewayProcess, path: str) -> None:
     before = gateway.log().count("went away before its request body arrived")
     head = HEAD.replace(b"/v1/functions/echo/invocations", path.encode())

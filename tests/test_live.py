@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.config.model import STREAMS_PER_CLIENT
 from tests.conftest import TERMINAL, Api, GatewayFactory, wait_until
 from tests.services import GatewayProcess, NatsServer
 
@@ -79,12 +80,13 @@ async def test_clients_share_one_subscription_and_leave_nothing(replicas: Any, h
     name, runner, watcher = replicas
     task_id = await Api(http, runner.url).submit(name, {"seconds": 0}, X_Delay="3600")
     url = f"{watcher.url}/v1/tasks/{task_id}/events"
-    sessions = [aiohttp.ClientSession() for _ in range(20)]
+    # As many streams as one client may open (one address, here: every session's).
+    sessions = [aiohttp.ClientSession() for _ in range(STREAMS_PER_CLIENT)]
     try:
         streams = [await s.get(url) for s in sessions]
         for stream in streams:
             assert (await stream.content.readuntil(b"\n\n")).startswith(b"event: status")
-        assert await live_watchers(watcher, http) == (20.0, 1.0)
+        assert await live_watchers(watcher, http) == (STREAMS_PER_CLIENT, 1.0)
         # A slow client (it reads nothing) and the others: a stop reaches them all.
         status, _ = await Api(http, watcher.url).post(f"/v1/tasks/{task_id}/stop")
         assert status == 202

@@ -21,6 +21,9 @@ TOKENS = {
 SECRET_IN_URL = "pa55w0rd-in-url"
 # The part of a password after an @ in it: a redaction that stops at the first @ shows it.
 SECRET_AFTER_AT = "after-the-at-sign"
+# A password a function's own error message quotes (tests.functions:leaky).
+SECRET_IN_ERROR = "db-pa55-in-an-error"
+LEAKED_URL = f"postgresql://app:{SECRET_IN_ERROR}@db:5432/app"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,11 @@ async def gateway(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFact
             "echo": {"handler": "python:examples.functions:echo"},
             "remote": {"url": f"http://user:{SECRET_IN_URL}@127.0.0.1:9/fn?key={SECRET_IN_URL}"},
             "at_sign": {"url": f"http://user:pa@{SECRET_AFTER_AT}@127.0.0.1:9/fn"},
+            "leaky": {"handler": "python:tests.functions:leaky", "async": {"max_retries": 0}},
         },
+        "triggers": [
+            {"name": "leak", "type": "http", "path": "/hooks/leak", "function": "leaky", "invocation": "sync"}
+        ],
     }
     env = {"ADMIN_TOKEN": TOKENS["admin"], "READER_TOKEN": TOKENS["reader"], "INVOKER_TOKEN": TOKENS["invoker"]}
     async with module_gateway(tmp_path_factory.mktemp("secure-gw"), config, env) as gw:
@@ -113,6 +120,29 @@ async def test_secrets_stay_out_of_answers_and_logs(gateway: InProcessGateway, h
     assert all(token not in log for token in TOKENS.values())
 
 
+async def test_credentials_a_function_quotes_are_redacted_in_answers_and_trigger_health(
+    gateway: InProcessGateway, http: aiohttp.ClientSession
+) -> None:
+    """Not the gateway's own URLs (redacted where they are shown) but free text: a function's
+    error quoting one, in the error answer, the task record, the trigger's last_error shown by
+    GET /v1/triggers, and the log."""
+    reader = Api(http, gateway.url, token=TOKENS["reader"])
+    async with http.post(f"{gateway.url}/hooks/leak", json={"url": LEAKED_URL}) as resp:
+        assert resp.status == 502
+        answer = await resp.text()
+    assert "postgresql://***@db:5432/app" in answer and SECRET_IN_ERROR not in answer, answer
+    status, body = await reader.get("/v1/triggers")
+    assert status == 200
+    (leak,) = [t for t in body["triggers"] if t["name"] == "leak"]
+    assert "postgresql://***@db:5432/app" in leak["last_error"], leak
+    assert SECRET_IN_ERROR not in json.dumps(body)
+    task_id = await Api(http, gateway.url, token=TOKENS["invoker"]).submit("leaky", {"url": LEAKED_URL})
+    record = await reader.wait_status(task_id, "Failed")
+    assert "postgresql://***@db:5432/app" in record["error"]["message"], record["error"]
+    assert SECRET_IN_ERROR not in json.dumps(record)
+    assert SECRET_IN_ERROR not in gateway.log()
+
+
 async def test_query_string_tokens_only_on_the_streaming_routes(
     gateway: InProcessGateway, http: aiohttp.ClientSession
 ) -> None:
@@ -132,6 +162,12 @@ async def test_query_string_tokens_only_on_the_streaming_routes(
     assert status == 200 and body["task_id"] == task_id
     assert (await anonymous.get(f"/v1/tasks/{task_id}/logs?token=wrong-token-000000"))[0] == 401
     assert (await anonymous.get(f"/v1/tasks/{task_id}/logs?token={TOKENS['invoker']}"))[0] == 403
+    # So does the status stream: the task has ended, so it sends the last record and ends.
+    async with http.get(f"{gateway.url}/v1/tasks/{task_id}/events?token={TOKENS['reader']}") as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+        assert b'"status":"Succeeded"' in await resp.read()
+    assert (await anonymous.get(f"/v1/tasks/{task_id}/events?token=wrong-token-000000"))[0] == 401
+    assert (await anonymous.get(f"/v1/tasks/{task_id}/events?token={TOKENS['invoker']}"))[0] == 403
 
 
 def test_every_route_declares_its_scope() -> None:

@@ -90,6 +90,9 @@ class InvokeSync(Protocol):
 
 
 RouteAdder = Callable[[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], None]
+# Reads a request's whole body within the given size limit and the API's body_read_timeout,
+# as the invoke route does: 413 past the limit, 408 when it is slow, ClientGone when abandoned.
+BodyReader = Callable[[web.Request, int], Awaitable[bytes]]
 
 
 @dataclass
@@ -118,6 +121,7 @@ class TriggerContext:
     submit_many: SubmitMany
     invoke_sync: InvokeSync
     add_route: RouteAdder
+    read_body: BodyReader
     data_dir: str
     max_request_body: int
     max_chain_depth: int
@@ -383,6 +387,12 @@ class BaseTrigger:
             return option_errors(exc, path)
         return []
 
+    @classmethod
+    def config_warnings(cls, config: TriggerConfig, path: str) -> list[str]:
+        """What is valid in the trigger's options but weaker than it looks (`fngate check`
+        prints it as a warning); nothing, unless a type says otherwise."""
+        return []
+
     def ready(self) -> bool:
         """Whether the trigger receives events now (subscribed, assigned, watching, routed);
         a type with more to wait for than its start says so by overriding this."""
@@ -503,6 +513,15 @@ class BaseTrigger:
         """
         task_id = task_id or new_task_id()
         try:
+            return await self.submit_new(payload, task_id=task_id, lineage=lineage)
+        except DuplicateTask:
+            log.debug("trigger %s: task %s already exists", self.name, task_id)
+            return task_id
+
+    async def submit_new(self, payload: bytes, *, task_id: str, lineage: Lineage | None = None) -> str:
+        """Enqueue a task whose id no task may hold yet: DuplicateTask propagates, for a trigger
+        to which a known id means something else than "done" (an http trigger's replay)."""
+        try:
             await self.context.submit(
                 self.function,
                 payload,
@@ -513,8 +532,7 @@ class BaseTrigger:
                 concurrency_key=self.key_of(payload),
             )
         except DuplicateTask:
-            log.debug("trigger %s: task %s already exists", self.name, task_id)
-            return task_id
+            raise
         except FngateError as exc:
             self.count_error(f"{exc.code}: {exc.message}")
             raise

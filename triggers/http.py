@@ -5,7 +5,9 @@ generic HMAC-SHA256 signature, or the schemes of GitHub, Stripe, Slack and Stand
 Webhooks); the API's own tokens do not apply to trigger routes. Async routes answer 202
 after the durable enqueue, sync routes the function's result. A delivery the sender names
 (its delivery id) gets a task id derived from that name: sent again, it is answered 202
-with the first task's id and runs once.
+with the first task's id and runs once. A request the sender does not name (the generic
+HMAC scheme) gets a task id derived from its signature: sent again, to any replica, it is a
+replay, refused with 401 while the first task is kept.
 """
 
 from __future__ import annotations
@@ -13,21 +15,21 @@ from __future__ import annotations
 from typing import Literal
 
 from aiohttp import web
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from gateway.config.model import Size, TriggerConfig
-from gateway.errors import BadRequest, FngateError, Forbidden, PayloadTooLarge, Unauthorized
-from gateway.tasks.invocation import lineage_from_headers, new_task_id
-from gateway.units import format_size
+from gateway.errors import BadRequest, DuplicateTask, FngateError, Forbidden, Unauthorized
+from gateway.tasks.invocation import Lineage, lineage_from_headers, new_task_id
 
 from .base import BaseTrigger, TriggerContext, TriggerState, parse_options, stable_id
 from .shaping import FilterOptions
-from .webhook_auth import Auth, NoAuth, ReplayMemory, Verdict, verify
+from .webhook_auth import Auth, HmacAuth, NoAuth, ReplayMemory, Verdict, verify
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 RESERVED_PREFIXES = ("/v1/", "/metrics", "/healthz", "/readyz", "/openapi.json")
 # Headers that carry credentials stay out of the event the function sees.
 HIDDEN_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+REPLAYED = "replayed request: this signature was already accepted"
 
 
 class HttpOptions(FilterOptions):
@@ -66,6 +68,20 @@ class HttpTrigger(BaseTrigger):
         if self.options.cloudevents:
             context.add_route("OPTIONS", self.options.path, self.handshake)
 
+    @classmethod
+    def config_warnings(cls, config: TriggerConfig, path: str) -> list[str]:
+        try:
+            options = HttpOptions.model_validate(config.model_extra or {})
+        except ValidationError:
+            return []  # check_config reports it
+        if isinstance(options.auth, HmacAuth) and options.auth.timestamp_header is None:
+            return [
+                f"{path}.auth: hmac-sha256 without timestamp_header signs only the body, so a replay "
+                "is told apart from a new request only while the first task is kept (async.retention; "
+                "never on a sync route), and two events with the same body are one; set timestamp_header"
+            ]
+        return []
+
     async def start(self) -> None:
         self.state = TriggerState.RUNNING
 
@@ -76,10 +92,11 @@ class HttpTrigger(BaseTrigger):
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.count_event()
         try:
-            body = await self.read_body(request)
+            # 413 past max_body, 408 when slower than api.body_read_timeout: as on the invoke route.
+            body = await self.context.read_body(request, self.max_body)
             verdict = verify(self.options.auth, request.headers, body)
             if verdict.replay_key is not None and self.replays.seen(verdict.replay_key):
-                raise Unauthorized("replayed request: this signature was already accepted")
+                raise Unauthorized(REPLAYED)
         except FngateError as exc:
             self.count_error(f"{exc.code}: {exc.message}")
             raise
@@ -117,9 +134,23 @@ class HttpTrigger(BaseTrigger):
             return web.Response(body=result, content_type=content_type.split(";")[0])
         # ServiceUnavailable (NATS down) propagates: the caller gets 503 and nothing is lost;
         # the signature is remembered only once accepted, so the sender's retry gets in.
-        task_id = await self.submit(event, task_id=task_id, lineage=lineage_from_headers(request.headers))
+        lineage = lineage_from_headers(request.headers)
+        if verdict.delivery_id is None and verdict.replay_key is not None:
+            task_id = await self.submit_signed(event, task_id, lineage)
+        else:
+            task_id = await self.submit(event, task_id=task_id, lineage=lineage)
         self.remember(verdict)
         return web.json_response({"task_id": task_id, "status": "Enqueued"}, status=202, headers={"X-Task-Id": task_id})
+
+    async def submit_signed(self, event: bytes, task_id: str, lineage: Lineage | None) -> str:
+        """Enqueue a request named by its signature alone: its id held already (by the task
+        of the first request with this signature, on any replica, while the task stream keeps
+        it) means a replay, refused."""
+        try:
+            return await self.submit_new(event, task_id=task_id, lineage=lineage)
+        except DuplicateTask:
+            self.count_error(f"{Unauthorized.code}: {REPLAYED}")
+            raise Unauthorized(REPLAYED) from None
 
     def task_id(self, verdict: Verdict) -> str:
         """Derived from what names the delivery, so a repeat is a duplicate (JetStream refuses a
@@ -131,7 +162,9 @@ class HttpTrigger(BaseTrigger):
         return new_task_id()
 
     def remember(self, verdict: Verdict) -> None:
-        if verdict.replay_key is not None:
+        # Only what a timestamp bounds: without one the memory would have to keep every
+        # signature for ever (an async route's task id still refuses the replay).
+        if verdict.replay_key is not None and verdict.expires is not None:
             self.replays.remember(verdict.replay_key, verdict.expires)
 
     async def handshake(self, request: web.Request) -> web.StreamResponse:
@@ -146,21 +179,6 @@ class HttpTrigger(BaseTrigger):
         if "WebHook-Request-Rate" in request.headers:
             headers["WebHook-Allowed-Rate"] = "*"
         return web.Response(status=200, headers=headers)
-
-    async def read_body(self, request: web.Request) -> bytes:
-        """The body, refused with 413 as soon as it passes max_body (read in chunks, never whole)."""
-        limit = self.max_body
-        too_large = f"request body over the limit of {format_size(limit)}"
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(too_large)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(too_large)
-            chunks.append(chunk)
-        return b"".join(chunks)
 
 
 def visible_headers(request: web.Request) -> dict[str, str]:

@@ -3,9 +3,11 @@
 Each scheme checks a request (headers and raw body) and returns what identifies the
 delivery, when the sender names one (GitHub's X-GitHub-Delivery, Standard Webhooks'
 webhook-id, Stripe's event id, Slack's event_id): the trigger derives the task id from it,
-so a delivery repeated by its sender is one task. Timestamped schemes refuse a request
-whose timestamp is further than `tolerance` from now; every comparison of a secret or a
-signature is constant-time (hmac.compare_digest).
+so a delivery repeated by its sender is one task. Where the sender names none (the generic
+scheme, Slack's slash commands), the signature names the request: the trigger derives the
+task id from it, and a second request with it is a replay. Timestamped schemes refuse a
+request whose timestamp is further than `tolerance` from now; every comparison of a secret
+or a signature is constant-time (hmac.compare_digest).
 """
 
 from __future__ import annotations
@@ -49,10 +51,12 @@ class BearerAuth(TriggerOptions):
 
 
 class HmacAuth(TriggerOptions):
-    """The generic scheme: an HMAC-SHA256 hex digest of the body in `header`. With
-    `timestamp_header` it signs "timestamp.body", refuses stale timestamps and refuses a
-    signature it already accepted within the window. Without one nothing distinguishes a
-    replay from a new request with the same body: there is no replay protection."""
+    """The generic scheme: an HMAC-SHA256 hex digest of the body in `header`. A signature
+    already accepted is a replay, refused (the task id is derived from it). With
+    `timestamp_header` it signs "timestamp.body" and refuses stale timestamps, so a replay
+    is refused for good; without one the signature covers only the body, so a replay is
+    refused only while the first task is kept, and two events with the same body are one
+    (`fngate check` warns)."""
 
     type: Literal["hmac-sha256"]
     secret: str = Field(min_length=1, repr=False)
@@ -142,12 +146,14 @@ def _json_field(body: bytes, key: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What a verified request tells: the sender's delivery id, and (for the generic scheme
-    with a timestamp) the signature to remember against replays until `expires`."""
+    """What a verified request tells: the sender's delivery id; or, where the sender names
+    none, the signature that names the request (`replay_key`: seen again, it is a replay),
+    and when its timestamp leaves the window (`expires`; None when no timestamp bounds it),
+    after which the timestamp check refuses it anyway."""
 
     delivery_id: str | None = None
     replay_key: str | None = None
-    expires: float = 0.0
+    expires: float | None = None
 
 
 def verify(auth: AuthOptions, headers: Mapping[str, str], body: bytes, now: float | None = None) -> Verdict:
@@ -187,7 +193,7 @@ def _generic(auth: HmacAuth, headers: Mapping[str, str], body: bytes, now: float
     signature = headers.get(auth.header, "")
     if not signature.startswith(auth.prefix):
         raise Unauthorized(f"missing or malformed {auth.header} header")
-    signed, expires, stamp = body, 0.0, None
+    signed, expires = body, None
     if auth.timestamp_header:
         stamp = headers.get(auth.timestamp_header)
         sent_at = _timestamp(stamp, auth.timestamp_header, auth.tolerance, now, fraction=True)
@@ -196,8 +202,6 @@ def _generic(auth: HmacAuth, headers: Mapping[str, str], body: bytes, now: float
     expected = auth.prefix + _hmac(auth.secret.encode(), signed).hex()
     if not _same(signature.strip().lower(), expected.lower()):
         raise Unauthorized(f"invalid signature in {auth.header}")
-    if stamp is None:
-        return Verdict()
     return Verdict(replay_key=expected.lower(), expires=expires)
 
 
@@ -241,10 +245,11 @@ def _standard_webhooks(auth: StandardWebhooksAuth, headers: Mapping[str, str], b
 
 
 class ReplayMemory:
-    """Signatures accepted within their window (one trigger, this replica): a second
-    request with one is a replay. Bounded: past REPLAY_MEMORY the oldest are forgotten
-    first (replicas share no memory; the task id derived from the signature makes a replay
-    to another replica one task, not two)."""
+    """Timestamped signatures accepted within their window (one trigger, this replica): a
+    second request with one is a replay, refused without asking NATS. Bounded: past
+    REPLAY_MEMORY the oldest are forgotten first. Replicas share no memory: on an async
+    route the task id derived from the signature refuses a replay on any replica; on a sync
+    route (no task to hold the id) this memory is all there is."""
 
     def __init__(self, limit: int = REPLAY_MEMORY) -> None:
         self.limit = limit

@@ -42,7 +42,7 @@ def bulk_operation(kind: str, who: str) -> dict[str, Any]:
             "responses": {
                 "200": json_body(ref(schemas.BulkCount), "dry run: how many tasks match"),
                 "202": json_body(ref(schemas.OperationAccepted), "the operation, started"),
-                **error_responses(400, 401, 403, 503),
+                **error_responses(400, 401, 403, 408, 413, 503),
             },
         }
     }

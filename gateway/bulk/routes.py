@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.web import schemas
-from gateway.web.keys import BULK
+from gateway.web.keys import BULK, CONFIG
+from gateway.web.requests import read_body
 from gateway.web.schemas import shape
 
 from ..errors import ServiceUnavailable
@@ -22,7 +23,8 @@ def operations(request: web.Request) -> BulkOperations:
 
 
 async def bulk_action(request: web.Request, kind: str) -> web.Response:
-    bulk_request = parse_request(await request.read())
+    api = request.app[CONFIG].api
+    bulk_request = parse_request(await read_body(request, api.max_request_body, api.body_read_timeout))
     bulk = operations(request)
     if bulk_request.dry_run:
         return web.json_response(shape(schemas.BulkCount, {"matched": await bulk.count(bulk_request)}))

@@ -55,6 +55,7 @@ def check_file(path: str | Path, env: dict[str, str] | None = None, *, load_code
     errors.extend(dest_errors)
     warnings.extend(dest_warnings)
     warnings.extend(flow_warnings(partial))
+    warnings.extend(trigger_warnings(partial))
     errors = [e for e in dict.fromkeys(errors) if not _repeats_unset(e, doc.unset_paths) or e in doc.errors]
     return CheckResult(
         config if not errors else None,
@@ -105,6 +106,23 @@ def trigger_errors(config: Config) -> list[str]:
         if check is not None:
             errors.extend(check(trigger, where))
     return errors
+
+
+def trigger_warnings(config: Config) -> list[str]:
+    """What each trigger type finds weaker than it looks in its own valid options."""
+    from triggers.base import trigger_class
+
+    warnings: list[str] = []
+    for trigger in config.triggers:
+        where = f"triggers.{trigger.name}"
+        try:
+            cls = trigger_class(trigger.type, where)
+        except ConfigError:
+            continue  # trigger_errors reports it
+        warn = getattr(cls, "config_warnings", None)
+        if warn is not None:
+            warnings.extend(warn(trigger, where))
+    return warnings
 
 
 def flow_warnings(config: Config) -> list[str]:

@@ -77,11 +77,17 @@ class TokenConfig(_Model):
     scopes: list[Scope] = Field(min_length=1)
 
 
+# Server-Sent Event streams (logs and status events) one client address may hold open on a
+# replica; over it, 429. Behind a proxy every client has the proxy's address.
+STREAMS_PER_CLIENT = 16
+
+
 class ApiConfig(_Model):
     listen: str = "127.0.0.1:8080"
     tokens: list[TokenConfig] = []
     max_request_body: Size = Field(default=6 * 1024 * 1024, ge=1, le=64 * 1024 * 1024)
     body_read_timeout: Duration = Field(default=30.0, ge=0.1, le=3600.0)  # a slower upload gets 408
+    streams_per_client: int = Field(default=STREAMS_PER_CLIENT, ge=1, le=100_000)
     allow_unauthenticated: bool = False
 
     @field_validator("listen")

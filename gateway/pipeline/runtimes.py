@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib
 import inspect
 import json
@@ -113,6 +114,17 @@ class PythonRuntime:
         return None
 
 
+def connection_failure(exc: BaseException) -> str:
+    """What happened to the connection, for the task's error: the endpoint unreachable
+    (refused, no route), or reset (RST) before it answered, as a killed process or a proxy
+    that gave up does. Transient either way: the function gave no answer."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"unreachable: {exc.os_error.strerror}"
+    if isinstance(exc, ConnectionResetError) or getattr(exc, "errno", None) == errno.ECONNRESET:
+        return "reset the connection before answering"
+    return f"unreachable: {type(exc).__name__}"
+
+
 class HttpRuntime:
     TRANSIENT_STATUS = frozenset({429, 503})
 
@@ -149,8 +161,7 @@ class HttpRuntime:
             # function's answer. Transient, like connection refused.
             raise TransientError(f"{self.shown_url} closed the connection before answering") from None
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
-            reason = exc.os_error.strerror if isinstance(exc, aiohttp.ClientConnectorError) else type(exc).__name__
-            raise TransientError(f"{self.shown_url} unreachable: {reason}") from None
+            raise TransientError(f"{self.shown_url} {connection_failure(exc)}") from None
 
     async def close(self) -> None:
         if self._session is not None:

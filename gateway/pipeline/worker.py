@@ -29,6 +29,7 @@ from gateway.jetstream.puller import Puller
 from gateway.jetstream.replicas import BEAT, ReplicaRegistry
 from gateway.jetstream.store import UNAVAILABLE, UNREAD, StoredRecord, TaskStore
 from gateway.observe import metrics, tracing
+from gateway.observe.redact import redact_text
 from gateway.pipeline.runtimes import Context, Runtime, run_with_timeout, task_logger
 from gateway.pipeline.tasklogs import TaskLogs
 from gateway.supervise import Background, cancel_requested, supervised
@@ -65,9 +66,12 @@ def outcome_kind(error: BaseException | None) -> Outcome:
 
 
 def error_message(error: BaseException | None) -> str:
+    """The attempt's error for the task record (and its trace span): free text that may quote
+    a URL with its credentials (a function's own exception, a driver's message), redacted as
+    every answer and log line is."""
     if error is None or isinstance(error, StopRequested):
         return ""
-    return str(error) if isinstance(error, FunctionError | TransientError) else repr(error)
+    return redact_text(str(error) if isinstance(error, FunctionError | TransientError) else repr(error))
 
 
 class FunctionWorker:

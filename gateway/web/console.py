@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.observe import metrics
 from gateway.service import check_task_id
 from gateway.tasks.status import TaskStatus
-from gateway.web.keys import LIMITER, SERVICE, TASK_LOGS
+from gateway.web.keys import CONFIG, LIMITER, SERVICE, TASK_LOGS
 from gateway.web.live import task_events
 from gateway.web.openapi import openapi_document
 from gateway.web.sse import KEEPALIVE, StreamLimiter, gone
@@ -80,7 +80,7 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 
 
 def add_console_routes(app: web.Application) -> None:
-    app[LIMITER] = StreamLimiter()
+    app[LIMITER] = StreamLimiter(app[CONFIG].api.streams_per_client)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/tasks/{id}/logs", task_logs)

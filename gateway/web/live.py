@@ -39,7 +39,8 @@ from prometheus_client import Gauge
 from gateway.errors import BadRequest, FngateError, ResourceExhausted
 from gateway.tasks import constants as c
 from gateway.tasks.records import Record, status_of
-from gateway.web.keys import LIVE
+from gateway.web.keys import LIMITER, LIVE
+from gateway.web.sse import gone
 
 log = logging.getLogger(__name__)
 Reader = Callable[[str], Awaitable[Record]]
@@ -48,10 +49,14 @@ MAX_WAIT = 60.0
 QUEUE_LIMIT = 32  # records buffered per client before the oldest are dropped
 MAX_WATCHERS = 20_000  # clients watching at once on one replica
 MAX_CANDIDATES = 16
-# An idle SSE stream gets a comment line this often: it keeps proxies from closing it, and
-# it is how a client that went away is noticed (aiohttp does not cancel the handler). One
+# An idle SSE stream gets a comment line this often: it keeps proxies from closing it. One
 # timer per replica pokes all streams, rather than a timer per client.
 KEEPALIVE = float(os.environ.get("FNGATE_SSE_KEEPALIVE", "15"))
+# How often that timer looks at each stream's connection (no write, no wake-up unless it is
+# closed): aiohttp does not cancel the handler of a client that went away, and an idle
+# stream would otherwise hold its watcher, and the task's subscription, until the next
+# keep-alive write failed.
+GONE_CHECK = 1.0
 
 WATCHERS = Gauge("fngate_live_watchers", "Clients waiting on a task's status (long-polls and SSE streams)")
 SUBSCRIPTIONS = Gauge("fngate_live_subscriptions", "Task ids this replica follows for its waiting clients")
@@ -122,23 +127,32 @@ class LiveStatus:
         self.watched: dict[str, Watched] = {}
         self.count = 0
         self._background: set[asyncio.Future[Any]] = set()
-        self.streams: set[Watcher] = set()  # SSE clients, poked every KEEPALIVE seconds
+        # SSE clients, each with how to tell that it went away (gateway/web/sse.py:gone).
+        self.streams: dict[Watcher, Callable[[], bool]] = {}
         self._keepalive: asyncio.Task[None] | None = None
 
-    def add_stream(self, watcher: Watcher) -> None:
-        self.streams.add(watcher)
+    def add_stream(self, watcher: Watcher, gone: Callable[[], bool]) -> None:
+        self.streams[watcher] = gone
         if self._keepalive is None or self._keepalive.done():
             self._keepalive = asyncio.create_task(self._keepalives())
 
     def remove_stream(self, watcher: Watcher) -> None:
-        self.streams.discard(watcher)
+        self.streams.pop(watcher, None)
 
     async def _keepalives(self) -> None:
-        """One timer for all streams of this replica, running only while there are any."""
+        """One timer for all streams of this replica, running only while there are any: every
+        GONE_CHECK seconds it wakes the streams whose client went away (they end), every
+        KEEPALIVE seconds all of them (they write a comment line)."""
+        loop = asyncio.get_running_loop()
+        next_keepalive = loop.time() + KEEPALIVE
         while self.streams:
-            await asyncio.sleep(KEEPALIVE)
-            for watcher in list(self.streams):
-                watcher.poke()
+            await asyncio.sleep(min(GONE_CHECK, KEEPALIVE))
+            keepalive = loop.time() >= next_keepalive
+            if keepalive:
+                next_keepalive = loop.time() + KEEPALIVE
+            for watcher, client_gone in list(self.streams.items()):
+                if keepalive or client_gone():
+                    watcher.poke()
 
     @contextlib.asynccontextmanager
     async def watch(self, task_id: str) -> AsyncIterator[Watcher]:
@@ -271,18 +285,23 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     from gateway.service import check_task_id
 
     task_id = check_task_id(request.match_info["id"])
+    with request.app[LIMITER].slot(request):  # bounded per client, with the log streams; 429 over it
+        return await _stream_events(request, task_id)
+
+
+async def _stream_events(request: web.Request, task_id: str) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
     live = request.app[LIVE]
     async with live.watch(task_id) as watcher:  # TaskNotFound (404) before any byte
         await response.prepare(request)
-        live.add_stream(watcher)
+        live.add_stream(watcher, lambda: gone(request))
         try:
             while True:
                 record = await watcher.next(None)
                 if record is None:
-                    if request.transport is None or request.transport.is_closing():
+                    if gone(request):
                         return response  # the client went away
                     await response.write(b": keep-alive\n\n")
                     continue

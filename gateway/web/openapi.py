@@ -46,6 +46,7 @@ def error_responses(*codes: int) -> dict[str, Any]:
         401: "Missing or invalid bearer token",
         403: "The token lacks the scope this route needs",
         404: "Unknown function or task",
+        408: "The body did not arrive within api.body_read_timeout",
         409: "Conflict: duplicate task id, or the task already ended",
         413: "Body over api.max_request_body",
         429: "Concurrency limit reached (sync)",
@@ -149,7 +150,7 @@ def core_paths() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "sync: the function's result", "content": RESULT_CONTENT},
                     "202": json_body(ACCEPTED, "async: durably enqueued"),
-                    **error_responses(400, 401, 403, 404, 409, 413, 429, 502, 503, 504),
+                    **error_responses(400, 401, 403, 404, 408, 409, 413, 429, 502, 503, 504),
                 },
             }
         },
@@ -265,7 +266,7 @@ def core_paths() -> dict[str, Any]:
                             "text/event-stream": {"schema": {"type": "string"}},
                         },
                     },
-                    **error_responses(400, 401, 403, 404),
+                    **error_responses(400, 401, 403, 404, 429),
                 },
             }
         },
@@ -366,7 +367,7 @@ def trigger_operation(path: str, method: str) -> dict[str, Any]:
             "200": {"description": "sync trigger: the function's result", "content": RESULT_CONTENT},
             "202": json_body(ACCEPTED, "async trigger: enqueued"),
             # a sync trigger answers with the function's errors, as a sync invocation does
-            **error_responses(400, 401, 413, 429, 502, 503, 504),
+            **error_responses(400, 401, 408, 413, 429, 502, 503, 504),
         },
     }
     if method not in ("get", "delete"):

@@ -1,15 +1,15 @@
 """What an invoke request carries into an invocation, read and checked before anything is
-stored: the body (bounded in size and in time), and every header that ends up in the
-invocation's headers (X-Delay, the chain, Content-Type). A value that fails here is a 400
-naming the header; nothing malformed reaches the task stream, where one bad message would
-break every reader of it.
+stored: the body (bounded in size and in time; every route that takes a body reads it
+here), and every header that ends up in the invocation's headers (X-Delay, the chain,
+Content-Type). A value that fails here is a 400 naming the header; nothing malformed
+reaches the task stream, where one bad message would break every reader of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -79,16 +79,38 @@ def request_lineage(headers: Mapping[str, str]) -> Lineage | None:
 
 async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     """The whole body, within `limit` bytes and `timeout` seconds: a slow upload does not hold
-    a connection for ever (408), and one the client abandons ends quietly (ClientGone)."""
+    a connection for ever (408), and one the client abandons ends quietly (ClientGone). Every
+    route that takes a body reads it here (the invoke route, the http triggers' webhook routes
+    through TriggerContext.read_body, the bulk routes). It is read in chunks and refused as soon
+    as it passes `limit`: also a body without a Content-Length, and a trigger's `max_body` above
+    `api.max_request_body` (aiohttp's own read would hold every route to the latter)."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(
             f"request body of {request.content_length} bytes is over the limit of {format_size(limit)}"
         )
+    chunks: list[bytes] = []
+    size = 0
     try:
         async with asyncio.timeout(timeout):
-            return await request.read()
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body over the limit of {format_size(limit)}")
+                chunks.append(chunk)
     except TimeoutError:
         # aiohttp closes the connection after the answer, as the body was not read to its end.
         raise RequestTimeout(f"request body not received within {timeout:g}s") from None
     except (ConnectionError, asyncio.IncompleteReadError) as exc:
         raise ClientGone(str(exc)) from None
+    return b"".join(chunks)
+
+
+def body_reader(timeout: float) -> Callable[[web.Request, int], Awaitable[bytes]]:
+    """read_body under the API's `body_read_timeout`, for a route that sets its own size limit
+    (an http trigger's `max_body`): the triggers get it in their context, as they may not
+    import the web room."""
+
+    async def read(request: web.Request, limit: int) -> bytes:
+        return await read_body(request, limit, timeout)
+
+    return read

@@ -4,8 +4,10 @@ its client has gone.
 aiohttp does not cancel a handler whose client disconnected, and a stream that only polls
 and waits never writes, so it would never notice: a closed log stream went on reading the
 task's log and record from JetStream for as long as the task lived (300 closed streams kept
-nats-server at ~1,500 messages/s). A stream therefore asks `gone()` on every turn, and
-writes a comment line when it has been quiet, which fails on a closed connection.
+nats-server at ~1,500 messages/s). A log stream therefore asks `gone()` on every turn of
+its polling; a status stream (gateway/web/live.py), which waits without polling, is woken
+by the replica's keep-alive timer when `gone()` says so. Both write a comment line when
+they have been quiet, which fails on a closed connection.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ from prometheus_client import Gauge
 
 from gateway.errors import ResourceExhausted
 
-MAX_STREAMS_PER_CLIENT = 16
 KEEPALIVE = b": keepalive\n\n"
 OPEN_STREAMS = Gauge("fngate_sse_streams_open", "Server-Sent Event streams open in this replica")
 
 
 class StreamLimiter:
-    """How many streams each client (by remote address) has open here; over the limit: 429."""
+    """How many streams each client (by remote address) has open here, log and status
+    streams together (api.streams_per_client); over the limit: 429."""
 
-    def __init__(self, per_client: int = MAX_STREAMS_PER_CLIENT) -> None:
+    def __init__(self, per_client: int) -> None:
         self.per_client = per_client
         self.open: Counter[str] = Counter()
 

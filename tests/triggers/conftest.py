@@ -97,6 +97,6 @@ def offline_context() -> TriggerContext:
         raise AssertionError("not submitted")
 
     return TriggerContext(
-        submit=unused, submit_many=unused, invoke_sync=unused, add_route=lambda *_: None,
+        submit=unused, submit_many=unused, invoke_sync=unused, add_route=lambda *_: None, read_body=unused,
         data_dir="/tmp", max_request_body=1 << 20, max_chain_depth=10,
     )  # fmt: skip

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from gateway.cli.main import full_check
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def check(tmp_path: Path, triggers: list[dict[str, Any]]) -> list[str]:
@@ -167,3 +171,23 @@ def test_bad_filter_batch_retained_and_schemes_name_their_paths(tmp_path: Path) 
     for line in expected:
         assert any(error.startswith(line) for error in errors), (line, errors)
     assert len(errors) == len(expected), errors
+
+
+def test_check_warns_of_a_generic_hmac_route_without_a_timestamp(tmp_path: Path) -> None:
+    """Valid, but weaker than it looks: `fngate check` says so and still exits 0."""
+    hmac_auth = {"type": "hmac-sha256", "secret": "s", "header": "X-Sig"}
+    triggers = [
+        {"name": "plain", "type": "http", "function": "fn", "path": "/plain", "auth": hmac_auth},
+        {"name": "ts", "type": "http", "function": "fn", "path": "/ts", "auth": {**hmac_auth, "timestamp_header": "T"}},
+        {"name": "gh", "type": "http", "function": "fn", "path": "/gh", "auth": {"type": "github", "secret": "s"}},
+    ]
+    config = {"functions": {"fn": {"handler": "python:examples.functions:echo"}}, "triggers": triggers}
+    path = tmp_path / "fngate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "gateway", "check", "-c", str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, done.stderr
+    assert warnings[0].startswith("warning: triggers.plain.auth: hmac-sha256 without timestamp_header")
+    assert "set timestamp_header" in warnings[0]

@@ -95,6 +95,8 @@ async def test_signed_webhook_becomes_a_task_and_bad_signatures_are_refused(
     assert status == 401
 
     # Lineage from the caller's headers: one hop past max_chain_depth is not run.
+    # (Another body: the same one, signed the same, would be a replay of the first request.)
+    body = json.dumps({"ref": "refs/heads/loop"}).encode()
     looped = {"X-Hub-Signature-256": signature(body), "Fngate-Chain-Id": "loop-1", "Fngate-Chain-Depth": "4"}
     status, answer = await post(http, url, body, looped)
     assert status == 202

@@ -86,14 +86,59 @@ async def test_sender_redeliveries_are_one_task_and_replays_are_refused(
     await accepted("ts", body, generic)
     status, answer = await post(http, f"{hooks}/ts", body, generic)  # a captured request, replayed
     assert status == 401 and "replayed" in json.loads(answer)["error"]["message"]
-    nan = {"X-Ts": "nan", "X-Sig": "sha256=" + hexmac("g", b"nan." + body)}
-    status, _ = await post(http, f"{hooks}/ts", body, nan)
-    assert status == 401
+    for stamp in ("nan", "inf", "-inf", "1e10"):  # each would slip past a float() window check
+        unbounded = {"X-Ts": stamp, "X-Sig": "sha256=" + hexmac("g", stamp.encode() + b"." + body)}
+        status, answer = await post(http, f"{hooks}/ts", body, unbounded)
+        assert status == 401 and "X-Ts" in json.loads(answer)["error"]["message"], (stamp, answer)
 
     tasks = await wait_tasks(api, fn, 6)
     assert len(await tasks_of(api, fn)) == 6  # gh twice, sw, st, sl, ts: every repeat ran once
     assert {t["task_id"] for t in tasks} >= {first, *sw_ids, *st_ids}
     assert all(event_of(t)["id"] == t["task_id"] for t in tasks)
+
+
+async def test_a_replayed_signature_is_refused_on_every_replica(
+    nats_server: NatsServer,
+    gateway_factory: GatewayFactory,
+    http: aiohttp.ClientSession,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """The generic scheme names a request by its signature: a request replayed to the replica
+    that took it or to another one is refused (the task id derived from the signature is
+    held), with a timestamp and without one; the first request's task runs once."""
+    fn = unique("replayed")
+    plain = {"type": "hmac-sha256", "secret": "g", "header": "X-Sig"}
+    triggers = [
+        route(f"{fn}-plain", f"/hooks/{fn}/plain", auth=plain),
+        route(f"{fn}-ts", f"/hooks/{fn}/ts", auth={**plain, "timestamp_header": "X-Ts"}),
+    ]
+    first, second = (gateway_factory(trigger_config(nats_server.url, tmp_path / f"d{n}", fn, triggers)) for n in (1, 2))
+    body = b'{"action": "opened"}'
+    stamp = f"{time.time():.3f}"
+    signed = {
+        "plain": {"X-Sig": "sha256=" + hexmac("g", body)},
+        "ts": {"X-Ts": stamp, "X-Sig": "sha256=" + hexmac("g", stamp.encode() + b"." + body)},
+    }
+    for path, headers in signed.items():
+        status, answer = await post(http, f"{first.url}/hooks/{fn}/{path}", body, headers)
+        assert status == 202, (path, answer)
+        task_id = json.loads(answer)["task_id"]
+        # The other replica first: its own memory has never seen the signature.
+        for replica in (second, first):
+            status, answer = await post(http, f"{replica.url}/hooks/{fn}/{path}", body, headers)
+            assert status == 401, (path, replica.url, answer)
+            assert "replayed" in json.loads(answer)["error"]["message"]
+        record = await Api(http, second.url).wait_status(task_id, "Succeeded")
+        assert record["attempts"] == 1 and event_of(record)["data"] == {"action": "opened"}
+    other = b'{"action": "closed"}'  # another body: another request
+    status, answer = await post(
+        http, f"{second.url}/hooks/{fn}/plain", other, {"X-Sig": "sha256=" + hexmac("g", other)}
+    )
+    assert status == 202, answer
+    health = await trigger_health(Api(http, second.url), f"{fn}-plain")
+    assert (health["invocations"], health["errors"]) == (1, 1)
+    assert "replayed" in health["last_error"]
 
 
 async def test_cloudevents_handshake_and_filter(
