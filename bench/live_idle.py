@@ -85,7 +85,12 @@ def main() -> None:
     args = parser.parse_args()
     with stack() as run:
         nats = run.nats()
-        gateway = run.gateway({"nats": {"url": nats.url}, "functions": {"park": function("park", timeout="2h")}})
+        config = {
+            "nats": {"url": nats.url},
+            "api": {"streams_per_client": 3000},  # every stream of the bench comes from one address
+            "functions": {"park": function("park", timeout="2h")},
+        }
+        gateway = run.gateway(config)
         assert gateway.proc is not None
         result = asyncio.run(scenario(gateway.url, gateway.proc.pid, args.clients, args.tasks, args.seconds))
     print(json.dumps(result, indent=2))
