@@ -7,7 +7,7 @@ import base64
 import json
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from triggers.mqtt import READ_CHUNK, Incoming, MqttTrigger, _Client
 Message = tuple[str, bytes, dict[str, str] | list[tuple[str, str]]]
 
 
-def publish_all(broker: Mosquitto, messages: list[Message]) -> None:
+def publish_all(broker: Mosquitto, messages: Sequence[Message]) -> None:
     """Publish with QoS 1 over MQTT 5 and wait for every PUBACK (runs in a thread)."""
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     client.connect("127.0.0.1", broker.port)
@@ -53,7 +53,7 @@ def publish_all(broker: Mosquitto, messages: list[Message]) -> None:
         client.loop_stop()
 
 
-async def publish(broker: Mosquitto, messages: list[Message]) -> None:
+async def publish(broker: Mosquitto, messages: Sequence[Message]) -> None:
     await asyncio.to_thread(publish_all, broker, messages)
 
 
@@ -243,8 +243,18 @@ def test_the_templated_event_is_the_generic_one_byte_for_byte() -> None:
     trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
     messages = [
         Incoming("d/1/t", b'{"a":1}', 1, False, 1, 1),
-        Incoming('d/ü"\\/', b' [1, "\\u00e9", {"b": null}] \n', 2, True, 2, 1, {"k": "vé", **trace}, "text/x é"),
-        Incoming("d/1/t", b"42", 0, False, 3, 1, {}, None),
+        Incoming(
+            'd/ü"\\/',
+            b' [1, "\\u00e9", {"b": null}] \n',
+            2,
+            True,
+            2,
+            1,
+            properties={"k": "vé", **trace},
+            property_fields={"k": ["vé", "v2"], **trace},
+            content_type="text/x é",
+        ),
+        Incoming("d/1/t", b"42", 0, False, 3, 1, {}, {}, None),
         Incoming("d/1/t", b"not json", 1, False, 4, 1),
         Incoming("d/1/t", b"", 1, False, 5, 1),
     ]
