@@ -49,7 +49,7 @@ def shapes(run_stack: Stack, settings: Settings) -> list[Figure]:
 
 def _shaped(run_stack: Stack, nats_url: str, settings: Settings) -> list[Figure]:
     # Batches and filters are faster than a task per message: more messages for a stable figure.
-    kafka, mqtt = settings.tasks * 5, settings.tasks * 2
+    kafka = mqtt = settings.tasks * 5
     return [
         _kafka_shaped(run_stack, nats_url, kafka, "batch"),
         _kafka_shaped(run_stack, nats_url, kafka, "filter"),

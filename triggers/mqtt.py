@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -98,6 +98,7 @@ class Incoming:
 
 
 READ_CHUNK = 64 * 1024  # bytes one recv() may take from the socket
+PUBACK_HEAD = bytes([paho.PUBACK, 2])  # a PUBACK's fixed header: remaining length 2, the message id
 
 
 class _Client(paho.Client):
@@ -131,6 +132,13 @@ class _Client(paho.Client):
         while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._at < len(self._buffer):
             rc = super().loop_read(max_packets)
         return rc
+
+    def puback_all(self, mids: Sequence[int]) -> None:
+        """The PUBACKs of QoS 1 messages, in order, queued as one write: paho's ack() queues
+        each alone, wakes its network thread for each and sends each with its own syscall,
+        which was a third of the CPU of a QoS 1 message."""
+        if mids:
+            self._packet_queue(paho.PUBACK, b"".join([PUBACK_HEAD + mid.to_bytes(2, "big") for mid in mids]), 0, 0)
 
     # Set by the trigger: takes every QoS 0 and 1 PUBLISH straight from the packet.
     on_publish_packet: Callable[[str, bytes, int, bool, int, Properties | None], None] | None = None
@@ -185,7 +193,7 @@ class MqttTrigger(BaseTrigger):
         self.v5 = self.options.protocol == "5"
         self.session = 0
         self.connected = False
-        self.client: paho.Client | None = None
+        self.client: _Client | None = None
         self.inbox: asyncio.Queue[Incoming] = asyncio.Queue()
         # Messages from paho's network thread wait here until the event loop drains them: one
         # wake-up of the loop per burst, not per message (a wake-up is a write to the loop's
@@ -233,7 +241,7 @@ class MqttTrigger(BaseTrigger):
         ]
         client.loop_start()
 
-    def _client(self) -> paho.Client:
+    def _client(self) -> _Client:
         client_id = self.options.client_id or f"fngate-{self.name}-{secrets.token_hex(4)}"
         client = _Client(
             CallbackAPIVersion.VERSION2,
@@ -388,11 +396,23 @@ class MqttTrigger(BaseTrigger):
             batch, task = await self._in_order.get()
             if not await task:
                 continue
+            client = self.client
+            if client is None:
+                continue
+            # An ack is only meaningful on the connection that delivered the message: after
+            # a reconnect the broker sends unacknowledged messages again. In arrival order,
+            # as MQTT asks; each run of QoS 1 acks is one write.
+            pubacks: list[int] = []
             for incoming in batch:
-                # An ack is only meaningful on the connection that delivered the message:
-                # after a reconnect the broker sends unacknowledged messages again.
-                if incoming.qos > 0 and incoming.session == self.session and self.client is not None:
-                    self.client.ack(incoming.mid, incoming.qos)
+                if incoming.qos == 0 or incoming.session != self.session:
+                    continue
+                if incoming.qos == 1:
+                    pubacks.append(incoming.mid)
+                    continue
+                client.puback_all(pubacks)
+                pubacks = []
+                client.ack(incoming.mid, incoming.qos)
+            client.puback_all(pubacks)
 
     async def _deliver(self, group: list[Incoming]) -> bool:
         """True once the group is done with (enqueued, dropped, or refused for good); False
