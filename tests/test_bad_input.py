@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -26,6 +27,19 @@ def endpoint_port() -> int:
     return free_port()
 
 
+# Routes whose signature header the test below garbles (one per scheme that reads it).
+SIGNED_ROUTES: dict[str, dict[str, str]] = {
+    "hmac": {"type": "hmac-sha256", "secret": "s3cret", "header": "X-Signature", "timestamp_header": "X-Timestamp"},
+    "github": {"type": "github", "secret": "s3cret"},
+    "standard": {"type": "standard-webhooks", "secret": "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="},
+}
+GARBLED = {
+    "hmac": b"X-Signature: sha256=\xff\xfe\r\nX-Timestamp: TIME\r\n",
+    "github": b"X-Hub-Signature-256: sha256=\xff\xfe\r\n",
+    "standard": b"webhook-id: m\xff1\r\nwebhook-timestamp: TIME\r\nwebhook-signature: v1,\xff\xfe\r\n",
+}
+
+
 @pytest.fixture(scope="module")
 def gateway(
     nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory, endpoint_port: int
@@ -38,7 +52,13 @@ def gateway(
             "remote": {"url": f"http://127.0.0.1:{endpoint_port}/fn", "async": {"max_retries": 0}},
             "reset": {"url": f"http://127.0.0.1:{endpoint_port}/reset", "async": {"max_retries": 0}},
         },
-        "triggers": [{"name": "hook", "type": "http", "path": "/hooks/deep", "function": "echo"}],
+        "triggers": [
+            {"name": "hook", "type": "http", "path": "/hooks/deep", "function": "echo"},
+            *(
+                {"name": f"signed-{kind}", "type": "http", "path": f"/hooks/{kind}", "function": "echo", "auth": auth}
+                for kind, auth in SIGNED_ROUTES.items()
+            ),
+        ],
     }
     with module_gateway_process(tmp_path_factory.mktemp("bad-input-gw"), config) as gw:
         yield gw
@@ -213,6 +233,43 @@ async def test_abandoned_upload_logs_no_traceback(gateway: GatewayProcess, path:
     assert "Traceback" not in gateway.log()
     errors = [line for line in gateway.log().splitlines() if " ERROR " in line and "unreadable message" not in line]
     assert not errors
+
+
+@pytest.mark.parametrize("kind", list(SIGNED_ROUTES))
+async def test_a_signature_header_that_is_not_utf8_is_401_not_500(gateway: GatewayProcess, kind: str) -> None:
+    headers = GARBLED[kind].replace(b"TIME", str(int(time.time())).encode())
+    head = (
+        f"POST /hooks/{kind} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+        + headers
+        + b"Content-Length: 2\r\n\r\n"
+    )
+    reader, writer = await _raw_request(gateway, head, b"{}")
+    try:
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert answer.split()[1] == b"401", answer
+    finally:
+        writer.close()
+
+
+async def test_a_bearer_token_that_is_not_utf8_is_401_not_500(tokened: GatewayProcess) -> None:
+    head = b"GET /v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n"
+    reader, writer = await _raw_request(tokened, head, b"")
+    try:
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert answer.split()[1] == b"401", answer
+    finally:
+        writer.close()
+
+
+@pytest.fixture(scope="module")
+def tokened(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    config = {
+        "nats": {"url": nats_server.url},
+        "api": {"tokens": [{"name": "ops", "token": "t0ken-t0ken-t0ken", "scopes": ["admin"]}]},
+        "functions": {"echo": {"handler": "python:examples.functions:echo"}},
+    }
+    with module_gateway_process(tmp_path_factory.mktemp("bad-input-tokened"), config) as gw:
+        yield gw
 
 
 def test_deep_json_constant() -> None:

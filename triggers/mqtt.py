@@ -101,6 +101,17 @@ READ_CHUNK = 64 * 1024  # bytes one recv() may take from the socket
 PUBACK_HEAD = bytes([paho.PUBACK, 2])  # a PUBACK's fixed header: remaining length 2, the message id
 
 
+def variable_int(data: bytes | bytearray, at: int) -> tuple[int, int]:
+    """An MQTT variable byte integer at `at`: (its value, the bytes it took, 1..4)."""
+    value = 0
+    for i in range(4):
+        byte = data[at + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, i + 1
+    raise ValueError("malformed variable byte integer")
+
+
 class _Client(paho.Client):
     """paho's client, reading its socket in chunks.
 
@@ -169,9 +180,20 @@ class _Client(paho.Client):
             if end < len(packet) and packet[end] == 0:  # no properties: the usual case
                 end += 1
             else:
+                length, used = variable_int(packet, end)
+                block = packet[end : end + used + length]
+                end += used + length
                 properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-                _, used = properties.unpack(packet[end:])  # type: ignore[no-untyped-call]
-                end += used
+                try:
+                    properties.unpack(block)  # type: ignore[no-untyped-call]
+                except Exception as exc:
+                    # paho refuses some strings a broker forwards (U+FEFF, say): raised here it
+                    # would drop the connection, and the broker would send the message again
+                    # on every reconnect. It is delivered without its properties instead.
+                    log.warning(
+                        "mqtt: a message on %r has unreadable properties (%s); delivered without them", topic, exc
+                    )
+                    properties = None
         handler(topic, bytes(packet[end:]), qos, bool(command & 0x01), mid, properties)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 

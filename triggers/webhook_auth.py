@@ -114,9 +114,15 @@ def _hmac(key: bytes, message: bytes) -> bytes:
     return hmac.new(key, message, hashlib.sha256).digest()
 
 
+def header_bytes(text: str) -> bytes:
+    """A header's bytes as sent: aiohttp decodes bytes that are not UTF-8 as surrogates,
+    which a plain encode() refuses (that was a 500 for a garbled signature header)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _same(presented: str | bytes, expected: str | bytes) -> bool:
-    a = presented.encode() if isinstance(presented, str) else presented
-    b = expected.encode() if isinstance(expected, str) else expected
+    a = header_bytes(presented) if isinstance(presented, str) else presented
+    b = header_bytes(expected) if isinstance(expected, str) else expected
     return hmac.compare_digest(a, b)
 
 
@@ -232,12 +238,12 @@ def _standard_webhooks(auth: StandardWebhooksAuth, headers: Mapping[str, str], b
         raise Unauthorized("missing webhook-id header")
     _timestamp(stamp, "webhook-timestamp", auth.tolerance, now)
     key = standard_webhooks_key(auth.secret)
-    signed = f"{message_id}.{str(stamp).strip()}.".encode() + body
+    signed = header_bytes(f"{message_id}.{str(stamp).strip()}.") + body
     expected = base64.b64encode(_hmac(key, signed))
     matched = False
     for entry in headers.get("webhook-signature", "").split():
         version, _, value = entry.partition(",")
-        if version == "v1" and _same(value.encode(), expected):
+        if version == "v1" and _same(header_bytes(value), expected):
             matched = True
     if not matched:
         raise Unauthorized("missing or invalid webhook-signature")

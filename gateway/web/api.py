@@ -106,14 +106,15 @@ def auth_middleware(config: Config) -> Any:
         if not tokens or access.scope is None or trigger_route:
             return await handler(request)
         header = request.headers.get("Authorization", "")
-        presented = header[7:].encode() if header.startswith("Bearer ") else b""
+        # surrogateescape: a header that is not UTF-8 arrives as surrogates; it is a bad token, not a 500.
+        presented = header[7:].encode("utf-8", "surrogateescape") if header.startswith("Bearer ") else b""
         if not presented and "token" in request.query:
             if not access.query_token:
                 raise Unauthorized(
                     "a token in the query string is accepted only on the streaming routes "
                     "(GET /v1/tasks/{id}/logs and /events); send Authorization: Bearer <token>"
                 )
-            presented = request.query["token"].encode()
+            presented = request.query["token"].encode("utf-8", "surrogateescape")
         scopes: frozenset[str] | None = None
         # Compare against every token in constant time, so timing tells nothing of a prefix.
         for secret, token_scopes, _name in tokens:

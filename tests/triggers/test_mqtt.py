@@ -275,3 +275,40 @@ def test_the_templated_event_is_the_generic_one_byte_for_byte() -> None:
             assert generic.replace(json.loads(generic)["time"].encode(), decoded["time"].encode()) == event
             assert decoded["mqtt"]["shared_group"] == shared_group
             assert (lineage is not None) == ("traceparent" in incoming.properties)
+
+
+def _publish_packet(topic: str, mid: int, properties: bytes, payload: bytes) -> bytearray:
+    """A QoS 1 MQTT 5 PUBLISH, after its fixed header: topic, message id, properties, payload."""
+    name = topic.encode()
+    return bytearray(len(name).to_bytes(2, "big") + name + mid.to_bytes(2, "big") + properties + payload)
+
+
+def _user_property(key: str, value: str) -> bytes:
+    def utf8(text: str) -> bytes:
+        raw = text.encode()
+        return len(raw).to_bytes(2, "big") + raw
+
+    return b"\x26" + utf8(key) + utf8(value)
+
+
+def test_publish_packets_are_decoded_and_unreadable_properties_never_stop_the_loop() -> None:
+    client = _Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, manual_ack=True)
+    got: list[tuple[str, bytes, int, bool, int, Any]] = []
+    client.on_publish_packet = lambda *message: got.append(message)
+
+    def receive(command: int, packet: bytearray) -> None:
+        client._in_packet = {**client._in_packet, "command": command, "packet": packet}  # type: ignore[typeddict-item]
+        assert client._handle_publish() == paho.MQTT_ERR_SUCCESS
+
+    receive(0x32, _publish_packet("a/b", 7, b"\x00", b'{"t": 1}'))  # QoS 1, no properties
+    pairs = _user_property("k", "v1") + _user_property("k", "v2")
+    receive(0x33, _publish_packet("a/c", 8, bytes([len(pairs)]) + pairs, b"x"))  # QoS 1, retained
+    bad = _user_property("k", "v\ufeff")  # a string paho refuses to read
+    receive(0x32, _publish_packet("a/d", 9, bytes([len(bad)]) + bad, b"after"))
+    assert [(t, p, q, r, m) for t, p, q, r, m, _ in got] == [
+        ("a/b", b'{"t": 1}', 1, False, 7),
+        ("a/c", b"x", 1, True, 8),
+        ("a/d", b"after", 1, False, 9),  # delivered, its payload found past the properties
+    ]
+    assert got[0][5] is None and got[2][5] is None
+    assert got[1][5].UserProperty == [("k", "v1"), ("k", "v2")]
