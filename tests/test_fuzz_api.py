@@ -41,6 +41,16 @@ ASYNC_TRIGGER = "/hooks/fuzz-async"
 SYNC_TRIGGER = "/hooks/fuzz-sync"
 TRIGGERS: list[dict[str, Any]] = [
     {"name": "fuzz-async", "type": "http", "function": "echo", "path": ASYNC_TRIGGER},
+    # Generated bodies go both ways through the filter (a positive number is kept, the rest
+    # dropped), and OPTIONS is the CloudEvents handshake.
+    {
+        "name": "fuzz-filtered",
+        "type": "http",
+        "function": "echo",
+        "path": "/hooks/fuzz-filtered",
+        "filter": {"data": [{"numeric": [">", 0]}]},
+        "cloudevents": True,
+    },
     {
         "name": "fuzz-sync",
         "type": "http",
@@ -61,7 +71,11 @@ MORE_EXAMPLES = {("POST", "/v1/functions/{fn}/invocations"): 300, ("GET", "/v1/t
 # Every operation the gateway documents for this config: the fixed routes and the triggers'.
 OPERATIONS = sorted(
     [(method.upper(), path) for path, item in base_paths().items() for method in item]
-    + [(method, trigger["path"]) for trigger in TRIGGERS for method in trigger.get("methods", ["POST"])]
+    + [
+        (method, trigger["path"])
+        for trigger in TRIGGERS
+        for method in [*trigger.get("methods", ["POST"]), *(["OPTIONS"] if trigger.get("cloudevents") else [])]
+    ]
 )
 
 

@@ -21,7 +21,9 @@ from tests.sinks.conftest import Receiver
 
 TOKEN = "openapi-admin-token-0123456789"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-Seen = list[tuple[str, str, int, str, bytes]]  # method, documented path, status, content type, body
+# method, documented path, status, content type, response headers, body
+Seen = list[tuple[str, str, int, str, dict[str, str], bytes]]
+ORIGIN = "events.example.com"
 
 
 def config(receiver_url: str) -> dict[str, Any]:
@@ -40,6 +42,10 @@ def config(receiver_url: str) -> dict[str, Any]:
             {"name": "hook-sync", "type": "http", "path": "/hooks/sync", "invocation": "sync", "function": "echo"},
             {"name": "hook-async", "type": "http", "path": "/hooks/async", "function": "echo",
              "methods": ["POST", "PUT"], "auth": {"type": "bearer", "token": "hook-token-123"}},
+            {"name": "hook-filtered", "type": "http", "path": "/hooks/filtered", "function": "echo",
+             "filter": {"data": {"kind": ["keep"]}}},
+            {"name": "hook-ce", "type": "http", "path": "/hooks/ce", "function": "echo",
+             "cloudevents": True, "allowed_origins": [ORIGIN]},
         ],
     }  # fmt: skip
 
@@ -75,10 +81,30 @@ def test_every_served_route_is_documented() -> None:
     assert served == documented
 
 
-def response_schema(document: dict[str, Any], method: str, path: str, status: int, content_type: str) -> Any:
+def response_schema(
+    document: dict[str, Any],
+    method: str,
+    path: str,
+    status: int,
+    content_type: str,
+    headers: dict[str, str],
+    body: bytes,
+) -> Any:
+    """The documented schema of this response's body (None: documented as having none), once
+    the headers the document promises were found in it."""
     responses = document["paths"][path][method]["responses"]
     assert str(status) in responses, f"{method.upper()} {path}: status {status} is not documented"
-    content = responses[str(status)].get("content", {})
+    documented = responses[str(status)]
+    for name, spec in documented.get("headers", {}).items():
+        value = headers.get(name.lower())
+        if value is None:
+            assert not spec.get("required"), f"{method.upper()} {path} {status}: header {name} missing"
+        else:
+            OAS31Validator(spec["schema"]).validate(value)
+    if "content" not in documented:
+        assert body == b"", f"{method.upper()} {path} {status}: documented without a body, answered {body[:80]!r}"
+        return None
+    content = documented["content"]
     media = content_type.split(";")[0].strip()
     assert media in content, f"{method.upper()} {path} {status}: {media} is not documented ({list(content)})"
     return content[media].get("schema", {})
@@ -94,7 +120,8 @@ async def test_every_response_matches_the_document(
         headers = {**auth, **kwargs.pop("headers", {})}
         async with http.request(method, f"{gateway.url}{url_path or path}", headers=headers, **kwargs) as resp:
             body = await resp.read()
-            seen.append((method.lower(), path, resp.status, resp.headers.get("Content-Type", ""), body))
+            reply_headers = {key.lower(): value for key, value in resp.headers.items()}
+            seen.append((method.lower(), path, resp.status, resp.headers.get("Content-Type", ""), reply_headers, body))
             try:
                 return resp.status, json.loads(body)
             except ValueError:
@@ -171,13 +198,24 @@ async def test_every_response_matches_the_document(
     for method in ("POST", "PUT"):
         await call(method, "/hooks/async", json={"h": 2}, headers={"Authorization": "Bearer hook-token-123"})
     await call("POST", "/hooks/async", json={}, headers={"Authorization": "Bearer wrong"})
+    # a filter: one request matched and enqueued, one dropped, both 202
+    _, kept = await call("POST", "/hooks/filtered", json={"kind": "keep"})
+    _, dropped = await call("POST", "/hooks/filtered", json={"kind": "other"})
+    assert kept["status"] == "Enqueued" and dropped == {"task_id": None, "status": "Dropped", "reason": "filter"}
+    # the CloudEvents handshake: an allowed origin (with a rate), a refused one, none
+    handshake = {"WebHook-Request-Origin": ORIGIN, "WebHook-Request-Rate": "60"}
+    status, _ = await call("OPTIONS", "/hooks/ce", headers=handshake)
+    assert status == 200 and seen[-1][4]["webhook-allowed-origin"] == ORIGIN
+    assert (await call("OPTIONS", "/hooks/ce", headers={"WebHook-Request-Origin": "evil.example.org"}))[0] == 403
+    assert (await call("OPTIONS", "/hooks/ce"))[0] == 400
+    await call("POST", "/hooks/ce", json={"ce": 1})
 
     status, document = await api.get("/openapi.json")
     assert status == 200
     validate(document)
-    for method, path, status, content_type, body in seen:
-        schema = response_schema(document, method, path, status, content_type)
-        if content_type.startswith("application/json"):
+    for method, path, status, content_type, headers, body in seen:
+        schema = response_schema(document, method, path, status, content_type, headers, body)
+        if schema is not None and content_type.startswith("application/json"):
             OAS31Validator({**schema, "components": document["components"]}).validate(json.loads(body))
 
     documented = {(method, path) for path, item in document["paths"].items() for method in item}

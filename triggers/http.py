@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, field_validator
 from gateway.config.model import Size, TriggerConfig
 from gateway.errors import BadRequest, DuplicateTask, FngateError, Forbidden, Unauthorized
 from gateway.tasks.invocation import Lineage, lineage_from_headers, new_task_id
+from gateway.web import schemas
 
 from .base import BaseTrigger, TriggerContext, TriggerState, parse_options, stable_id
 from .shaping import FilterOptions
@@ -30,6 +31,8 @@ RESERVED_PREFIXES = ("/v1/", "/metrics", "/healthz", "/readyz", "/openapi.json")
 # Headers that carry credentials stay out of the event the function sees.
 HIDDEN_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 REPLAYED = "replayed request: this signature was already accepted"
+# The answers are made by the models the OpenAPI document is generated from, so they cannot drift.
+DROPPED = schemas.Dropped(task_id=None, status="Dropped", reason="filter").model_dump(mode="json")
 
 
 class HttpOptions(FilterOptions):
@@ -115,7 +118,7 @@ class HttpTrigger(BaseTrigger):
             },
         )
         if event is None:
-            return web.json_response({"task_id": None, "status": "Dropped", "reason": "filter"}, status=202)
+            return web.json_response(DROPPED, status=202)
         if self.options.invocation == "sync":
             try:
                 # The run goes by the event's id, as an async task would (context.task_id == id).
@@ -140,7 +143,8 @@ class HttpTrigger(BaseTrigger):
         else:
             task_id = await self.submit(event, task_id=task_id, lineage=lineage)
         self.remember(verdict)
-        return web.json_response({"task_id": task_id, "status": "Enqueued"}, status=202, headers={"X-Task-Id": task_id})
+        accepted = schemas.Accepted(task_id=task_id, status="Enqueued").model_dump(mode="json")
+        return web.json_response(accepted, status=202, headers={"X-Task-Id": task_id})
 
     async def submit_signed(self, event: bytes, task_id: str, lineage: Lineage | None) -> str:
         """Enqueue a request named by its signature alone: its id held already (by the task

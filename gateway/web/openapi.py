@@ -26,6 +26,8 @@ def ref(model: type[BaseModel]) -> dict[str, str]:
 ERROR = ref(schemas.Error)
 TASK = ref(schemas.Task)
 ACCEPTED = ref(schemas.Accepted)
+# An http trigger answers 202 when it enqueued the request (async) or its filter dropped it (either kind).
+TRIGGER_ACCEPTED = {"oneOf": [ACCEPTED, ref(schemas.Dropped)]}
 TASK_ID_SCHEMA = {"type": "string", "pattern": TASK_ID_PATTERN, "maxLength": MAX_TASK_ID}
 # The result of a sync run, as the function returned it: JSON, bytes or text.
 # One server-sent event (how OpenAPI describes an event stream): `event: status`, the record as `data`.
@@ -365,7 +367,7 @@ def trigger_operation(path: str, method: str) -> dict[str, Any]:
         "parameters": lineage_headers(),
         "responses": {
             "200": {"description": "sync trigger: the function's result", "content": RESULT_CONTENT},
-            "202": json_body(ACCEPTED, "async trigger: enqueued"),
+            "202": json_body(TRIGGER_ACCEPTED, "async trigger: enqueued; either kind: dropped by the trigger's filter"),
             # a sync trigger answers with the function's errors, as a sync invocation does
             **error_responses(400, 401, 408, 413, 429, 502, 503, 504),
         },
@@ -375,6 +377,37 @@ def trigger_operation(path: str, method: str) -> dict[str, Any]:
     return operation
 
 
+def handshake_operation(path: str) -> dict[str, Any]:
+    """OPTIONS on an http trigger with `cloudevents: true` (HttpTrigger.handshake): the
+    CloudEvents webhook validation handshake. No body either way; no auth (it runs before
+    any delivery, to ask whether one is welcome)."""
+    reply_header = {"schema": {"type": "string"}}
+    return {
+        "summary": "The CloudEvents webhook validation handshake of an http trigger (cloudevents: true)",
+        "operationId": f"trigger{path.replace('/', '_')}_options",
+        "security": [],
+        "parameters": [
+            {
+                **header("WebHook-Request-Origin", "the sender asking to deliver here", {"type": "string"}),
+                "required": True,
+            },
+            header("WebHook-Request-Rate", "deliveries per minute the sender asks for", {"type": "string"}),
+        ],
+        "responses": {
+            "200": {
+                "description": "the origin may deliver here",
+                "headers": {
+                    "WebHook-Allowed-Origin": {**reply_header, "required": True, "description": "the origin"},
+                    "WebHook-Allowed-Rate": {**reply_header, "description": "`*`, when a rate was asked"},
+                    "Allow": {**reply_header, "required": True, "description": "the route's methods"},
+                },
+            },
+            "400": json_body(ERROR, "WebHook-Request-Origin missing"),
+            "403": json_body(ERROR, "the origin is not in the trigger's allowed_origins"),
+        },
+    }
+
+
 def openapi_document(app: web.Application) -> dict[str, Any]:
     paths = base_paths()
 
@@ -382,7 +415,10 @@ def openapi_document(app: web.Application) -> dict[str, Any]:
     for path in sorted(trigger_paths):
         # The methods the trigger registered (`methods:` in its config), POST by default.
         methods = {route.method.lower() for r in app.router.resources() if r.canonical == path for route in r}
-        paths[path] = {method: trigger_operation(path, method) for method in sorted(methods or {"post"})}
+        paths[path] = {
+            method: handshake_operation(path) if method == "options" else trigger_operation(path, method)
+            for method in sorted(methods or {"post"})
+        }
     return {
         "openapi": "3.1.0",
         "info": {

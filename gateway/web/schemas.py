@@ -60,6 +60,14 @@ class Accepted(_Strict):
     status: Literal["Enqueued"]
 
 
+class Dropped(_Strict):
+    """An http trigger's request that its `filter:` did not match: acknowledged, no task."""
+
+    task_id: None = Field(description="no task was made")
+    status: Literal["Dropped"]
+    reason: Literal["filter"]
+
+
 # --- the task record ----------------------------------------------------------------------
 
 
@@ -354,8 +362,8 @@ class OperationList(_Strict):
 
 
 RESPONSE_MODELS: list[type[BaseModel]] = [
-    Error, Accepted, Task, TaskPage, Function, FunctionList, FunctionStats, TriggerList, Health, Readiness, TaskLogs,
-    BulkCount, OperationAccepted, Operation, OperationList,
+    Error, Accepted, Dropped, Task, TaskPage, Function, FunctionList, FunctionStats, TriggerList, Health, Readiness,
+    TaskLogs, BulkCount, OperationAccepted, Operation, OperationList,
 ]  # fmt: skip
 
 
