@@ -255,6 +255,8 @@ def test_trace_context_is_parsed_as_the_w3c_spec_says() -> None:
     assert unsampled is not None and not unsampled.sampled
     # Plain dicts (NATS headers, MQTT user properties) are looked up regardless of case.
     assert from_headers({"Traceparent": TRACEPARENT}) == parse(TRACEPARENT)
+    assert from_headers({"TRACEPARENT": TRACEPARENT, "TraceState": "v=1"}) == parse(TRACEPARENT, "v=1")
+    assert from_headers({"x-traceparent": TRACEPARENT}) is None
     assert (
         derived_id(16, "attempt", "t-1", 1, 0)
         == derived_id(16, "attempt", "t-1", 1, 0)

@@ -84,16 +84,29 @@ def parse(traceparent: str | None, tracestate: str | None = None) -> TraceContex
 
 
 def from_headers(headers: Mapping[str, str]) -> TraceContext | None:
-    """The trace context an HTTP request or a NATS, Kafka or MQTT message carries. Plain
-    dicts (NATS headers, MQTT user properties) are case-sensitive: the lower-case names the
-    W3C spec and the OpenTelemetry propagators use, and the capitalised ones, are looked up.
-    On every trigger event: a miss costs a lookup or two, nothing more."""
-    plain = isinstance(headers, dict)
-    traceparent = headers.get(H_TRACEPARENT) or (headers.get("Traceparent") if plain else None)
+    """The trace context an HTTP request or a NATS, Kafka or MQTT message carries, its header
+    names matched regardless of case. aiohttp's headers are case-insensitive already; plain
+    dicts (NATS headers, MQTT user properties) are looked up by the lower-case names the W3C
+    spec and the OpenTelemetry propagators use, and scanned only when those miss (a sender
+    may write `TraceParent`). On every trigger event: the scan skips, by length alone, every
+    name that cannot be one of the two."""
+    traceparent = headers.get(H_TRACEPARENT)
+    tracestate = headers.get(H_TRACESTATE)
+    if isinstance(headers, dict) and (traceparent is None or tracestate is None):
+        for name, value in headers.items():
+            if len(name) not in _TRACE_NAME_LENGTHS:
+                continue
+            lowered = name.lower()
+            if traceparent is None and lowered == H_TRACEPARENT:
+                traceparent = value
+            elif tracestate is None and lowered == H_TRACESTATE:
+                tracestate = value
     if not traceparent:
         return None
-    tracestate = headers.get(H_TRACESTATE) or (headers.get("Tracestate") if plain else None)
     return parse(traceparent, tracestate)
+
+
+_TRACE_NAME_LENGTHS = frozenset({len(H_TRACEPARENT), len(H_TRACESTATE)})
 
 
 def derived_id(digits: int, *parts: object) -> str:
