@@ -176,6 +176,7 @@ class Gateway:
                 max_chain_depth=self.config.max_chain_depth,
                 stats=TriggerStats(),
                 nats_servers=lambda: list(self.servers),
+                max_task_payload=lambda: self.store.max_task_payload() if self.store is not None else 0,
             )
             self.triggers.append(cls(trigger_config, context))
 

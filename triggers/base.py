@@ -128,6 +128,9 @@ class TriggerContext:
     stats: TriggerStats = field(default_factory=TriggerStats)
     # The gateway's own NATS servers (known once it started): the default for nats triggers.
     nats_servers: Callable[[], list[str]] = field(default=lambda: [])
+    # The largest task payload the gateway's NATS server takes (0 until it is connected):
+    # what a batch task must stay under.
+    max_task_payload: Callable[[], int] = field(default=lambda: 0)
 
 
 class TriggerState(StrEnum):

@@ -39,7 +39,7 @@ from .base import (
     parse_options,
     text_or_base64,
 )
-from .shaping import BatchedOptions, batch_task, chunks
+from .shaping import BatchedOptions, batch_max_bytes, batch_task, chunks
 
 log = logging.getLogger(__name__)
 COMMIT_TIMEOUT_MIN = 5.0  # seconds; the bound on an offset commit is the larger of this and the session timeout
@@ -208,7 +208,10 @@ class KafkaTrigger(BaseTrigger):
                 if time.monotonic() - since < batch.window:
                     continue  # the batch is neither full nor due: its offsets wait with it
             if batch is not None:
-                pending = [batch_task(f"kafka-{self.name}-batch", run) for run in chunks(pending, batch.size)]
+                pending = [
+                    batch_task(f"kafka-{self.name}-batch", run)
+                    for run in chunks(pending, batch.size, batch_max_bytes(self.context))
+                ]
             # Submitted as one batch (one JetStream write each, all sent before any ack is
             # awaited); while NATS is down they are held here, and nothing further is fetched
             # or committed. Dropped events are committed with the rest: a filter that matches

@@ -43,7 +43,7 @@ from .base import (
     parse_json,
     parse_options,
 )
-from .shaping import BatchedOptions, batch_task, chunks
+from .shaping import BatchedOptions, batch_max_bytes, batch_task, chunks
 
 log = logging.getLogger(__name__)
 Protocol = Annotated[Literal["5", "3.1.1"], BeforeValidator(str)]
@@ -452,7 +452,10 @@ class MqttTrigger(BaseTrigger):
         self.count_filtered(len(items), len(group) - skipped - len(items))
         batch = self.options.batch
         if batch is not None and items:
-            items = [batch_task(f"mqtt-{self.name}-batch", run) for run in chunks(items, batch.size)]
+            items = [
+                batch_task(f"mqtt-{self.name}-batch", run)
+                for run in chunks(items, batch.size, batch_max_bytes(self.context))
+            ]
         if items:
             await self.submit_batch(items)
         return not self._stopping.is_set()

@@ -25,7 +25,7 @@ from gateway.supervise import supervised
 from gateway.tasks.invocation import BatchItem, lineage_from_headers, new_task_id
 
 from .base import RETRY_MAX, BaseTrigger, TriggerContext, TriggerState, parse_options
-from .shaping import BatchedOptions, batch_task, chunks
+from .shaping import BatchedOptions, batch_max_bytes, batch_task, chunks
 
 STOP_FLUSH_TIMEOUT = 5.0  # seconds a stopping trigger gives its last batch to be enqueued
 
@@ -174,7 +174,7 @@ class NatsTrigger(BaseTrigger):
                 return
             assert self.options.batch is not None
             start = 0
-            for run in chunks([item for _, item in taken], self.options.batch.size):
+            for run in chunks([item for _, item in taken], self.options.batch.size, batch_max_bytes(self.context)):
                 payload, task_id, lineage = batch_task(f"nats-{self.name}-batch", run)
                 enqueued = await self.submit_held(payload, task_id=task_id, lineage=lineage)
                 for msg, _ in taken[start : start + len(run)]:

@@ -14,11 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from gateway.config.model import Duration
 from gateway.tasks.invocation import BatchItem, Lineage
 
-from .base import TriggerOptions, stable_id
+from .base import TriggerContext, TriggerOptions, stable_id
 from .pattern import EventPattern, PatternError, compile_pattern
 
-# A batch task's payload stays below this, whatever `size` says: NATS refuses a message over
-# its max_payload (1 MiB by default), and a refused batch could only be dropped.
+# A batch task's payload stays below this, whatever `size` says, and below what the NATS
+# server takes in a task (its max_payload, 1 MiB by default, less the headers' room) when
+# that is less: a refused batch could only be dropped (batch_max_bytes).
 BATCH_MAX_BYTES = 768 * 1024
 
 
@@ -51,6 +52,13 @@ class BatchOptions(BaseModel):
 
 class BatchedOptions(FilterOptions):
     batch: BatchOptions | None = None
+
+
+def batch_max_bytes(context: TriggerContext) -> int:
+    """The size a batch task's payload must stay under: BATCH_MAX_BYTES, or less on a NATS
+    server with a smaller max_payload (asked each time: a reconnect may reach another one)."""
+    server_limit = context.max_task_payload()
+    return min(BATCH_MAX_BYTES, server_limit) if server_limit > 0 else BATCH_MAX_BYTES
 
 
 def chunks(items: Sequence[BatchItem], size: int, max_bytes: int = BATCH_MAX_BYTES) -> list[list[BatchItem]]:

@@ -192,12 +192,17 @@ class TaskStore:
             await self._priority_enqueued(inv)
         return outcomes
 
+    def max_task_payload(self) -> int:
+        """The largest payload a task may have: what the NATS server takes in one message
+        (its max_payload, from the connection), less the room for the invocation's headers."""
+        return self.nc.max_payload - MESSAGE_OVERHEAD
+
     def _submit_headers(self, inv: Invocation) -> dict[str, str]:
-        limit = self.nc.max_payload
-        if len(inv.payload) > limit - MESSAGE_OVERHEAD:
+        limit = self.max_task_payload()
+        if len(inv.payload) > limit:
             raise PayloadTooLarge(
                 f"payload of {len(inv.payload)} bytes is over what the NATS server accepts "
-                f"({format_size(limit - MESSAGE_OVERHEAD)}; raise max_payload on the server)"
+                f"({format_size(limit)}; raise max_payload on the server)"
             )
         headers = inv.headers()
         # The enqueue and the dedup by id in one write: the message id across every function

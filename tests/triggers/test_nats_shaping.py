@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import nats
+import pytest
 
 from tests.conftest import Api, GatewayFactory
 from tests.services import NatsServer
@@ -63,3 +64,54 @@ async def test_batched_requests_share_a_task_and_dropped_ones_say_so(
     health = await trigger_health(api, fn)
     assert (health["events_received"], health["matched"], health["dropped"]) == (9, 7, 2)
     assert health["invocations"] == len(per_task)
+
+
+@pytest.fixture
+def small_payload_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server taking messages of 64 KiB at most (1 MiB is the default)."""
+    conf = tmp_path / "nats.conf"
+    conf.write_text("max_payload: 65536\n")
+    server = NatsServer(tmp_path / "nats", extra=["-c", str(conf)])
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_a_batch_closes_before_the_servers_max_payload(
+    small_payload_nats: NatsServer,
+    gateway_factory: GatewayFactory,
+    http: aiohttp.ClientSession,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """150 events of ~1 KiB, batched by 150: one task would be over the server's 64 KiB (and
+    refused, so dropped); cut by the server's limit they are all in tasks."""
+    fn = unique("natsmax")
+    subject = f"events.{unique('m')}"
+    trigger = {
+        "name": fn,
+        "type": "nats",
+        "url": small_payload_nats.url,
+        "subject": f"{subject}.>",
+        "batch": {"size": 150, "window": "2s"},
+    }
+    gw = gateway_factory(trigger_config(small_payload_nats.url, tmp_path / "data", fn, [trigger]))
+    api = Api(http, gw.url)
+    assert (await trigger_health(api, fn))["ready"] is True
+
+    nc = await nats.connect(small_payload_nats.url)
+    try:
+        bodies = [json.dumps({"n": n, "pad": "x" * 1000}).encode() for n in range(150)]
+        replies = await asyncio.gather(*(nc.request(f"{subject}.x", body, timeout=20) for body in bodies))
+    finally:
+        await nc.close()
+    answers = [json.loads(r.data) for r in replies]
+    assert all(a.get("status") == "Enqueued" for a in answers), answers[0]
+    per_task = Counter(a["task_id"] for a in answers)
+    assert len(per_task) >= 3  # 150 KiB of events in tasks under 60 KiB each
+    numbers: list[int] = []
+    for task_id, members in per_task.items():
+        batch: list[dict[str, Any]] = event_of(await api.wait_status(task_id, "Succeeded"))
+        assert len(batch) == members
+        numbers += [event["data"]["n"] for event in batch]
+    assert sorted(numbers) == list(range(150))
