@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -15,6 +16,11 @@ import aiohttp
 import pytest
 
 from tests.services import GatewayProcess, InProcessGateway, Mosquitto, NatsServer, Tansu
+
+# The feeder processes of the gateways under test keep the gateway's own CPU priority: at its
+# default nice 10, on a machine running two test workers and their gateways, the index would
+# trail by seconds, and every test that lists after a task ended would wait that long.
+os.environ.setdefault("FNGATE_FEEDER_NICE", "0")
 
 _counter = itertools.count()
 # Every status a task ends in: a timeline that reaches one of them has ended.

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import Api, GatewayFactory
+from tests.conftest import Api, GatewayFactory, wait_until
 from tests.services import ROOT, NatsServer
 
 
@@ -103,6 +103,12 @@ async def test_global_options_table_paging_and_clear_errors(
     ids = [await api.submit(fn, {"n": n}, X_Task_Id=unique("cli")) for n in range(3)]
     for task_id in ids:
         await api.wait_status(task_id, "Succeeded")
+
+    async def listed() -> bool:  # a list reads the task index, which may trail by its lag
+        status, body = await api.get(f"/v1/tasks?function={fn}&status=Succeeded")
+        return status == 200 and len(body["tasks"]) == len(ids)
+
+    await wait_until(listed)
 
     # --url and --token before the subcommand, as well as after it.
     before = await asyncio.to_thread(fngate, "--url", gw.url, "--token", token, "tasks", "get", ids[0], url=None)

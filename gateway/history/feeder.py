@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 LEASE_POLL = 1.0  # seconds between tries for a free feeder slot
 LEASE_CHECK = 2.0  # seconds between checks that the slot is still held
 REPORT_EVERY = 0.5  # seconds between reports to the gateway
-NICE = 10  # the feeder's CPU priority below the gateway's (see run)
+NICE = 10  # the feeder's CPU priority below the gateway's (see run); FNGATE_FEEDER_NICE overrides
 
 
 @dataclass
@@ -193,8 +193,8 @@ def run() -> None:
     # On a saturated host, accepting tasks wins over indexing them: the feeder then takes
     # larger batches (cheaper per task) and its lag, which /readyz and /metrics show, grows
     # for the burst instead of the submit latency.
-    with contextlib.suppress(OSError):
-        os.nice(NICE)
+    with contextlib.suppress(OSError, ValueError):
+        os.nice(int(os.environ.get("FNGATE_FEEDER_NICE", NICE)))
     tuning.tune_gc()
     with asyncio.Runner(loop_factory=tuning.new_event_loop) as runner:
         code = runner.run(main())
