@@ -21,7 +21,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,20 @@ class NatsServer(Service):
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def configured_nats(workdir: Path, conf: str) -> Iterator[NatsServer]:
+    """A nats-server of its own started with the configuration text `conf` (limits, say)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "nats.conf"
+    path.write_text(conf)
+    server = NatsServer(workdir / "nats", extra=["-c", str(path)])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class Mosquitto(Service):

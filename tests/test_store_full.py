@@ -14,17 +14,13 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import APIError
 
 from tests.conftest import Api, GatewayFactory, wait_until
-from tests.services import NatsServer
+from tests.services import NatsServer, configured_nats
 
 
 @pytest.fixture
 def small_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    conf = tmp_path / "nats.conf"
-    conf.write_text("jetstream {\n  max_file_store: 8MB\n}\n")
-    server = NatsServer(tmp_path / "nats", extra=["-c", str(conf)])
-    server.start()
-    yield server
-    server.stop()
+    with configured_nats(tmp_path / "small-store", "jetstream {\n  max_file_store: 8MB\n}\n") as server:
+        yield server
 
 
 async def test_outcome_written_once_the_store_has_room(

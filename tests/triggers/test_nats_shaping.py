@@ -14,7 +14,7 @@ import nats
 import pytest
 
 from tests.conftest import Api, GatewayFactory
-from tests.services import NatsServer
+from tests.services import NatsServer, configured_nats
 from tests.triggers.conftest import event_of, trigger_config, trigger_health
 
 
@@ -69,12 +69,8 @@ async def test_batched_requests_share_a_task_and_dropped_ones_say_so(
 @pytest.fixture
 def small_payload_nats(tmp_path: Path) -> Iterator[NatsServer]:
     """A nats-server taking messages of 64 KiB at most (1 MiB is the default)."""
-    conf = tmp_path / "nats.conf"
-    conf.write_text("max_payload: 65536\n")
-    server = NatsServer(tmp_path / "nats", extra=["-c", str(conf)])
-    server.start()
-    yield server
-    server.stop()
+    with configured_nats(tmp_path / "small-payload", "max_payload: 65536\n") as server:
+        yield server
 
 
 async def test_a_batch_closes_before_the_servers_max_payload(
