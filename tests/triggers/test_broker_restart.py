@@ -127,7 +127,16 @@ async def test_kafka_broker_killed_and_restarted_under_load_loses_nothing(
             seen = {event_of(t)["data"]["seq"] for t in tasks if t["status"] == "Succeeded"}
             return set(after) <= seen and len(tasks) == sum(1 for t in tasks if t["status"] in TERMINAL)
 
-        await wait_until(settled, timeout=30, interval=0.5)
+        try:
+            await wait_until(settled, timeout=60, interval=0.5)
+        except AssertionError:
+            # Say which: tasks the list shows unfinished (and what a read by id, from the
+            # stream, says of them), or acked messages that made no task at all.
+            seen = {event_of(t)["data"]["seq"] for t in tasks}
+            unfinished = [(t["task_id"], t["status"]) for t in tasks if t["status"] not in TERMINAL][:5]
+            by_id = [(await api.get(f"/v1/tasks/{task_id}"))[1].get("status") for task_id, _ in unfinished]
+            missing = sorted(set(after) - seen)[:10]
+            raise AssertionError(f"unfinished {unfinished} (by id: {by_id}); acked after, no task: {missing}") from None
         assert {t["status"] for t in tasks} == {"Succeeded"}
         per_seq = Counter(event_of(t)["data"]["seq"] for t in tasks)
         seen_before = sorted(seq for seq in per_seq if seq in set(before))
