@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 LEASE_POLL = 1.0  # seconds between tries for a free feeder slot
 LEASE_CHECK = 2.0  # seconds between checks that the slot is still held
 REPORT_EVERY = 0.5  # seconds between reports to the gateway
+CLOSE_WITHIN = 2.0  # seconds a stopping feeder gives each of its connections to close
 NICE = 10  # the feeder's CPU priority below the gateway's (see run); FNGATE_FEEDER_NICE overrides
 
 
@@ -124,9 +125,11 @@ class Feeder:
                     self.report.feeding = False
                     await lease.release()
         finally:
+            # Bounded: closing a client that is reconnecting to a server gone for good never ends.
             with contextlib.suppress(Exception):
-                await nc.close()
-            await self.backend.close()
+                await asyncio.wait_for(nc.close(), CLOSE_WITHIN)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.backend.close(), CLOSE_WITHIN)
 
     async def _open(self) -> None:
         delay = 0.5
@@ -182,8 +185,10 @@ async def main() -> int:
     reports = asyncio.create_task(feeder.report_loop(), name="feeder reports")
     parent = asyncio.create_task(_until_stdin_closes(), name="feeder parent")
     await asyncio.wait([feeding, reports, parent], return_when=asyncio.FIRST_COMPLETED)
-    if parent.done() or feeding.cancelled():
-        return 0  # the gateway is gone or stopping; what is not committed is redelivered
+    if parent.done():
+        return 0  # the gateway is gone: at once; what is not committed is redelivered
+    if feeding.cancelled():
+        return 0  # SIGTERM: the feeds finished their batch and handed back the rest (bounded)
     exc = feeding.exception() if feeding.done() else reports.exception()
     log.error("task index: feeder failed: %s: %s", type(exc).__name__, exc)
     return 1
@@ -196,7 +201,13 @@ def run() -> None:
     with contextlib.suppress(OSError, ValueError):
         os.nice(int(os.environ.get("FNGATE_FEEDER_NICE", NICE)))
     tuning.tune_gc()
-    with asyncio.Runner(loop_factory=tuning.new_event_loop) as runner:
-        code = runner.run(main())
-    sys.stdout.flush()
-    os._exit(code)  # not waiting for the thread still reading stdin
+    code = 1
+    try:
+        # Not asyncio.run: on the way out it cancels every task and waits for them, and a
+        # NATS client reconnecting to a server that is gone never finishes; a feeder left
+        # waiting there outlived its gateway. main() bounds its own clean-up instead.
+        code = tuning.new_event_loop().run_until_complete(main())
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os._exit(code)  # nothing waited for: not the thread reading stdin, not a stuck task

@@ -11,7 +11,7 @@ from gateway.tasks.status import TaskStatus
 
 from .model import TaskQuery
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 COLUMNS = (
     "task_id, function, submitted_ms, status, state_seq, source_type, source_name, condition, chain_id, finished_ms,"
     " record"
@@ -21,8 +21,9 @@ COLUMNS = (
 # `function` with any one other filter, alone or with since/until/cursor, is an exact
 # range, whichever rows match: old, rare or new). A filter on status, source or condition
 # without a function is one such range per function, merged (`fan_out`): a few index
-# entries per function, then the page's rows by primary key. A chain is selective by
-# itself; a task id prefix is a range of the primary key. Status with source (the pair a
+# entries per function, then the page's rows by primary key. A chain is usually
+# selective by itself, and status within one has its own index (below); a task id prefix is
+# a range of the primary key. Status with source (the pair a
 # console asks for) has its own index: each may be common and the pair match nothing, and a
 # range of either one filtered by the other would then read the function's every row.
 INDEXES = {
@@ -33,6 +34,10 @@ INDEXES = {
     "tasks_by_function_source": "(function, source_type, source_name, submitted_ms, task_id)",
     "tasks_by_function_condition": "(function, condition, submitted_ms, task_id) WHERE condition IS NOT NULL",
     "tasks_by_chain": "(chain_id, submitted_ms, task_id)",
+    # A chain is usually one workflow's few tasks, but a sender may reuse one chain id for
+    # everything it sends: status within a chain is then a range of its own, not a walk of
+    # the chain's every row in order (at 1M tasks in 7 chains, oldest first: 200-300 ms).
+    "tasks_by_function_status_chain": "(function, status, chain_id, submitted_ms, task_id)",
 }
 RETIRED_INDEXES = ["tasks_by_status", "tasks_by_source", "tasks_by_condition"]  # schema 1
 PREFIX_END = "~"  # sorts after every character a task id may hold ([A-Za-z0-9._-])
