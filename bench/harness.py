@@ -204,9 +204,11 @@ class Stack:
         self.services.append(server)
         return server
 
-    def gateway(self, config: dict[str, Any], env: dict[str, str] | None = None) -> GatewayProcess:
+    def gateway(
+        self, config: dict[str, Any], env: dict[str, str] | None = None, wait_ready: bool = True
+    ) -> GatewayProcess:
         config.setdefault("logging", {"level": "warning"})
-        gateway = GatewayProcess(self.root / f"gateway-{len(self.services)}", config, env=env)
+        gateway = GatewayProcess(self.root / f"gateway-{len(self.services)}", config, env=env, wait_ready=wait_ready)
         gateway.start()
         self.services.append(gateway)
         return gateway

@@ -47,7 +47,7 @@ async def backfill(url: str, n: int, kind: str, root: Path, fresh: bool) -> str:
     nc = await nats.connect(url)
     install(nc)  # as the gateway does on the feed's own connection
     history.attach(nc, await history.backend.database_id())
-    feeds = [asyncio.create_task(loop()) for name, loop in history.loops() if "feed" in name]
+    feeds = [asyncio.create_task(feed.run()) for feed in history.feeds]
     started, cpu = time.perf_counter(), time.process_time()
     try:
         while True:

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.services import GatewayProcess, Mosquitto, Tansu
+from tests.services import Mosquitto, Tansu
 
 from .harness import BODY, Figure, Settings, Stack, function, percentile
 from .live_idle import cpu_seconds
@@ -180,7 +180,9 @@ def _kafka_shaped(run_stack: Stack, nats_url: str, n: int, kind: str) -> Figure:
         "name": name, "type": "kafka", "bootstrap_servers": broker.bootstrap, "topics": [topic],
         "auto_offset_reset": "earliest", "session_timeout_ms": 6000, "max_batch": 2000, **_shaping(kind),
     }  # fmt: skip
-    gateway = _unwaited_gateway(run_stack, _parked(nats_url, trigger, name))
+    # Not waiting for /readyz: a trigger may drain much of a backlog before it is ready
+    # (MQTT delivers a session's queue before the SUBACK that makes it ready).
+    gateway = run_stack.gateway(_parked(nats_url, trigger, name), wait_ready=False)
     return _shaped_figure("Kafka", kind, _measure_cpu(gateway, name, n, kind), n)
 
 
@@ -202,7 +204,9 @@ def _mqtt_shaped(run_stack: Stack, nats_url: str, n: int, kind: str, qos: int = 
         "name": name, "type": "mqtt", "url": broker.url, "topic": "devices/+/telemetry", "qos": qos,
         "client_id": client_id, "clean_session": False, "max_inflight": MQTT_SHAPED_WINDOW, **_shaping(kind),
     }  # fmt: skip
-    gateway = _unwaited_gateway(run_stack, _parked(nats_url, trigger, name))
+    # Not waiting for /readyz: a trigger may drain much of a backlog before it is ready
+    # (MQTT delivers a session's queue before the SUBACK that makes it ready).
+    gateway = run_stack.gateway(_parked(nats_url, trigger, name), wait_ready=False)
     figure = _shaped_figure(f"MQTT QoS {qos}", kind, _measure_cpu(gateway, name, n, kind), n)
     figure.extra["in_flight_window"] = MQTT_SHAPED_WINDOW
     return figure
@@ -258,23 +262,6 @@ def _mqtt_publish(port: int, payloads: list[bytes]) -> None:
     finally:
         client.disconnect()
         client.loop_stop()
-
-
-class _Unwaited(GatewayProcess):
-    """Started without waiting for /readyz: a trigger may drain much of a backlog before it
-    is ready (MQTT delivers a session's queue before the SUBACK that makes it ready), and
-    the measurement has to look from the start."""
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        return
-
-
-def _unwaited_gateway(run_stack: Stack, config: dict[str, Any]) -> GatewayProcess:
-    config.setdefault("logging", {"level": "warning"})
-    gateway = _Unwaited(run_stack.root / f"gateway-{len(run_stack.services)}", config)
-    gateway.start()
-    run_stack.services.append(gateway)
-    return gateway
 
 
 def _parked(nats_url: str, trigger: dict[str, Any], name: str) -> dict[str, Any]:

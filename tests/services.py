@@ -199,9 +199,12 @@ class Tansu(Service):
 class GatewayProcess(Service):
     """`fngate serve` as a real child process, with a config written from a dict."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None, wait_ready: bool = True
+    ) -> None:
         super().__init__(workdir)
         self.config = config
+        self.waits_ready = wait_ready  # start() returns once /readyz says ready, or at once
         self.config.setdefault("api", {})["listen"] = f"127.0.0.1:{self.port}"
         # Its own data dir (and so its own task index database), unless the test shares one.
         self.config.setdefault("nats", {}).setdefault("data_dir", str(workdir / "data"))
@@ -225,7 +228,8 @@ class GatewayProcess(Service):
             preexec_fn=die_with_parent,
         )
         log.close()
-        self.wait_ready()
+        if self.waits_ready:
+            self.wait_ready()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

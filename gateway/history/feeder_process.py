@@ -13,7 +13,6 @@ from pathlib import Path
 
 from gateway.observe import metrics
 
-from .feed import count_commit
 from .feeder import FeederSettings
 
 log = logging.getLogger(__name__)
@@ -60,10 +59,10 @@ class FeederProcess:
         try:
             report = json.loads(line)
             for stream, messages in report["applied"].items():
-                delays = report["delays"].get(stream) or [None]
-                count_commit(stream, messages, delays[0])
-                for delay in delays[1:]:
-                    count_commit(stream, 0, delay)
+                metrics.INDEX_APPLIED.labels(stream).inc(messages)
+            for stream, delays in report["delays"].items():
+                for delay in delays:
+                    metrics.INDEX_APPLY_DELAY.labels(stream).observe(delay)
             self._set_feeding(bool(report["feeding"]))
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("task index: the feeder wrote an unreadable report: %r", line[:200])

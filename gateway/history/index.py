@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +21,6 @@ from .feed import StreamFeed, stream_feeds
 from .feeder import FeederSettings
 from .feeder_process import FeederProcess
 from .model import Counts, Cursor, Listed, TaskQuery
-from .retention import Retention
 from .series import MAX_MINUTES, function_stats, window_start
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,6 @@ async def unavailable_as_503() -> AsyncIterator[None]:
 
 
 LAG_INTERVAL = 2.0  # seconds between looks at the consumers' lag
-Loop = tuple[str, Callable[[], Coroutine[Any, Any, None]]]
 Page = tuple[list[Listed], Cursor | None]
 
 
@@ -50,7 +48,6 @@ class TaskHistory:
         self.config = config
         self.backend = backend or open_backend(config.index.url, config.nats.data_dir)
         self.feeds: list[StreamFeed] = []
-        self.retention = Retention(self.backend, self.retention_of)
         self.nc: NATS | None = None
         self.feeder: FeederProcess | None = None
         self.opened = False
@@ -111,17 +108,10 @@ class TaskHistory:
         )
 
     def attach(self, nc: NATS, database_id: str) -> None:
-        """The consumers this replica watches (their lag) on this connection; `loops` feeds
-        from them in this process instead of a feeder's (bench/history_backfill.py)."""
+        """The consumers this replica watches (their lag) on this connection; running them
+        feeds from this process instead of a feeder's (bench/history_backfill.py does)."""
         self.nc = nc
         self.feeds = stream_feeds(nc, self.backend, database_id, self.oldest_ms, self.config.index.ack_wait)
-
-    def loops(self) -> list[Loop]:
-        return [
-            *((f"index feed {feed.stream}", feed.run) for feed in self.feeds),
-            ("index lag", self._watch_lag),
-            ("index retention", self.retention.run),
-        ]
 
     async def _watch_lag(self) -> None:
         while True:

@@ -103,6 +103,7 @@ class PostgresBackend:
     def __init__(self, url: str) -> None:
         self.url = url
         self.pool: asyncpg.Pool | None = None
+        self._lease_conn: asyncpg.Connection | None = None  # a waiting feeder's (feed_lease)
         self._analyze = AnalyzeSchedule()
 
     async def open(self) -> None:
@@ -137,6 +138,10 @@ class PostgresBackend:
         return self.pool
 
     async def close(self) -> None:
+        if self._lease_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._lease_conn.close()
+            self._lease_conn = None
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
@@ -229,16 +234,20 @@ class PostgresBackend:
 
     async def feed_lease(self, slots: int) -> SessionLease | None:
         # Its own connection, outside the pool: a session lock lives as long as the session,
-        # and the server frees it when the holder dies or its connection drops.
-        conn = await asyncpg.connect(self.url)
+        # and the server frees it when the holder dies or its connection drops. A feeder
+        # waiting for a slot asks again every second on the same connection.
+        conn = self._lease_conn
+        if conn is None or conn.is_closed():
+            conn = self._lease_conn = await asyncpg.connect(self.url)
         try:
             for slot in range(slots):
                 if await conn.fetchval("SELECT pg_try_advisory_lock($1)", FEEDER_KEY + slot):
+                    self._lease_conn = None  # the lease's now
                     return SessionLease(conn)
         except BaseException:
+            self._lease_conn = None
             await conn.close()
             raise
-        await conn.close()
         return None
 
     def __repr__(self) -> str:
