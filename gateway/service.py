@@ -49,6 +49,9 @@ class TaskService:
         self.runtimes = runtimes
         self._sync_slots = {name: asyncio.Semaphore(f.concurrency) for name, f in config.functions.items()}
         self.sync_running: dict[str, int] = {name: 0 for name in config.functions}
+        # Each function's child of the submitted counter: labels() takes a lock and builds a
+        # key on every call, and one call is on every submit.
+        self._submitted_counters: dict[str, Any] = {}
 
     def function(self, name: str) -> FunctionConfig:
         function = self.config.functions.get(name)
@@ -85,7 +88,7 @@ class TaskService:
             concurrency_key=concurrency_key,
         )
         await self.store.submit(inv)
-        metrics.TASKS_SUBMITTED.labels(function).inc()
+        self._count_submitted(function, 1)
         return inv.task_id
 
     async def submit_many(
@@ -123,8 +126,14 @@ class TaskService:
             outcomes[i] = outcome
         enqueued = sum(1 for outcome in stored if outcome is None)
         if enqueued:
-            metrics.TASKS_SUBMITTED.labels(function).inc(enqueued)
+            self._count_submitted(function, enqueued)
         return outcomes
+
+    def _count_submitted(self, function: str, n: int) -> None:
+        counter = self._submitted_counters.get(function)
+        if counter is None:
+            counter = self._submitted_counters[function] = metrics.TASKS_SUBMITTED.labels(function)
+        counter.inc(n)
 
     def invocation(
         self,

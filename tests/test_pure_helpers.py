@@ -12,9 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.msg import Msg
+from nats.js.errors import APIError
 
 from gateway.config.model import Config
 from gateway.history.feed import ack_position
+from gateway.jetstream.publisher import DuplicateMessage, parse_ack
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import (
     MAX_CHAIN_DEPTH_VALUE,
@@ -337,3 +339,31 @@ def test_two_cycles_through_one_function_are_both_named() -> None:
         "destinations form a cycle a -> c -> a",
         "destinations form a cycle a -> b -> a",
     ]
+
+
+# --- JetStream publish acks ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"stream":"FNGATE_TASKS", "seq":1042}',  # as nats-server 2.9 writes it
+        b'{"stream":"FNGATE_TASKS","seq":1042}',
+        b'{"stream":"FNGATE_TASKS", "seq": 1042}',
+        b'{"stream":"FNGATE_TASKS","domain":"hub","seq":1042}',
+        b'{"stream":"FNGATE_TASKS","seq":1042,"domain":"hub"}',
+    ],
+)
+def test_an_ack_gives_its_sequence_with_or_without_the_json_parse(data: bytes) -> None:
+    assert parse_ack(Msg(_client=None, subject="_INBOX.x.1", data=data)) == 1042  # type: ignore[arg-type]
+
+
+def test_a_duplicate_or_refused_publish_is_never_read_as_stored() -> None:
+    duplicate = b'{"stream":"FNGATE_TASKS", "seq":7,"duplicate": true}'
+    with pytest.raises(DuplicateMessage) as held:
+        parse_ack(Msg(_client=None, subject="_INBOX.x.1", data=duplicate))  # type: ignore[arg-type]
+    assert held.value.seq == 7
+    refused = b'{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 1"},"stream":"S","seq":0}'
+    with pytest.raises(APIError) as error:
+        parse_ack(Msg(_client=None, subject="_INBOX.x.1", data=refused))  # type: ignore[arg-type]
+    assert error.value.err_code == 10071

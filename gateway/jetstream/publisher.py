@@ -109,7 +109,16 @@ class DuplicateMessage(FngateError):
 def parse_ack(msg: Msg) -> int:
     if msg.headers and msg.headers.get("Status") == "503":
         raise NoRespondersError
-    ack: dict[str, Any] = json.loads(msg.data)
+    data = msg.data
+    # The common ack, {"stream":"S","seq":N}, read without a JSON parse (one per submit and
+    # per state write); anything else (an error, a duplicate, a domain) takes the parse.
+    if data.endswith(b"}") and b'"error"' not in data and b'"duplicate"' not in data:
+        start = data.rfind(b'"seq":')
+        if start != -1:
+            digits = data[start + 6 : -1]
+            if digits.isdigit():
+                return int(digits)
+    ack: dict[str, Any] = json.loads(data)
     error = ack.get("error")
     if error:
         raise APIError(code=error.get("code"), err_code=error.get("err_code"), description=error.get("description"))

@@ -138,7 +138,8 @@ class TaskStore:
             raise error from None
         if self.write_refused is not None:
             self._stored()
-        await self._priority_enqueued(inv)
+        if inv.priority != "normal":
+            await self._priority_enqueued(inv)
         return seq
 
     async def _priority_enqueued(self, inv: Invocation) -> None:
