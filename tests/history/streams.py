@@ -5,8 +5,12 @@ from __future__ import annotations
 import time
 
 import nats
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from gateway.jetstream.store import TaskStore
+from gateway.pipeline.worker import consumer_name
+from gateway.tasks import constants as c
 from gateway.tasks.invocation import Invocation, Lineage, Source
 from gateway.tasks.records import encode, new_record, stamp
 from gateway.tasks.status import TaskStatus
@@ -15,9 +19,14 @@ RETENTION = 7 * 86400.0  # a gateway's streams with the default retention
 CHUNK = 1000
 
 
-async def fill(url: str, function: str, count: int, *, succeeded: int = 0, prefix: str = "t") -> list[str]:
+async def fill(
+    url: str, function: str, count: int, *, succeeded: int = 0, prefix: str = "t", consumed: bool = False
+) -> list[str]:
     """`count` submissions of `function` (headers as the gateway writes them), the first
-    `succeeded` of them also with a Succeeded task record. Returns the task ids in order."""
+    `succeeded` of them also with a Succeeded task record. Returns the task ids in order.
+    `consumed`: the function's work consumer has taken and acknowledged the succeeded ones,
+    as in a deployment that ran them; otherwise a gateway's worker is handed each of them
+    first, finds it finished and drops it (a read and a refused write per task)."""
     nc = await nats.connect(url)
     try:
         store = TaskStore(nc, retention=RETENTION)
@@ -42,6 +51,34 @@ async def fill(url: str, function: str, count: int, *, succeeded: int = 0, prefi
             for ack in pending:
                 await store.publisher.acked(ack)
         await store.publisher.close()
+        if consumed and succeeded:
+            await _consume(nc, function, succeeded)
         return [inv.task_id for inv in invs]
     finally:
         await nc.close()
+
+
+async def _consume(nc: NATS, function: str, n: int) -> None:
+    """Take and acknowledge the first `n` submissions through the function's durable work
+    consumer, created with the worker's filter and delivery; the worker's own config (its
+    `max_ack_pending`, `ack_wait`) replaces this one's editable fields when it starts."""
+    js = nc.jetstream()
+    name = consumer_name(function)
+    config = ConsumerConfig(
+        durable_name=name,
+        filter_subject=f"{c.TASKS_SUBJECT}.{function}.>",
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        max_ack_pending=CHUNK * 10,
+        max_deliver=-1,
+        max_waiting=512,
+    )
+    await js.add_consumer(c.TASKS_STREAM, config)
+    sub = await js.pull_subscribe_bind(name, stream=c.TASKS_STREAM)
+    taken = 0
+    while taken < n:
+        for msg in await sub.fetch(min(CHUNK, n - taken), timeout=10):
+            await msg.ack()
+            taken += 1
+    await nc.flush()
+    await sub.unsubscribe()
