@@ -16,6 +16,7 @@ from nats.js.errors import APIError
 
 from gateway.config.model import Config
 from gateway.history.feed import ack_position
+from gateway.history.model import iso_ms, to_ms
 from gateway.jetstream.publisher import DuplicateMessage, parse_ack
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import (
@@ -25,6 +26,7 @@ from gateway.tasks.invocation import (
     Source,
     iso,
     lineage_from_headers,
+    parse_iso,
 )
 from sinks.base import cycle_warnings
 from triggers.timer import TimerOptions, cron_schedule, latest_tick, tick_task_id, weekday_names
@@ -367,3 +369,21 @@ def test_a_duplicate_or_refused_publish_is_never_read_as_stored() -> None:
     with pytest.raises(APIError) as error:
         parse_ack(Msg(_client=None, subject="_INBOX.x.1", data=refused))  # type: ignore[arg-type]
     assert error.value.err_code == 10071
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_a_stamp_iso_writes_reads_back_to_the_milliseconds_of_the_general_parse(ts: float) -> None:
+    stamp = iso(ts)
+    assert iso_ms(stamp) == to_ms(parse_iso(stamp))
+
+
+@pytest.mark.parametrize(
+    "stamp", ["2026-12-02T12:00:00Z", "2026-12-02T12:00:00.5+00:00", "2026-12-02T12:00:00.123456Z"]
+)
+def test_other_iso_forms_take_the_general_parse(stamp: str) -> None:
+    assert iso_ms(stamp) == to_ms(parse_iso(stamp))
+
+
+def test_a_stamp_with_an_offset_in_its_second_is_no_stamp_of_iso() -> None:
+    with pytest.raises(ValueError):
+        iso_ms("2026-11-22T16:20+01.123Z")

@@ -37,12 +37,11 @@ from nats.js.errors import NotFoundError
 from gateway.jetstream import streams
 from gateway.observe import metrics
 from gateway.tasks import constants as c
-from gateway.tasks.invocation import parse_iso
 from gateway.tasks.status import TaskStatus
 
 from .backend import Backend, OldestMs
 from .headers import header, is_status, raw_handlers
-from .model import Fact, to_ms
+from .model import Fact, iso_ms, to_ms
 from .plan import merge
 
 log = logging.getLogger(__name__)
@@ -118,16 +117,16 @@ def state_fact(data: bytes, _hdr: Headers, seq: int) -> Fact | None:
         return Fact(
             record["task_id"],
             record["function"],
-            to_ms(parse_iso(record["submitted_at"])),
+            iso_ms(record["submitted_at"]),
             str(source.get("type", "")),
             str(source.get("name", "")),
             str((record.get("chain") or {}).get("id") or "unknown"),
             status,
             seq,
             record.get("condition"),
-            to_ms(parse_iso(finished)) if finished else None,
+            iso_ms(finished) if finished else None,
             text,
-            started_ms=to_ms(parse_iso(started)) if (started := record.get("started_at")) else None,
+            started_ms=iso_ms(started) if (started := record.get("started_at")) else None,
         )
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         return None

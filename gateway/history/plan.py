@@ -16,6 +16,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as quoted
 from urllib.parse import unquote
 
 from gateway.tasks import constants as c
@@ -128,21 +129,22 @@ def first_record(meta: str, traceparent: str | None, tracestate: str | None) -> 
     if f[0] != META_VERSION or len(f) not in (12, 14):
         raise ValueError(meta[:80])
     submitted = float(f[3])
-    at = json.dumps(iso(submitted))
-    scheduled = json.dumps(iso(float(f[4]) or submitted))
+    # `quoted` is what json.dumps does to a str, without its call; iso() stamps are plain ASCII.
+    at = f'"{iso(submitted)}"'
+    scheduled = f'"{iso(float(f[4]) or submitted)}"'
     source_type, source_name = unquote(f[8]), unquote(f[9])
     trace = "null"
     if traceparent:
         trace = json.dumps(trace_entry(traceparent, tracestate), separators=(",", ":"))
     text = (
-        f'{{"task_id":{json.dumps(f[1])},"function":{json.dumps(f[2])},"status":"Enqueued","attempts":{int(f[6])},'
+        f'{{"task_id":{quoted(f[1])},"function":{quoted(f[2])},"status":"Enqueued","attempts":{int(f[6])},'
         f'"submitted_at":{at},"scheduled_at":{scheduled},"started_at":null,"finished_at":null,'
-        f'"source":{{"type":{json.dumps(source_type)},"name":{json.dumps(source_name)}}},'
-        f'"chain":{{"id":{json.dumps(f[10] or "unknown")},"depth":{int(f[11])}}},"trace":{trace},'
+        f'"source":{{"type":{quoted(source_type)},"name":{quoted(source_name)}}},'
+        f'"chain":{{"id":{quoted(f[10] or "unknown")},"depth":{int(f[11])}}},"trace":{trace},'
         f'"timeline":[{{"status":"Enqueued","at":{at}}}],"result":null,"error":null,"errors":[],"destinations":[]'
     )
     if source_type == RERUN_SOURCE:
-        return f'{text},"rerun_of":{json.dumps(source_name)}}}'
+        return f'{text},"rerun_of":{quoted(source_name)}}}'
     return text + "}"
 
 
