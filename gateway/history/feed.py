@@ -72,7 +72,7 @@ def ack_position(reply: str) -> tuple[int, int, int]:
 
 
 Headers = bytes | dict[str, str] | None  # a raw header block (headers.py), or nats-py's parse of it
-Delivery = tuple[str, bytes, Headers]  # (reply subject, payload, headers) of one message
+Delivery = tuple[str, str, bytes, Headers]  # (subject, reply subject, payload, headers) of one message
 # Told of every committed batch: (stream, messages, seconds from the newest one's store to its commit).
 OnCommit = Callable[[str, int, float | None], None]
 
@@ -82,6 +82,10 @@ def count_commit(stream: str, messages: int, delay: float | None) -> None:
     metrics.INDEX_APPLIED.labels(stream).inc(messages)
     if delay is not None:
         metrics.INDEX_APPLY_DELAY.labels(stream).observe(delay)
+
+
+def _sequence(version: tuple[int, bytes, Headers]) -> int:
+    return version[0]
 
 
 def task_fact(data: bytes, hdr: Headers, _seq: int) -> Fact | None:
@@ -170,6 +174,11 @@ class StreamFeed:
     # feed): in a backfill a task's record then makes its row, and its submission finds the
     # row there, one insert per task instead of an insert and an update.
     yield_to: StreamFeed | None = None
+    # Which of a task's messages in one batch makes its fact: on the state stream the newest
+    # record (the older ones are superseded and never parsed: a task's Running and Succeeded
+    # mostly arrive together); on the task stream the first submission (a requeue's header
+    # counts its attempts, the first record must not).
+    newest_wins: bool = True
     backlog: int = 0  # messages the consumer held after the last batch this replica took
     backlog_at: float = 0.0
     _yielding: bool = False
@@ -258,7 +267,7 @@ class StreamFeed:
             if self._buffer:
                 # Taken but never applied: handed back at once rather than after ack_wait.
                 with contextlib.suppress(Exception):
-                    await self._ack([m[0] for m in self._buffer], b"-NAK")
+                    await self._ack([m[1] for m in self._buffer], b"-NAK")
                 self._buffer.clear()
             if raw is not None and self._sub is not None:
                 raw.pop(self._sub._id, None)
@@ -292,14 +301,14 @@ class StreamFeed:
             f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}", json.dumps(request).encode(), reply=self._inbox
         )
 
-    def _on_raw(self, reply: bytes, data: bytes, hdr: bytes | None) -> None:
+    def _on_raw(self, subject: bytes, reply: bytes, data: bytes, hdr: bytes | None) -> None:
         if not data and is_status(hdr):
             # 404/408: nothing (more) for this request; 409: the server ended it. Ask again.
             self._credit = 0
             self._arrived.set()
             return
         self._credit -= 1
-        self._buffer.append((reply.decode(), data, hdr))
+        self._buffer.append((subject.decode(), reply.decode(), data, hdr))
         self._arrived.set()
 
     async def _on_message(self, msg: Msg) -> None:
@@ -309,21 +318,29 @@ class StreamFeed:
             self._arrived.set()
             return
         self._credit -= 1
-        self._buffer.append((msg.reply, msg.data, msg.headers))
+        self._buffer.append((msg.subject, msg.reply, msg.data, msg.headers))
         self._arrived.set()
 
     def _parse(self, msgs: list[Delivery]) -> Parsed:
-        facts: list[Fact] = []
         pending = newest_ns = 0
-        parse = self.parse
-        for reply, data, hdr in msgs:
+        # A subject is one task's: its messages of this batch, in the order they win.
+        by_task: dict[str, list[tuple[int, bytes, Headers]]] = {}
+        for subject, reply, data, hdr in msgs:
             seq, pending, stored_ns = ack_position(reply)
             newest_ns = max(newest_ns, stored_ns)
-            fact = parse(data, hdr, seq)
-            if fact is not None:
-                facts.append(fact)
+            by_task.setdefault(subject, []).append((seq, data, hdr))
+        facts: list[Fact] = []
+        parse = self.parse
+        for versions in by_task.values():
+            if len(versions) > 1:
+                versions.sort(key=_sequence, reverse=self.newest_wins)
+            for seq, data, hdr in versions:
+                fact = parse(data, hdr, seq)
+                if fact is not None:  # else an unreadable message: the next one in line
+                    facts.append(fact)
+                    break
         self.backlog, self.backlog_at = pending, time.monotonic()
-        return Parsed(merge(facts), [m[0] for m in msgs], pending, newest_ns)
+        return Parsed(merge(facts), [m[1] for m in msgs], pending, newest_ns)
 
     async def _commit(self, batch: Parsed) -> None:
         """Apply one batch in one transaction, then acknowledge its messages."""
@@ -390,4 +407,5 @@ def stream_feeds(
     tasks.ack_wait = states.ack_wait = ack_wait
     tasks.on_commit = states.on_commit = on_commit
     tasks.yield_to = states
+    tasks.newest_wins = False
     return [tasks, states]

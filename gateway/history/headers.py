@@ -48,9 +48,9 @@ def install(nc: NATS) -> None:
 # --- raw deliveries ---------------------------------------------------------------------
 # The feed's pull deliveries skip the rest of nats-py's per-message path as well (a `Msg`
 # built, a queue put and get, a callback coroutine awaited: with the header parsing, over
-# half of a backfill's CPU): a handler registered for a subscription id gets the reply
-# subject, the payload and the raw header block, synchronously, from the parser.
-RawHandler = Callable[[bytes, bytes, bytes | None], None]
+# half of a backfill's CPU): a handler registered for a subscription id gets the subject,
+# the reply subject, the payload and the raw header block, synchronously, from the parser.
+RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
 RAW_ATTR = "_fngate_raw_handlers"
 
 
@@ -72,7 +72,7 @@ def install_raw(nc: NATS) -> None:
         if handler is None:
             await original(sid, subject, reply, data, headers)
             return
-        handler(reply, data, headers)
+        handler(subject, reply, data, headers)
 
     nc_any: Any = nc
     nc_any._process_msg = process_msg

@@ -4,15 +4,17 @@ record written straight from its invocation header, and status deliveries told a
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
-from gateway.history.feed import task_fact
+from gateway.history.feed import stream_feeds, task_fact
 from gateway.history.headers import header, is_status
 from gateway.history.plan import first_record, record_of
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import Invocation, Lineage, Source
-from gateway.tasks.records import encode, new_record
+from gateway.tasks.records import encode, new_record, stamp
+from gateway.tasks.status import TaskStatus
 
 INVOCATIONS = [
     Invocation("t-1", "fn", b"{}", submitted_at=1795962930.1234567),
@@ -70,3 +72,36 @@ def test_statistics_are_refreshed_as_the_table_doubles() -> None:
             refreshed_at.append(rows)
             schedule.refreshed(rows)
     assert refreshed_at == [1000, 2000, 4000, 8000, 16000, 32000, 64000]
+
+
+def delivery(subject: str, seq: int, data: bytes, hdr: bytes | None = None) -> tuple[str, str, bytes, bytes | None]:
+    """A pull delivery as the feed buffers it: its subject and its ack subject (stream sequence `seq`)."""
+    return subject, f"$JS.ACK.S.C.1.{seq}.{seq}.{seq * 1000}.0", data, hdr
+
+
+def test_a_batch_makes_each_task_of_its_newest_readable_record_and_acks_every_message() -> None:
+    feeds: Any = stream_feeds(None, None, "db", lambda _function: 0)  # type: ignore[arg-type]
+    tasks_feed, states_feed = feeds
+    inv = Invocation("t-7", "fn", b"{}", submitted_at=1795962930.5)
+    running = stamp(stamp(new_record(inv), TaskStatus.DEQUEUED), TaskStatus.RUNNING)
+    done = stamp(running, TaskStatus.SUCCEEDED, condition="Succeeded")
+    other = new_record(Invocation("t-8", "fn", b"{}", submitted_at=1795962931.0))
+    batch = [
+        delivery("fngate.state.t-7", 12, encode(done)),  # out of order, as a redelivery may be
+        delivery("fngate.state.t-7", 10, encode(running)),
+        delivery("fngate.state.t-8", 11, encode(other)),
+        delivery("fngate.state.t-7", 13, b"{not a record"),  # the newest, unreadable: the next one in line
+    ]
+    parsed = states_feed._parse(batch)
+    assert parsed.facts["t-7"].status is TaskStatus.SUCCEEDED and parsed.facts["t-7"].state_seq == 12
+    assert parsed.facts["t-8"].status is TaskStatus.ENQUEUED
+    assert len(parsed.replies) == 4  # every message of the batch is acknowledged, superseded or not
+
+    first, requeue = inv.headers(), Invocation("t-7", "fn", b"{}", submitted_at=1795962930.5, attempt=3).headers()
+    parsed = tasks_feed._parse(
+        [
+            delivery("fngate.tasks.fn.t-7", 20, b"", raw_block(first)),
+            delivery("fngate.tasks.fn.t-7", 21, b"", raw_block(requeue)),
+        ]
+    )
+    assert json.loads(record_of(parsed.facts["t-7"]))["attempts"] == 0  # the first submission's, not the requeue's
