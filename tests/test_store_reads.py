@@ -10,6 +10,7 @@ import nats
 import pytest
 
 from gateway.errors import ServiceUnavailable
+from gateway.jetstream.publisher import AckPublisher, DuplicateMessage
 from gateway.jetstream.store import TaskStore
 from gateway.tasks.invocation import Invocation, Source
 from tests.services import NatsServer
@@ -45,6 +46,38 @@ async def test_many_submissions_read_at_once(tmp_path: Path) -> None:
         server.stop()  # NATS away: an outage, not tasks whose payload is gone
         with pytest.raises(ServiceUnavailable):
             await store.get_submissions(wanted[:10], timeout=2)
+        await nc.close()
+    finally:
+        server.stop()
+
+
+async def test_a_publish_arrives_with_its_headers_on_the_direct_path_and_the_librarys(tmp_path: Path) -> None:
+    """The ack publisher writes HPUB itself; a value it cannot write plainly (a line break)
+    goes through the library, which folds it. Either way the stream stores what was meant,
+    and JetStream reads the message id it carries."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    try:
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        await js.add_stream(name="HDRS", subjects=["hdrs.>"])
+        publisher = AckPublisher(nc, timeout=5)
+        await publisher.start()
+        plain = {"Nats-Msg-Id": "m-1", "Fngate-Invocation": "1|t-1|fn|a b|%7C", "Content-Type": " text/plain "}
+        first = await publisher.publish("hdrs.a", b"one", plain)
+        with pytest.raises(DuplicateMessage):
+            await publisher.publish("hdrs.a", b"again", plain)
+        folded = await publisher.publish("hdrs.b", b"two", {"X-Note": "line\r\nbreak"})
+        stored = await js.get_msg("HDRS", first)
+        assert stored.data == b"one"
+        assert stored.headers == {
+            "Nats-Msg-Id": "m-1",
+            "Fngate-Invocation": "1|t-1|fn|a b|%7C",
+            "Content-Type": "text/plain",
+        }
+        other = await js.get_msg("HDRS", folded)
+        assert other.data == b"two" and other.headers is not None and "\n" not in other.headers["X-Note"]
+        await publisher.close()
         await nc.close()
     finally:
         server.stop()
