@@ -157,7 +157,7 @@ class TaskService:
             check_task_id(task_id)
         if not 0 <= delay <= MAX_DELAY:
             raise BadRequest(f"X-Delay must be a number of seconds 0..{MAX_DELAY:g}")
-        if delay > config.max_delay:
+        if delay and delay > config.max_delay:  # (max_delay is worked out on each read)
             raise BadRequest(
                 f"X-Delay of {delay:g}s is over the {config.max_delay:g}s that function {function!r} allows "
                 "(async.retention - async.max_event_age - timeout - 60s): the task would outlive its retention"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.errors import NoRespondersError
 
 from gateway.errors import ServiceUnavailable
 from gateway.jetstream.publisher import AckPublisher, DuplicateMessage
@@ -77,6 +78,8 @@ async def test_a_publish_arrives_with_its_headers_on_the_direct_path_and_the_lib
         }
         other = await js.get_msg("HDRS", folded)
         assert other.data == b"two" and other.headers is not None and "\n" not in other.headers["X-Note"]
+        with pytest.raises(NoRespondersError):  # no stream takes the subject: the server's 503
+            await publisher.publish("nostream.a", b"three", plain)
         await publisher.close()
         await nc.close()
     finally:

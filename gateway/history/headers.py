@@ -15,6 +15,8 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
+from gateway.jetstream.raw import install_raw
+
 log = logging.getLogger(__name__)
 PREFIX = b"NATS/1.0"
 CRLF = b"\r\n"
@@ -43,40 +45,6 @@ def install(nc: NATS) -> None:
 
     nc_any: Any = nc
     nc_any._process_headers = process_headers
-
-
-# --- raw deliveries ---------------------------------------------------------------------
-# The feed's pull deliveries skip the rest of nats-py's per-message path as well (a `Msg`
-# built, a queue put and get, a callback coroutine awaited: with the header parsing, over
-# half of a backfill's CPU): a handler registered for a subscription id gets the subject,
-# the reply subject, the payload and the raw header block, synchronously, from the parser.
-RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
-RAW_ATTR = "_fngate_raw_handlers"
-
-
-def raw_handlers(nc: NATS) -> dict[int, RawHandler] | None:
-    """The connection's handlers by subscription id, if `install` could hook it."""
-    found: dict[int, RawHandler] | None = getattr(nc, RAW_ATTR, None)
-    return found
-
-
-def install_raw(nc: NATS) -> None:
-    original: Callable[..., Awaitable[None]] | None = getattr(nc, "_process_msg", None)
-    if original is None:
-        log.info("task index: nats-py has no _process_msg; the feed takes its messages the library's way")
-        return
-    handlers: dict[int, RawHandler] = {}
-
-    async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        handler = handlers.get(sid)
-        if handler is None:
-            await original(sid, subject, reply, data, headers)
-            return
-        handler(subject, reply, data, headers)
-
-    nc_any: Any = nc
-    nc_any._process_msg = process_msg
-    setattr(nc, RAW_ATTR, handlers)
 
 
 def header(block: bytes | dict[str, str] | None, name: str) -> str | None:

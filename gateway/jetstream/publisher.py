@@ -26,14 +26,21 @@ from nats.js.errors import APIError
 
 from gateway.errors import FngateError
 
+from .raw import STATUS_PREFIX, install_raw
+
 # What nats-py refuses in a subject it publishes to (whitespace would split the command).
 _UNSAFE_SUBJECT = re.compile(r"\s")
+
+
+# An ack as it arrived: its payload, and whether it is the server's 503 (no stream took the
+# subject) rather than JetStream's answer.
+Ack = tuple[bytes, bool]
 
 
 @dataclass(frozen=True, slots=True)
 class PendingAck:
     token: str
-    future: asyncio.Future[Msg]
+    future: asyncio.Future[Ack]
 
 
 class AckPublisher:
@@ -42,14 +49,17 @@ class AckPublisher:
         self.timeout = timeout
         self._prefix = ""
         self._ids = itertools.count()
-        self._waiting: dict[str, tuple[asyncio.Future[Msg], float]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[Ack], float]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         # The library's internals the direct path uses (nats-py 2.x); without them, its publish.
         self._direct = all(hasattr(nc, name) for name in ("_send_command", "_flush_queue", "_flush_pending", "stats"))
 
     async def start(self) -> None:
         self._prefix = f"{self.nc.new_inbox()}."
-        await self.nc.subscribe(f"{self._prefix}*", cb=self._on_ack)
+        sub = await self.nc.subscribe(f"{self._prefix}*", cb=self._on_ack)
+        handlers = install_raw(self.nc)
+        if handlers is not None:  # the acks straight from the parser (raw.py); else through _on_ack
+            handlers[sub._id] = self._on_raw_ack
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def close(self) -> None:
@@ -69,7 +79,7 @@ class AckPublisher:
     async def send(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> PendingAck:
         """Publish without waiting: a batch sends everything first, then awaits the acks."""
         token = f"{next(self._ids):x}"
-        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         self._waiting[token] = (future, time.monotonic() + self.timeout)
         try:
             command = self._command(subject, self._prefix + token, payload, headers) if self._direct else None
@@ -111,15 +121,23 @@ class AckPublisher:
     async def acked(self, pending: PendingAck) -> int:
         """The stored sequence of a sent message, once JetStream acknowledged it (see publish)."""
         try:
-            msg = await pending.future
+            data, no_responders = await pending.future
         finally:
             self._waiting.pop(pending.token, None)
-        return parse_ack(msg)
+        return parse_ack(data, no_responders)
 
     async def _on_ack(self, msg: Msg) -> None:
-        entry = self._waiting.get(msg.subject[len(self._prefix) :])
+        no_responders = bool(msg.headers and msg.headers.get("Status") == "503")
+        self._arrived(msg.subject[len(self._prefix) :], (msg.data, no_responders))
+
+    def _on_raw_ack(self, subject: bytes, _reply: bytes, data: bytes, headers: bytes | None) -> None:
+        no_responders = headers is not None and headers.startswith(STATUS_PREFIX + b"503")
+        self._arrived(subject[len(self._prefix) :].decode(), (data, no_responders))
+
+    def _arrived(self, token: str, ack: Ack) -> None:
+        entry = self._waiting.get(token)
         if entry is not None and not entry[0].done():
-            entry[0].set_result(msg)
+            entry[0].set_result(ack)
 
     async def _sweep(self) -> None:
         while True:
@@ -142,10 +160,9 @@ class DuplicateMessage(FngateError):
         self.seq = seq
 
 
-def parse_ack(msg: Msg) -> int:
-    if msg.headers and msg.headers.get("Status") == "503":
+def parse_ack(data: bytes, no_responders: bool = False) -> int:
+    if no_responders:
         raise NoRespondersError
-    data = msg.data
     # The common ack, {"stream":"S","seq":N}, read without a JSON parse (one per submit and
     # per state write); anything else (an error, a duplicate, a domain) takes the parse.
     if data.endswith(b"}") and b'"error"' not in data and b'"duplicate"' not in data:
