@@ -101,15 +101,16 @@ class AckPublisher:
     def _command(self, subject: str, reply: str, payload: bytes, headers: dict[str, str] | None) -> bytes | None:
         """The HPUB command nats-py's publish would queue, without its per-call checks of every
         header name and value and of both subjects (a tenth of a submit's CPU): the names are
-        fngate's. None (the library's path) for a value with a line break, a subject with a
-        space, and a connection that is not up (where the library buffers or refuses)."""
+        fngate's. None (the library's path) for a message without headers, a value with a line
+        break, a subject with white space, and a connection that is not up (where the library
+        buffers or refuses)."""
         nc = self.nc
         if not headers or not nc.is_connected or nc.is_draining_pubs or len(payload) > nc.max_payload:
             return None
         if _UNSAFE_SUBJECT.search(subject):
             return None
         lines = ["NATS/1.0\r\n"]
-        for name, value in (headers or {}).items():
+        for name, value in headers.items():
             if "\r" in value or "\n" in value:
                 return None
             lines.append(f"{name}: {value.strip()}\r\n")
