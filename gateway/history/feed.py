@@ -35,13 +35,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from gateway.jetstream import streams
-from gateway.jetstream.raw import raw_handlers
+from gateway.jetstream.raw import is_status, raw_handlers
 from gateway.observe import metrics
 from gateway.tasks import constants as c
 from gateway.tasks.status import TaskStatus
 
 from .backend import Backend, OldestMs
-from .headers import header, is_status
+from .headers import header
 from .model import Fact, iso_ms, to_ms
 from .plan import merge
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from gateway.jetstream.raw import install_raw
+from gateway.jetstream.raw import install_raw, is_status
 
 log = logging.getLogger(__name__)
 PREFIX = b"NATS/1.0"
@@ -34,7 +34,7 @@ def install(nc: NATS) -> None:
     async def process_headers(headers: bytes) -> dict[str, str] | None:
         if not headers:
             return None
-        if not headers.startswith(PREFIX) or headers[len(PREFIX) : len(PREFIX) + 1] == b" ":
+        if not headers.startswith(PREFIX) or is_status(headers):
             return await original(headers)  # a status line, or something unexpected
         out: dict[str, str] = {}
         for line in headers[len(PREFIX) :].split(CRLF):
@@ -60,8 +60,3 @@ def header(block: bytes | dict[str, str] | None, name: str) -> str | None:
     start = at + len(key)
     end = block.find(CRLF, start)
     return block[start : end if end >= 0 else len(block)].strip().decode("utf-8", "replace")
-
-
-def is_status(block: bytes | None) -> bool:
-    """A status delivery (`NATS/1.0 404 No Messages`, 408, 409, 100), not a message."""
-    return block is not None and block.startswith(PREFIX) and block[len(PREFIX) : len(PREFIX) + 1] == b" "

@@ -50,3 +50,8 @@ def install_raw(nc: NATS) -> dict[int, RawHandler] | None:
     nc_any._process_msg = process_msg
     setattr(nc, RAW_ATTR, handlers)
     return handlers
+
+
+def is_status(block: bytes | None) -> bool:
+    """A status delivery (`NATS/1.0 404 No Messages`, 408, 409, 100, 503), not a message."""
+    return block is not None and block.startswith(STATUS_PREFIX)

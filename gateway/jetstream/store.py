@@ -138,8 +138,7 @@ class TaskStore:
             raise error from None
         if self.write_refused is not None:
             self._stored()
-        if inv.priority != "normal":
-            await self._priority_enqueued(inv)
+        await self._priority_enqueued(inv)
         return seq
 
     async def _priority_enqueued(self, inv: Invocation) -> None:

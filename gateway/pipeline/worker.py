@@ -47,6 +47,21 @@ def consumer_name(function: str) -> str:
     return f"{c.FUNCTION_CONSUMER_PREFIX}{function}"
 
 
+def work_consumer(function: str, concurrency: int, ack_wait: float) -> ConsumerConfig:
+    """The durable consumer a function's workers pull its tasks through."""
+    return ConsumerConfig(
+        durable_name=consumer_name(function),
+        # `>`, not `*`: task ids may contain dots (function names may not).
+        filter_subject=f"{c.TASKS_SUBJECT}.{function}.>",
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=ack_wait,
+        max_ack_pending=concurrency,
+        max_deliver=-1,
+        max_waiting=512,
+    )
+
+
 class StopRequested(FngateError):
     """An attempt cancelled by a stop request (an outcome, not a failure)."""
 
@@ -104,17 +119,7 @@ class FunctionWorker:
         self.log = logging.getLogger(f"fngate.function.{name}")
 
     def consumer_config(self) -> ConsumerConfig:
-        return ConsumerConfig(
-            durable_name=consumer_name(self.name),
-            # `>`, not `*`: task ids may contain dots (function names may not).
-            filter_subject=f"{c.TASKS_SUBJECT}.{self.name}.>",
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=self.ack_wait,
-            max_ack_pending=self.config.concurrency,
-            max_deliver=-1,
-            max_waiting=512,
-        )
+        return work_consumer(self.name, self.config.concurrency, self.ack_wait)
 
     async def run(self) -> None:
         if self.config.flow_controlled:

@@ -6,10 +6,9 @@ import time
 
 import nats
 from nats.aio.client import Client as NATS
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from gateway.jetstream.store import TaskStore
-from gateway.pipeline.worker import consumer_name
+from gateway.pipeline.worker import consumer_name, work_consumer
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import Invocation, Lineage, Source
 from gateway.tasks.records import encode, new_record, stamp
@@ -60,21 +59,12 @@ async def fill(
 
 async def _consume(nc: NATS, function: str, n: int) -> None:
     """Take and acknowledge the first `n` submissions through the function's durable work
-    consumer, created with the worker's filter and delivery; the worker's own config (its
-    `max_ack_pending`, `ack_wait`) replaces this one's editable fields when it starts."""
+    consumer, made as the worker makes it but with room for a chunk in flight; the worker's
+    own `max_ack_pending` and `ack_wait` replace these when it starts."""
     js = nc.jetstream()
-    name = consumer_name(function)
-    config = ConsumerConfig(
-        durable_name=name,
-        filter_subject=f"{c.TASKS_SUBJECT}.{function}.>",
-        ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL,
-        max_ack_pending=CHUNK * 10,
-        max_deliver=-1,
-        max_waiting=512,
-    )
+    config = work_consumer(function, concurrency=CHUNK * 10, ack_wait=30)
     await js.add_consumer(c.TASKS_STREAM, config)
-    sub = await js.pull_subscribe_bind(name, stream=c.TASKS_STREAM)
+    sub = await js.pull_subscribe_bind(consumer_name(function), stream=c.TASKS_STREAM)
     taken = 0
     while taken < n:
         for msg in await sub.fetch(min(CHUNK, n - taken), timeout=10):

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from gateway.history.feed import stream_feeds, task_fact
-from gateway.history.headers import header, is_status
+from gateway.history.headers import header
 from gateway.history.plan import first_record, record_of
+from gateway.jetstream.raw import is_status
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import Invocation, Lineage, Source
 from gateway.tasks.records import encode, new_record, stamp
