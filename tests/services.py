@@ -80,6 +80,18 @@ def binary(name: str, *extra: str) -> str:
     raise RuntimeError(f"{name} not found; `make test` installs it")
 
 
+def thread_states(pid: int) -> list[str]:
+    """The scheduler state (R, S, T, ...) of each thread of a process, from /proc."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the thread has just exited
+            continue
+        states.append(text[text.rindex(")") + 2])  # the name in parentheses may hold anything
+    return states
+
+
 class Service:
     """A child process that listens on `port`; restartable."""
 
@@ -113,6 +125,24 @@ class Service:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+    def freeze(self, timeout: float = 10.0) -> None:
+        """SIGSTOP the process and return once every one of its threads has stopped.
+
+        The kernel stops a process thread by thread as each one next runs: on a loaded machine
+        another thread can go on serving for a few milliseconds after kill() returned (a paused
+        NATS server was seen to acknowledge one more publish). /proc says when none can."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while not all(state in ("T", "t") for state in thread_states(self.proc.pid)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"process {self.proc.pid} did not stop in {timeout}s")
+            time.sleep(0.001)
+
+    def thaw(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         self.stop()

@@ -4,8 +4,6 @@ answer 503 rather than 500 until NATS is back (issue 11 items 11 and 17)."""
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,7 @@ def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path / "nats")
     server.start()
     yield server
-    assert server.proc is not None
-    os.kill(server.proc.pid, signal.SIGCONT)
+    server.thaw()
     server.stop()
 
 
@@ -36,8 +33,7 @@ async def test_submit_and_read_while_nats_is_paused(
     api = Api(http, gw.url)
     accepted = await api.submit("echo", {"n": 1})
     await api.wait_status(accepted, "Succeeded")
-    assert own_nats.proc is not None
-    os.kill(own_nats.proc.pid, signal.SIGSTOP)
+    own_nats.freeze()
     try:
         # The connection stays up, so the submit is sent and its ack never comes back.
         task_id = unique("paused")
@@ -49,7 +45,7 @@ async def test_submit_and_read_while_nats_is_paused(
         assert status == 503, body
         assert body["error"]["code"] == "ServiceUnavailable"
     finally:
-        os.kill(own_nats.proc.pid, signal.SIGCONT)
+        own_nats.thaw()
     # The accepted task was only unreadable, not lost.
     assert (await api.task(accepted))["status"] == "Succeeded"
     # The 503'd submit had in fact reached JetStream: the retry with its id says so.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import threading
 import time
 from collections import Counter
@@ -155,8 +154,7 @@ async def test_mqtt_broker_restarted_under_load_loses_nothing_accepted(
         # backlog: a window of messages sent to the trigger but not acknowledged, and more queued
         # behind them, all of which must survive the restart in the broker's store.
         invoked_before_stop = (await trigger_health(api, fn))["invocations"]
-        assert gw.proc is not None
-        gw.proc.send_signal(signal.SIGSTOP)
+        gw.freeze()
         frozen_at_acks = len(load.acked)
         try:
             # Until the broker holds well over one in-flight window for the frozen trigger:
@@ -169,7 +167,7 @@ async def test_mqtt_broker_restarted_under_load_loses_nothing_accepted(
             broker.stop()  # SIGTERM: mosquitto writes its store (sessions, queued and in-flight messages)
             stop_took = time.monotonic() - stopped_at
         finally:
-            gw.proc.send_signal(signal.SIGCONT)
+            gw.thaw()
         assert (broker.workdir / "mosquitto.db").exists(), broker.log()[-2000:]
         await asyncio.sleep(2.0)  # the outage; the publisher keeps retrying the same seq through it
         load.life = 1
