@@ -45,8 +45,10 @@ FILTERS = [
     f"function={BULK}&since=SINCE&until=UNTIL",
     f"function={BULK}&status=Enqueued&source=kafka&chain=c5&order=asc",
 ]
-LIST_ROUNDS = 60  # of every filter, after one warm-up round
-COUNT_ROUNDS = 300
+# Of every filter, after one warm-up round. A p99 needs well over a hundred samples: of 60
+# rounds it was their slowest one, and one stall of the machine decided it.
+LIST_ROUNDS = 200
+COUNT_ROUNDS = 1000
 
 
 def run(run_stack: Stack, settings: Settings) -> list[Figure]:
