@@ -1,4 +1,4 @@
-"""The feed's backfill alone, in-process: `python -m bench.history_backfill N sqlite|postgresql [DIR]`.
+"""The feed's backfill alone, in-process: `python -m bench.history_backfill N sqlite|postgresql [DIR] [FEEDERS]`.
 
 The first run fills a nats-server's streams under DIR (default /tmp/fngate-backfill) with N
 tasks, half of them with a Succeeded record (as `scale_out` does); every run, on the same
@@ -6,11 +6,17 @@ streams, feeds an empty index database from the start and prints the rate (wall)
 CPU this process spent per task (both threads: the event loop's and the database's). The
 CPU figure is what a loaded machine does not distort much, and running it with another
 checkout on PYTHONPATH, alternately, compares two versions of the feed on the same data.
+
+FEEDERS (default 1) above one also starts FEEDERS - 1 feeding processes of their own on the
+same database and consumers, as replicas holding several of `index.feeders`' slots would:
+JetStream shares the consumers' messages between them, and the rate is the deployment's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +31,7 @@ from tests.history.streams import fill
 from tests.services import NatsServer
 
 
-async def backfill(url: str, n: int, kind: str, root: Path, fresh: bool) -> str:
+async def backfill(url: str, n: int, kind: str, root: Path, fresh: bool, helpers: int = 0) -> str:
     from .scale_out import _database, _drop
 
     if fresh:
@@ -44,6 +50,9 @@ async def backfill(url: str, n: int, kind: str, root: Path, fresh: bool) -> str:
     )
     history = TaskHistory(config)
     await history.open()
+    # Started once the database exists, so all of them open one database id and its consumers.
+    helper = [sys.executable, "-m", "bench.history_backfill", "--feed", url, index_url]
+    others = [await asyncio.create_subprocess_exec(*helper) for _ in range(helpers)]
     nc = await nats.connect(url)
     install(nc)  # as the gateway does on the feed's own connection
     history.attach(nc, await history.backend.database_id())
@@ -51,24 +60,50 @@ async def backfill(url: str, n: int, kind: str, root: Path, fresh: bool) -> str:
     started, cpu = time.perf_counter(), time.process_time()
     try:
         while True:
-            counted = (await history.counts(["bulk"]))["bulk"].summary()["totals"]["submitted"]
-            if counted >= n and sum(f.applied for f in history.feeds) >= n + n // 2:
+            totals = (await history.counts(["bulk"]))["bulk"].summary()["totals"]
+            if totals["submitted"] >= n and totals["completed"] >= n // 2:
                 break
             await asyncio.sleep(0.05)
         wall, used = time.perf_counter() - started, time.process_time() - cpu
-        return f"{kind} backfill {n / wall:.0f} tasks/s wall, CPU {used / n * 1e6:.1f} µs/task"
+        used += sum(_cpu_seconds(other.pid) for other in others)  # theirs with their start-up
+        shares = f" over {helpers + 1} feeders" if helpers else ""
+        return f"{kind} backfill {n / wall:.0f} tasks/s wall, CPU {used / n * 1e6:.1f} µs/task{shares}"
     finally:
         for feed in feeds:
             feed.cancel()
+        for other in others:
+            other.terminate()
+            await other.wait()
         await nc.close()
         await history.close()
         if kind != "sqlite":
             await _drop(index_url)
 
 
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def feed_only(url: str, index_url: str) -> None:
+    """A helper feeder (FEEDERS above one): the feeds of the database at index_url, until stopped."""
+    history = TaskHistory(Config.model_validate({"index": {"url": index_url}, "functions": {}}))
+    await history.open()
+    nc = await nats.connect(url)
+    install(nc)
+    history.attach(nc, await history.backend.database_id())
+    await asyncio.gather(*(feed.run() for feed in history.feeds))
+
+
 def main() -> None:
+    if sys.argv[1] == "--feed":
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(feed_only(sys.argv[2], sys.argv[3]))
+        return
     n, kind = int(sys.argv[1]), sys.argv[2]
     root = Path(sys.argv[3] if len(sys.argv) > 3 else "/tmp/fngate-backfill")
+    feeders = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     root.mkdir(parents=True, exist_ok=True)
     for old in root.glob("index.db*"):  # an empty index database every run
         old.unlink()
@@ -77,7 +112,7 @@ def main() -> None:
     server.port = 14222 + n % 1000  # the same port each run: the stored streams' server
     server.start()
     try:
-        print(asyncio.run(backfill(server.url, n, kind, root, not marker.exists())))
+        print(asyncio.run(backfill(server.url, n, kind, root, not marker.exists(), feeders - 1)))
         marker.touch()
     finally:
         server.stop()
