@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import nats
+from nats.aio.client import Client as NATS
 
 from gateway.config.model import Config
 from gateway.history import TaskHistory
@@ -32,7 +32,7 @@ from tests.services import NatsServer
 
 
 async def backfill(url: str, n: int, kind: str, root: Path, fresh: bool, helpers: int = 0) -> str:
-    from .scale_out import _database, _drop
+    from .scale_out import _cpu_by_process, _database, _drop
 
     if fresh:
         started = time.perf_counter()
@@ -42,20 +42,12 @@ async def backfill(url: str, n: int, kind: str, root: Path, fresh: bool, helpers
         index_url = f"sqlite://{root / 'index.db'}"
     else:
         index_url = await _database("postgresql", SimpleNamespace(root=root))  # type: ignore[arg-type]
-    config = Config.model_validate(
-        {
-            "index": {"url": index_url},
-            "functions": {"bulk": {"handler": "python:bench.functions:park", "timeout": "2h"}},
-        }
-    )
-    history = TaskHistory(config)
+    history = _history(index_url)
     await history.open()
     # Started once the database exists, so all of them open one database id and its consumers.
     helper = [sys.executable, "-m", "bench.history_backfill", "--feed", url, index_url]
     others = [await asyncio.create_subprocess_exec(*helper) for _ in range(helpers)]
-    nc = await nats.connect(url)
-    install(nc)  # as the gateway does on the feed's own connection
-    history.attach(nc, await history.backend.database_id())
+    nc = await _attach(history, url)
     feeds = [asyncio.create_task(feed.run()) for feed in history.feeds]
     started, cpu = time.perf_counter(), time.process_time()
     try:
@@ -65,9 +57,9 @@ async def backfill(url: str, n: int, kind: str, root: Path, fresh: bool, helpers
                 break
             await asyncio.sleep(0.05)
         wall, used = time.perf_counter() - started, time.process_time() - cpu
-        used += sum(_cpu_seconds(other.pid) for other in others)  # theirs with their start-up
-        shares = f" over {helpers + 1} feeders" if helpers else ""
-        return f"{kind} backfill {n / wall:.0f} tasks/s wall, CPU {used / n * 1e6:.1f} µs/task{shares}"
+        used += sum(_cpu_by_process([other.pid for other in others]).values())  # theirs with their start-up
+        over = f" over {helpers + 1} feeders" if helpers else ""
+        return f"{kind} backfill {n / wall:.0f} tasks/s wall, CPU {used / n * 1e6:.1f} µs/task{over}"
     finally:
         for feed in feeds:
             feed.cancel()
@@ -80,19 +72,27 @@ async def backfill(url: str, n: int, kind: str, root: Path, fresh: bool, helpers
             await _drop(index_url)
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _history(index_url: str) -> TaskHistory:
+    config = {
+        "index": {"url": index_url},
+        "functions": {"bulk": {"handler": "python:bench.functions:park", "timeout": "2h"}},
+    }
+    return TaskHistory(Config.model_validate(config))
+
+
+async def _attach(history: TaskHistory, url: str) -> NATS:
+    """The history's feeds on a NATS connection of their own, hooked as the feeder's is."""
+    nc = await nats.connect(url)
+    install(nc)
+    history.attach(nc, await history.backend.database_id())
+    return nc
 
 
 async def feed_only(url: str, index_url: str) -> None:
     """A helper feeder (FEEDERS above one): the feeds of the database at index_url, until stopped."""
-    history = TaskHistory(Config.model_validate({"index": {"url": index_url}, "functions": {}}))
+    history = _history(index_url)
     await history.open()
-    nc = await nats.connect(url)
-    install(nc)
-    history.attach(nc, await history.backend.database_id())
+    await _attach(history, url)
     await asyncio.gather(*(feed.run() for feed in history.feeds))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -236,8 +235,7 @@ async def test_list_times_round_trip_in_the_browser_time_zone(
     await page.reload()
     # Round trip through the URL. The input's value is the normalized form HTML gives a local
     # date and time: without its seconds when they are zero (one run in sixty).
-    shown = re.escape(typed.removesuffix(":00")) + "(:00)?" if typed.endswith(":00") else re.escape(typed)
-    await expect(page.locator("#filter-since")).to_have_value(re.compile(f"^{shown}$"))
+    await expect(page.locator("#filter-since")).to_have_value(typed.removesuffix(":00"))
     await expect(first).to_be_visible()
 
     # "until" before the first task: nothing; shifting by the zone's offset would show them.
