@@ -221,10 +221,10 @@ class IndexConfig(_Model):
     url: str = "sqlite"
     # A batch that a replica took but did not commit (it died) goes to another one after this.
     ack_wait: Duration = Field(default=30.0, ge=1.0, le=600.0)
-    # How many replicas' feeders may apply the streams to this database at once. One keeps
-    # its batches large (a SQLite file takes one writer at a time anyway); more share the
-    # work of a deployment whose rate outgrows one process, on PostgreSQL.
-    feeders: int = Field(default=1, ge=1, le=16)
+    # How many feeder processes may apply the streams to this database at once. The first
+    # feeds all the time, with large batches; the others only through a backlog (a backfill,
+    # a burst one process cannot keep up with), where they parse in parallel (history/feeder.py).
+    feeders: int = Field(default=2, ge=1, le=16)
 
     @field_validator("url")
     @classmethod

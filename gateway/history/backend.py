@@ -18,6 +18,8 @@ class FeedLease(Protocol):
     """One of the database's feeder slots, held by one process until it lets go or dies
     (the operating system or the database server then frees it)."""
 
+    slot: int  # which one: slot 0's holder feeds always, the others only through a backlog
+
     async def held(self) -> bool:
         """Still ours (the holder's connection to the database is alive)."""
 
@@ -71,8 +73,8 @@ class Backend(Protocol):
     async def minute_counts(self, function: str, since_second: int) -> list[MinuteRow]:
         """The function's counters from `since_second` on, summed by kind and minute (series.py)."""
 
-    async def feed_lease(self, slots: int) -> FeedLease | None:
-        """One of `slots` feeder slots if one is free, else None (feeder.py). The slots are
+    async def feed_lease(self, slots: range) -> FeedLease | None:
+        """The first free one of these feeder slots, else None (feeder.py). The slots are
         an economy, not a safeguard: two feeders at once are still correct (plan.py)."""
 
 

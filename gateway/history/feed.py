@@ -58,6 +58,11 @@ INACTIVE = 3 * 86400.0  # consumers of a database nobody feeds any more are drop
 # backfill's backlog): a burst's few batches are applied side by side, or the tasks feed's
 # lag (its Enqueued tasks missing from lists) would grow with every burst.
 YIELD_BATCHES = 10
+# A feeder of a slot past the first (feeder.py) joins while a consumer holds more than
+# HELP_ABOVE messages (a backfill, a burst one feeder cannot keep up with), and leaves once it
+# is down to CAUGHT_UP: its share of a trickle would only make everyone's batches smaller.
+HELP_ABOVE = YIELD_BATCHES * BATCH
+CAUGHT_UP = BATCH
 PROGRESS_EVERY = 5.0  # seconds between backfill progress lines
 COMMIT_GRACE = 5.0  # seconds a stopping feed waits for the batch it is committing
 V1_ACK_TOKENS = 9  # an ack subject without domain and account hash (older servers)
@@ -207,7 +212,11 @@ class StreamFeed:
     async def ensure_consumer(self) -> None:
         await streams.ensure_consumer(self.nc.jetstream(), self.stream, self.consumer_config(), log)
 
-    async def run(self) -> None:
+    async def run(self, helping: bool = False) -> None:
+        """Apply the stream until stopped; `helping` (a feeder of a slot past the first,
+        feeder.py): only until the consumer's backlog is down to CAUGHT_UP, then the open
+        pull request is drained (what it brings is applied, not left to ack_wait) and it
+        returns."""
         await self.ensure_consumer()
         self._inbox = self.nc.new_inbox()
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_message)
@@ -223,9 +232,16 @@ class StreamFeed:
         # next one arrives and is parsed here; the next is applied only once the previous
         # one is committed, so every batch reads the rows as the one before left them.
         committing: asyncio.Task[None] | None = None
+        draining = False  # helping, and caught up: no more pull requests
         try:
             while True:
-                if self._credit <= 0 or time.monotonic() > self._deadline:
+                if draining:
+                    if not self._buffer and (self._credit <= 0 or time.monotonic() > self._deadline):
+                        if committing is not None:
+                            await committing
+                            committing = None
+                        return
+                elif self._credit <= 0 or time.monotonic() > self._deadline:
                     await self._wait_for_priority()
                     await self._request()
                 if not self._buffer:
@@ -236,18 +252,21 @@ class StreamFeed:
                     self._arrived.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._arrived.wait(), EXPIRES + 1)
+                    # A request that brought nothing: the other feeders keep up.
+                    draining = draining or (helping and not self._buffer)
                     continue
                 if len(self._buffer) < self.batch and self._credit > 0:
                     await asyncio.sleep(LINGER)
                 msgs = self._buffer[: self.batch]
                 del self._buffer[: self.batch]
-                if self._credit <= 0 and not self._behind_priority():
+                if not draining and self._credit <= 0 and not self._behind_priority():
                     await self._request()  # the server streams the next batch while this one is applied
                 parsed = self._parse(msgs)
                 if committing is not None:
                     await committing
                 committing = asyncio.create_task(self._commit(parsed))
                 pending = parsed.pending
+                draining = draining or (helping and pending < CAUGHT_UP)
                 now = time.monotonic()
                 done = self.applied - progress_applied  # committed, so the first batch's shows next time
                 if now >= progress_at and pending > self.batch and done:
@@ -363,6 +382,11 @@ class StreamFeed:
         head = b"PUB %s " + str(len(verdict)).encode() + b"\r\n" + verdict + b"\r\n"
         await send(b"".join(head % reply.encode() for reply in replies))
         await flush()
+
+    async def undelivered(self) -> int:
+        """Messages the consumer has not handed to any feeder yet."""
+        info = await self.nc.jetstream().consumer_info(self.stream, self.consumer)
+        return info.num_pending or 0
 
     async def check_lag(self) -> Lag:
         """How far the consumer trails its stream, for the gauges and /readyz: messages not

@@ -1,12 +1,16 @@
 """The feeder: the process that applies the streams to the history database.
 
 Every gateway starts one (`feeder_process.py`), and it feeds only while it holds one of the
-database's feeder slots (`index.feeders`, default 1): a file lock beside a SQLite file, a
-session advisory lock in PostgreSQL. So a deployment has one feeder at work per database
-whatever its number of replicas, and its batches stay large; when that feeder's process or
-host dies, the operating system or the database server frees its slot and a waiting
-feeder takes it within LEASE_POLL. The slots are an economy, not a safeguard: two feeders at
-once (a slot taken over while the old holder still commits) are correct, because every
+database's feeder slots (`index.feeders`, default 2): a file lock beside a SQLite file, a
+session advisory lock in PostgreSQL. The holder of slot 0 feeds all the time; so a
+deployment has one feeder at work per database whatever its number of replicas, and its
+batches stay large. The holder of another slot feeds only while a consumer holds more than
+HELP_ABOVE messages (a backfill, a burst), side by side with the first: parsing is most of a
+feeder's CPU, and two parse in parallel (feed.py, `StreamFeed.run(helping=True)`). It takes
+slot 0 as soon as that is free. When a feeder's process or host dies, the operating system
+or the database server frees its slot and a waiting feeder takes it within LEASE_POLL.
+
+The slots are an economy, not a safeguard: two feeders at once are correct, because every
 batch is idempotent by stream sequence (plan.py).
 
 A process of its own, because parsing and writing every message of the deployment would
@@ -34,7 +38,7 @@ from gateway.jetstream.store import connect
 from gateway.observe.logs import setup_logging
 
 from .backend import Backend, FeedLease, open_backend
-from .feed import StreamFeed, stream_feeds
+from .feed import HELP_ABOVE, StreamFeed, stream_feeds
 from .headers import install as lean_headers
 from .retention import Retention
 
@@ -73,7 +77,8 @@ class FeederSettings:
 class Report:
     """What the feeder did since its last report, for the gateway's metrics and /readyz."""
 
-    feeding: bool = False
+    feeding: bool = False  # applying the streams now
+    slot: int | None = None  # the feeder slot it holds
     applied: dict[str, int] = field(default_factory=dict)
     delays: dict[str, list[float]] = field(default_factory=dict)
 
@@ -83,7 +88,8 @@ class Report:
             self.delays.setdefault(stream, []).append(round(delay, 4))
 
     def take(self) -> str:
-        line = json.dumps({"feeding": self.feeding, "applied": self.applied, "delays": self.delays})
+        report = {"feeding": self.feeding, "slot": self.slot, "applied": self.applied, "delays": self.delays}
+        line = json.dumps(report)
         self.applied, self.delays = {}, {}
         return line
 
@@ -108,21 +114,26 @@ class Feeder:
         database_id = await self.backend.database_id()
         try:
             while True:
-                lease = await self.backend.feed_lease(self.settings.slots)
+                lease = await self.backend.feed_lease(range(self.settings.slots))
                 if lease is None:
                     await asyncio.sleep(LEASE_POLL)
                     continue
-                log.info("task index: this replica's feeder holds a feeder slot of %s", self.backend.name)
+                log.info("task index: this replica's feeder holds feeder slot %d of %s", lease.slot, self.backend.name)
                 feeds = stream_feeds(
                     nc, self.backend, database_id, self.oldest_ms, self.settings.ack_wait, self.report.committed
                 )
-                self.report.feeding = True
+                self.report.slot = lease.slot
                 try:
+                    if lease.slot != 0:
+                        lease = await self._help(feeds, lease)
+                        self.report.slot = lease.slot
+                    self.report.feeding = True
                     await self._feed(feeds, lease)
                 except* LeaseLost:
                     log.warning("task index: this replica's feeder lost its slot; waiting for one again")
                 finally:
                     self.report.feeding = False
+                    self.report.slot = None
                     await lease.release()
         finally:
             # Bounded: closing a client that is reconnecting to a server gone for good never ends.
@@ -145,13 +156,47 @@ class Feeder:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    async def _feed(self, feeds: list[StreamFeed], lease: FeedLease) -> None:
-        retention = Retention(self.backend, self.settings.retention_of)
+    async def _feed(self, feeds: list[StreamFeed], lease: FeedLease, helping: bool = False) -> None:
+        """Apply the streams while the lease holds; helping, only until the feeds caught up."""
         async with asyncio.TaskGroup() as group:
-            for feed in feeds:
-                group.create_task(feed.run(), name=f"index feed {feed.stream}")
-            group.create_task(retention.run(), name="index retention")
-            group.create_task(self._hold(lease), name="index lease")
+            holding = group.create_task(self._hold(lease), name="index lease")
+            runs = [group.create_task(feed.run(helping), name=f"index feed {feed.stream}") for feed in feeds]
+            if helping:
+                await asyncio.wait(runs)
+                holding.cancel()
+            else:  # one feeder sweeps, the one that feeds all the time
+                group.create_task(Retention(self.backend, self.settings.retention_of).run(), name="index retention")
+
+    async def _help(self, feeds: list[StreamFeed], lease: FeedLease) -> FeedLease:
+        """Hold a slot past the first: feed through every backlog of more than HELP_ABOVE
+        messages, and return slot 0's lease (releasing this one) once that slot is free."""
+        while True:
+            first = await self.backend.feed_lease(range(1))
+            if first is not None:
+                await lease.release()
+                log.info("task index: this replica's feeder moved to feeder slot 0")
+                return first
+            if await self._behind(feeds):
+                log.info("task index: a backlog: feeder slot %d helps apply it", lease.slot)
+                self.report.feeding = True
+                try:
+                    await self._feed(feeds, lease, helping=True)
+                finally:
+                    self.report.feeding = False
+                log.info("task index: caught up: feeder slot %d waits for the next backlog", lease.slot)
+                continue
+            await asyncio.sleep(LEASE_POLL)
+            if not await lease.held():
+                raise LeaseLost()
+
+    async def _behind(self, feeds: list[StreamFeed]) -> bool:
+        for feed in feeds:
+            try:
+                if await feed.undelivered() > HELP_ABOVE:
+                    return True
+            except Exception as exc:  # NATS away, a consumer not made yet: not now
+                log.debug("task index: backlog of %s unknown: %s", feed.stream, exc)
+        return False
 
     async def _hold(self, lease: FeedLease) -> None:
         while True:

@@ -19,7 +19,7 @@ from ..errors import FngateError, ServiceUnavailable
 from .backend import Backend, open_backend
 from .feed import StreamFeed, stream_feeds
 from .feeder import FeederSettings
-from .feeder_process import FeederProcess
+from .feeder_process import FeederPool
 from .model import Counts, Cursor, Listed, TaskQuery
 from .series import MAX_MINUTES, function_stats, window_start
 
@@ -49,7 +49,7 @@ class TaskHistory:
         self.backend = backend or open_backend(config.index.url, config.nats.data_dir)
         self.feeds: list[StreamFeed] = []
         self.nc: NATS | None = None
-        self.feeder: FeederProcess | None = None
+        self.feeder: FeederPool | None = None
         self.opened = False
 
     def retention_of(self, function: str) -> float:
@@ -75,7 +75,7 @@ class TaskHistory:
 
     async def run(self, nc: NATS, servers: list[str]) -> None:
         """Open the database (a supervisor retries until it can: submits never wait for the
-        index), start this replica's feeder process (feeder.py), and watch the lag until
+        index), start this replica's feeder processes (feeder.py), and watch the lag until
         either fails."""
         if not self.opened:
             try:
@@ -88,7 +88,7 @@ class TaskHistory:
             self.attach(nc, await self.backend.database_id())
             for feed in self.feeds:  # before the lag is watched, which would make them again
                 await feed.ensure_consumer()
-        self.feeder = FeederProcess(self.feeder_settings(servers))
+        self.feeder = FeederPool(self.feeder_settings(servers))
         async with asyncio.TaskGroup() as group:
             group.create_task(self.feeder.run(), name="index feeder")
             group.create_task(self._watch_lag(), name="index lag")
@@ -120,6 +120,8 @@ class TaskHistory:
                     await feed.check_lag()
                 except Exception as exc:  # NATS away: the gauges keep their last value
                     log.debug("task index: lag of %s unknown: %s", feed.stream, exc)
+            if self.feeder is not None:
+                self.feeder.backlog(max((feed.lag.messages for feed in self.feeds), default=0))
             await asyncio.sleep(LAG_INTERVAL)
 
     async def close(self) -> None:
@@ -169,4 +171,5 @@ class TaskHistory:
             "lag_seconds": round(max((lag.seconds for lag in lags), default=0.0), 3),
             "known": bool(lags) and all(lag.checked for lag in lags),
             "feeding": self.feeder is not None and self.feeder.feeding,
+            "slots": self.feeder.slots if self.feeder is not None else [],
         }

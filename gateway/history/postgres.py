@@ -120,6 +120,12 @@ class PostgresBackend:
             command_timeout=60,
             server_settings={"plan_cache_mode": "force_custom_plan", "random_page_cost": "1.1"},
         )
+        async with self.pool.acquire() as conn:
+            # A read when the schema is there: opening does not wait for a batch being committed.
+            with contextlib.suppress(asyncpg.UndefinedTableError):
+                rows = dict(await conn.fetch("SELECT key, value FROM meta WHERE key IN ('schema', 'db_id')"))
+                if rows.get("schema") == SCHEMA_VERSION and "db_id" in rows:
+                    return
         async with self.pool.acquire() as conn, conn.transaction():
             # Two replicas creating the schema at once would collide in the catalog.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
@@ -232,7 +238,7 @@ class PostgresBackend:
         rows = await self._pool().fetch(numbered(MINUTES_SQL), function, since_second)
         return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
 
-    async def feed_lease(self, slots: int) -> SessionLease | None:
+    async def feed_lease(self, slots: range) -> SessionLease | None:
         # Its own connection, outside the pool: a session lock lives as long as the session,
         # and the server frees it when the holder dies or its connection drops. A feeder
         # waiting for a slot asks again every second on the same connection.
@@ -240,10 +246,10 @@ class PostgresBackend:
         if conn is None or conn.is_closed():
             conn = self._lease_conn = await asyncpg.connect(self.url)
         try:
-            for slot in range(slots):
+            for slot in slots:
                 if await conn.fetchval("SELECT pg_try_advisory_lock($1)", FEEDER_KEY + slot):
                     self._lease_conn = None  # the lease's now
-                    return SessionLease(conn)
+                    return SessionLease(conn, slot)
         except BaseException:
             self._lease_conn = None
             await conn.close()
@@ -257,8 +263,9 @@ class PostgresBackend:
 class SessionLease:
     """A feeder slot of a PostgreSQL database: a session advisory lock on a connection of its own."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, slot: int) -> None:
         self.conn: asyncpg.Connection | None = conn
+        self.slot = slot
 
     async def held(self) -> bool:
         if self.conn is None or self.conn.is_closed():

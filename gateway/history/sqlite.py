@@ -154,6 +154,17 @@ class SqliteBackend:
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
+        def current(conn: sqlite3.Connection) -> bool:
+            try:
+                rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('schema', 'db_id')"))
+            except sqlite3.OperationalError:  # no such table: a new file
+                return False
+            return rows.get("schema") == SCHEMA_VERSION and "db_id" in rows
+
+        # A read when the schema is there: opening does not wait for a batch being committed.
+        if await self.reader.run(current):
+            return
+
         def create(conn: sqlite3.Connection) -> None:
             for statement in SCHEMA:
                 conn.execute(statement)
@@ -276,9 +287,9 @@ class SqliteBackend:
         rows = await self.reader.run(lambda conn: conn.execute(MINUTES_SQL, (function, since_second)).fetchall())
         return [(str(kind), int(minute), int(n)) for kind, minute, n in rows]
 
-    async def feed_lease(self, slots: int) -> FileLease | None:
-        for slot in range(slots):
-            lease = FileLease.take(self.path.with_name(f"{self.path.name}.feeder-{slot}.lock"))
+    async def feed_lease(self, slots: range) -> FileLease | None:
+        for slot in slots:
+            lease = FileLease.take(self.path.with_name(f"{self.path.name}.feeder-{slot}.lock"), slot)
             if lease is not None:
                 return lease
         return None
@@ -291,18 +302,19 @@ class FileLease:
     """A feeder slot of a SQLite database: an exclusive flock on a file beside it, which the
     kernel lets go when the holding process dies, however it dies."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, slot: int) -> None:
         self.fd: int | None = fd
+        self.slot = slot
 
     @classmethod
-    def take(cls, path: Path) -> FileLease | None:
+    def take(cls, path: Path, slot: int) -> FileLease | None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return None
-        return cls(fd)
+        return cls(fd, slot)
 
     async def held(self) -> bool:
         return self.fd is not None

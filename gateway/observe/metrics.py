@@ -47,7 +47,7 @@ TRIGGER_DROPPED = Counter(
     "fngate_trigger_dropped_total", "Events a trigger's filter dropped (acknowledged, no task)", ["trigger", "type"]
 )
 INDEX_APPLIED = Counter("fngate_index_applied_total", "Stream messages applied to the task index here", ["stream"])
-INDEX_FEEDING = Gauge("fngate_index_feeding", "1 while this replica's feeder holds one of the index's feeder slots")
+INDEX_FEEDING = Gauge("fngate_index_feeding", "How many of this replica's feeder processes apply the streams now")
 INDEX_LAG_MESSAGES = Gauge("fngate_index_lag_messages", "Stream messages the index has not applied yet", ["stream"])
 INDEX_LAG_SECONDS = Gauge("fngate_index_lag_seconds", "Age of the oldest message the index has not applied", ["stream"])
 INDEX_APPLY_DELAY = Histogram(

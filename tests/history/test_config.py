@@ -12,7 +12,7 @@ def test_index_url_defaults_to_sqlite_and_takes_postgresql() -> None:
     assert parse_config({}).index.url == "sqlite"
     config = parse_config({"index": {"url": "postgresql://fngate@db:5432/fngate", "ack_wait": "5s"}})
     assert config.index.url.startswith("postgresql://") and config.index.ack_wait == 5.0
-    assert parse_config({}).index.feeders == 1 and parse_config({"index": {"feeders": 3}}).index.feeders == 3
+    assert parse_config({}).index.feeders == 2 and parse_config({"index": {"feeders": 3}}).index.feeders == 3
 
 
 @pytest.mark.parametrize(

@@ -110,12 +110,22 @@ async def lag_is_zero(http: aiohttp.ClientSession, gw: GatewayProcess) -> bool:
 async def test_two_replicas_feed_at_once_while_serving_submits(
     gateway_factory: GatewayFactory, http: aiohttp.ClientSession, nats_alone: NatsServer, index_url: str, tmp_path: Path
 ) -> None:
-    total = 20_000
-    # Two feeder slots: both replicas pull from the same consumers and race on the database.
-    gws = [gateway_factory(config(nats_alone.url, index_url, feeders=2)) for _ in range(2)]
-    for gw in gws:
-        await wait_until(lambda gw=gw: feeds(http, gw), timeout=20, interval=0.1)  # type: ignore[misc]
-    ids = await fill(nats_alone.url, BULK, total)
+    total = 40_000
+    # Two feeder slots: the first replica's feeder takes slot 0 and feeds all the time; the
+    # second's takes slot 1 and joins in a backlog. Both then pull from the same consumers
+    # and race on the database.
+    first = gateway_factory(config(nats_alone.url, index_url, feeders=2))
+    await wait_until(lambda: slots_of(http, first, [0]), timeout=20, interval=0.1)
+    second = gateway_factory(config(nats_alone.url, index_url, feeders=2))
+    await wait_until(lambda: slots_of(http, second, [1]), timeout=20, interval=0.1)
+    assert not await feeds(http, second), "slot 1 waits for a backlog"
+    gws = [first, second]
+    release = await hold_write_lock(index_url)  # a backlog that slot 0 alone cannot clear yet
+    try:
+        ids = await fill(nats_alone.url, BULK, total)
+        await wait_until(lambda: feeds(http, second), timeout=30, interval=0.1)
+    finally:
+        await release()
     # Submits are served during the backfill, through both replicas.
     live = [await Api(http, gw.url).submit("echo", {"n": n}) for n in range(10) for gw in gws]
     backend = await opened(index_url, tmp_path)
@@ -123,10 +133,76 @@ async def test_two_replicas_feed_at_once_while_serving_submits(
         await settled(backend, BULK, {"submitted": total, "queued": total})
         await settled(backend, "echo", {"submitted": len(live), "completed": len(live)})
         assert all([await applied(http, gw) > 0 for gw in gws]), "both replicas took batches"
+        assert "feeder slot 1 helps apply it" in second.log()
         body = await wait_until(lambda: listed(http, gws[1], f"function={BULK}&limit=1000&order=asc"))
         assert [t["task_id"] for t in body["tasks"]] == ids[:1000]
+        # Caught up, slot 1 stops pulling, and the live trickle is fed by slot 0 alone.
+        await wait_until(lambda: not_feeding(http, second), timeout=30, interval=0.25)
+        before = await applied(http, second)
+        more = [await Api(http, first.url).submit("echo", {"n": n}) for n in range(5)]
+        await settled(backend, "echo", {"submitted": len(live) + len(more), "completed": len(live) + len(more)})
+        assert await applied(http, second) == before
     finally:
         await backend.close()
+
+
+async def test_a_backlog_brings_in_a_helper_feeder_that_leaves_once_it_is_applied(
+    gateway_factory: GatewayFactory, http: aiohttp.ClientSession, nats_alone: NatsServer, index_url: str, tmp_path: Path
+) -> None:
+    from gateway.history.feeder_process import CALM
+
+    total, done = 60_000, 20_000
+    # One replica, two feeder slots: its feeder holds slot 0; a backlog starts a helper.
+    gw = gateway_factory(config(nats_alone.url, index_url, feeders=2))
+    await wait_until(lambda: slots_of(http, gw, [0]), timeout=20, interval=0.1)
+    await wait_until(lambda: lag_is_zero(http, gw), timeout=20, interval=0.25)
+    assert await index_check(http, gw) | {"lag_seconds": 0} == {
+        "backend": "sqlite" if index_url.startswith("sqlite") else "postgresql",
+        "lag_messages": 0, "lag_seconds": 0, "known": True, "feeding": True, "slots": [0],
+    }  # fmt: skip
+    release = await hold_write_lock(index_url)  # the backlog stays until both feed
+    try:
+        await fill(nats_alone.url, BULK, total, succeeded=done)
+        await wait_until(lambda: feeding_processes(http, gw, 2), timeout=30, interval=0.25)
+        assert (await index_check(http, gw))["slots"] == [0, 1]
+    finally:
+        await release()
+    backend = await opened(index_url, tmp_path)
+    try:
+        await settled(backend, BULK, {"submitted": total, "completed": done, "queued": total - done})
+        assert "feeder slot 1 helps apply it" in gw.log()
+        # Caught up, the helper stops pulling at once, and its process ends after CALM.
+        await wait_until(lambda: feeding_processes(http, gw, 1), timeout=30, interval=0.25)
+        await wait_until(lambda: slots_of(http, gw, [0]), timeout=CALM + 20, interval=0.5)
+        assert "stopping the helper feeders" in gw.log()
+        await Api(http, gw.url).submit("echo", {})
+        await settled(backend, "echo", {"submitted": 1, "completed": 1})
+        await settled(backend, BULK, {"submitted": total, "completed": done, "queued": total - done}, timeout=1)
+    finally:
+        await backend.close()
+
+
+async def index_check(http: aiohttp.ClientSession, gw: GatewayProcess) -> dict[str, Any]:
+    async with http.get(f"{gw.url}/readyz") as resp:
+        index: dict[str, Any] = (await resp.json())["checks"]["index"]
+    return index
+
+
+async def slots_of(http: aiohttp.ClientSession, gw: GatewayProcess, want: list[int]) -> bool:
+    """This replica's feeders hold exactly these feeder slots (/readyz)."""
+    return bool((await index_check(http, gw))["slots"] == want)
+
+
+async def not_feeding(http: aiohttp.ClientSession, gw: GatewayProcess) -> bool:
+    return not await feeds(http, gw)
+
+
+async def feeding_processes(http: aiohttp.ClientSession, gw: GatewayProcess, want: int) -> bool:
+    """This replica has `want` feeder processes applying the streams (its /metrics)."""
+    async with http.get(f"{gw.url}/metrics") as resp:
+        text = await resp.text()
+    found = re.search(r"^fngate_index_feeding ([0-9.]+)$", text, re.M)
+    return found is not None and float(found.group(1)) == want
 
 
 async def listed(http: aiohttp.ClientSession, gw: GatewayProcess, query: str) -> dict[str, Any] | None:

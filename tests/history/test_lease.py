@@ -15,18 +15,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_a_slot_has_one_holder_until_it_lets_go(backend: Backend, index_url: str, tmp_path: Path) -> None:
-    first = await backend.feed_lease(1)
-    assert first is not None and await first.held()
+    first = await backend.feed_lease(range(1))
+    assert first is not None and await first.held() and first.slot == 0
     other = open_backend(index_url, tmp_path)  # another process's view of the same database
     await other.open()
     try:
-        assert await other.feed_lease(1) is None
-        second = await other.feed_lease(2)  # a second slot is free
-        assert second is not None
+        assert await other.feed_lease(range(1)) is None
+        second = await other.feed_lease(range(2))  # a second slot is free
+        assert second is not None and second.slot == 1
         await second.release()
         await first.release()
         assert not await first.held()
-        again = await other.feed_lease(1)
+        again = await other.feed_lease(range(1))
         assert again is not None
         await again.release()
     finally:
@@ -41,7 +41,7 @@ async def test_a_dead_holder_frees_its_slot(backend: Backend, index_url: str, tm
         async def main():
             backend = open_backend({index_url!r}, {str(tmp_path)!r})
             await backend.open()
-            lease = await backend.feed_lease(1)
+            lease = await backend.feed_lease(range(1))
             print("held" if lease else "refused", flush=True)
             await asyncio.sleep(600)
         asyncio.run(main())
@@ -51,11 +51,11 @@ async def test_a_dead_holder_frees_its_slot(backend: Backend, index_url: str, tm
     )
     try:
         assert holder.stdout is not None and (await holder.stdout.readline()).strip() == b"held"
-        assert await backend.feed_lease(1) is None
+        assert await backend.feed_lease(range(1)) is None
     finally:
         holder.kill()
         await holder.wait()
-    lease = await wait_until(lambda: backend.feed_lease(1), timeout=10, interval=0.1)
+    lease = await wait_until(lambda: backend.feed_lease(range(1)), timeout=10, interval=0.1)
     await lease.release()
 
 
@@ -69,7 +69,7 @@ async def test_a_postgresql_slot_is_lost_with_its_connection(tmp_path: Path) -> 
     backend = open_backend(url, tmp_path)
     await backend.open()
     try:
-        lease = await backend.feed_lease(1)
+        lease = await backend.feed_lease(range(1))
         assert lease is not None and await lease.held()
         admin = await asyncpg.connect(url)
         try:  # the server ends the holder's session (a network cut, a failover)
@@ -80,7 +80,7 @@ async def test_a_postgresql_slot_is_lost_with_its_connection(tmp_path: Path) -> 
             await admin.close()
         assert not await lease.held()  # the feeder stops feeding and waits for a slot again
         await lease.release()
-        again = await backend.feed_lease(1)
+        again = await backend.feed_lease(range(1))
         assert again is not None
         await again.release()
     finally:
