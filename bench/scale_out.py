@@ -288,7 +288,9 @@ def _tree(pid: int) -> list[int]:
 
 
 def _cpu_by_process(pids: list[int]) -> dict[int, float]:
-    """CPU seconds (utime + stime) of each process, its descendants included."""
+    """CPU seconds of each process, its descendants included: of every live one its own
+    (utime + stime), and that of its children that ended and were waited for (cutime +
+    cstime: a helper feeder that stops during a burst takes its CPU out of the tree)."""
     ticks = os.sysconf("SC_CLK_TCK")
     used: dict[int, float] = {}
     for pid in pids:
@@ -299,7 +301,7 @@ def _cpu_by_process(pids: list[int]) -> dict[int, float]:
                     fields = stat.read().rsplit(")", 1)[1].split()
             except FileNotFoundError:
                 continue
-            total += int(fields[11]) + int(fields[12])
+            total += sum(int(n) for n in fields[11:15])
         used[pid] = total / ticks
     return used
 

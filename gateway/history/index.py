@@ -88,10 +88,13 @@ class TaskHistory:
             self.attach(nc, await self.backend.database_id())
             for feed in self.feeds:  # before the lag is watched, which would make them again
                 await feed.ensure_consumer()
-        self.feeder = FeederPool(self.feeder_settings(servers))
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.feeder.run(), name="index feeder")
-            group.create_task(self._watch_lag(), name="index lag")
+        self.feeder = feeders = FeederPool(self.feeder_settings(servers))
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(feeders.run(), name="index feeder")
+                group.create_task(self._watch_lag(), name="index lag")
+        finally:
+            await feeders.stop()  # its helpers too: the next run starts a pool of its own
 
     def feeder_settings(self, servers: list[str]) -> FeederSettings:
         config = self.config
