@@ -18,7 +18,7 @@ import pytest
 from tests.services import GatewayProcess, InProcessGateway, Mosquitto, NatsServer, Tansu
 
 # The feeder processes of the gateways under test keep the gateway's own CPU priority: at its
-# default nice 10, on a machine running two test workers and their gateways, the index would
+# default nice 5, on a machine running two test workers and their gateways, the index would
 # trail by seconds, and every test that lists after a task ended would wait that long.
 os.environ.setdefault("FNGATE_FEEDER_NICE", "0")
 

@@ -47,7 +47,7 @@ LEASE_POLL = 1.0  # seconds between tries for a free feeder slot
 LEASE_CHECK = 2.0  # seconds between checks that the slot is still held
 REPORT_EVERY = 0.5  # seconds between reports to the gateway
 CLOSE_WITHIN = 2.0  # seconds a stopping feeder gives each of its connections to close
-NICE = 10  # the feeder's CPU priority below the gateway's (see run); FNGATE_FEEDER_NICE overrides
+NICE = 5  # the feeder's CPU priority below the gateway's (see run); FNGATE_FEEDER_NICE overrides
 
 
 @dataclass
@@ -242,7 +242,9 @@ async def main() -> int:
 def run() -> None:
     # On a saturated host, accepting tasks wins over indexing them: the feeder then takes
     # larger batches (cheaper per task) and its lag, which /readyz and /metrics show, grows
-    # for the burst instead of the submit latency.
+    # for the burst instead of the submit latency. Nice 5, not 10: at 10, three saturated
+    # gateways on 2 cores left it no CPU for seconds (lag p99 3.8 s; at 5, 0.96 s), and at
+    # 0 the submit rate lost 5-10% (docs/benchmarks.md, fifth round).
     with contextlib.suppress(OSError, ValueError):
         os.nice(int(os.environ.get("FNGATE_FEEDER_NICE", NICE)))
     tuning.tune_gc()
