@@ -56,9 +56,9 @@ ACK_WAIT = 30.0  # a batch not committed by then is handed to another replica
 INACTIVE = 3 * 86400.0  # consumers of a database nobody feeds any more are dropped by the server
 # The tasks feed starts waiting when the state feed holds more than this many batches (a
 # backfill's backlog): a burst's batches are applied side by side, or the tasks feed's lag
-# (its Enqueued tasks missing from lists) would grow with every burst. At 10 batches a
-# burst on a 1M-row history crossed it (a feeder ~2 s behind at 12k records/s) and the
-# lag's p99 went from 0.3 s to 2.4 s.
+# (its Enqueued tasks missing from lists) would grow with every burst. It was 10; a burst
+# that a feeder trails by two seconds already holds 24k records (12k/s on 2 cores), while a
+# backfill's backlog is the history, hundreds of thousands.
 YIELD_BATCHES = 50
 # A feeder of a slot past the first (feeder.py) joins while a consumer holds more than
 # HELP_ABOVE messages (a backfill, a burst one feeder cannot keep up with), and leaves once it
