@@ -105,8 +105,9 @@ class FeederPool:
 
     def __init__(self, settings: FeederSettings) -> None:
         self.settings = settings
-        self.main = FeederProcess(settings, self._changed)
+        self.main = FeederProcess(settings, self._main_changed)
         self.helpers: dict[FeederProcess, asyncio.Task[None]] = {}
+        self._backlog = 0  # the latest figure the lag watcher gave
         self._calm_since: float | None = None
 
     @property
@@ -124,13 +125,23 @@ class FeederPool:
     def _changed(self) -> None:
         metrics.INDEX_FEEDING.set(sum(p.feeding for p in self.processes))
 
+    def _main_changed(self) -> None:
+        self._changed()
+        # The main feeder took slot 0 in a backlog the lag watcher saw already (a gateway
+        # started on a history to backfill): its helpers start now, not at the next look.
+        self._consider(time.monotonic())
+
     async def run(self) -> None:
         """The main feeder (a failure to the supervisor, which starts it again)."""
         await self.main.run()
 
     def backlog(self, messages: int, now: float | None = None) -> None:
         """Told the feed's backlog (the largest of its consumers') every few seconds."""
-        now = time.monotonic() if now is None else now
+        self._backlog = messages
+        self._consider(time.monotonic() if now is None else now)
+
+    def _consider(self, now: float) -> None:
+        messages = self._backlog
         if messages > HELP_ABOVE:
             self._calm_since = None
             # Only the replica whose feeder holds slot 0 starts helpers: the others' would
