@@ -129,19 +129,19 @@ class FeederPool:
         self._changed()
         # The main feeder took slot 0 in a backlog the lag watcher saw already (a gateway
         # started on a history to backfill): its helpers start now, not at the next look.
-        self._consider(time.monotonic())
+        self._consider()
 
     async def run(self) -> None:
         """The main feeder (a failure to the supervisor, which starts it again)."""
         await self.main.run()
 
-    def backlog(self, messages: int, now: float | None = None) -> None:
+    def backlog(self, messages: int) -> None:
         """Told the feed's backlog (the largest of its consumers') every few seconds."""
         self._backlog = messages
-        self._consider(time.monotonic() if now is None else now)
+        self._consider()
 
-    def _consider(self, now: float) -> None:
-        messages = self._backlog
+    def _consider(self) -> None:
+        messages, now = self._backlog, time.monotonic()
         if messages > HELP_ABOVE:
             self._calm_since = None
             # Only the replica whose feeder holds slot 0 starts helpers: the others' would
@@ -175,8 +175,8 @@ class FeederPool:
             self._changed()
 
     async def stop(self) -> None:
-        helpers = list(self.helpers.items())
-        for _, task in helpers:
+        tasks = list(self.helpers.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*(task for _, task in helpers), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.main.stop()

@@ -22,6 +22,7 @@ from .series import LAST_MINUTE_KINDS, MINUTES_SQL, MinuteRow
 from .sql import (
     INDEXES,
     RETIRED_INDEXES,
+    SCHEMA_ROWS,
     SCHEMA_VERSION,
     AnalyzeSchedule,
     choose,
@@ -29,6 +30,7 @@ from .sql import (
     fans_out,
     numbered,
     probe_sql,
+    schema_is_current,
     select_sql,
 )
 
@@ -123,8 +125,7 @@ class PostgresBackend:
         async with self.pool.acquire() as conn:
             # A read when the schema is there: opening does not wait for a batch being committed.
             with contextlib.suppress(asyncpg.UndefinedTableError):
-                rows = dict(await conn.fetch("SELECT key, value FROM meta WHERE key IN ('schema', 'db_id')"))
-                if rows.get("schema") == SCHEMA_VERSION and "db_id" in rows:
+                if schema_is_current(dict(await conn.fetch(SCHEMA_ROWS))):
                     return
         async with self.pool.acquire() as conn, conn.transaction():
             # Two replicas creating the schema at once would collide in the catalog.

@@ -12,6 +12,9 @@ from gateway.tasks.status import TaskStatus
 from .model import TaskQuery
 
 SCHEMA_VERSION = "3"
+# What opening a database reads first: with both rows there at this version, the schema is
+# current and nothing is written (`schema_is_current`).
+SCHEMA_ROWS = "SELECT key, value FROM meta WHERE key IN ('schema', 'db_id')"
 COLUMNS = (
     "task_id, function, submitted_ms, status, state_seq, source_type, source_name, condition, chain_id, finished_ms,"
     " record"
@@ -47,6 +50,11 @@ PREFIX_END = "~"  # sorts after every character a task id may hold ([A-Za-z0-9._
 # (SQLite has no statistics of ranges), so the SQL says which: a column written `col || ''`
 # is not an index's.
 SELECTIVE_PREFIX = 6
+
+
+def schema_is_current(meta: dict[str, str]) -> bool:
+    """Of the rows SCHEMA_ROWS read: this version's schema, with the database's id drawn."""
+    return meta.get("schema") == SCHEMA_VERSION and "db_id" in meta
 
 
 def _long_prefix(query: TaskQuery) -> bool:

@@ -26,12 +26,14 @@ from .sql import (
     COLUMNS,
     INDEXES,
     RETIRED_INDEXES,
+    SCHEMA_ROWS,
     SCHEMA_VERSION,
     AnalyzeSchedule,
     choose,
     drivers,
     fans_out,
     probe_sql,
+    schema_is_current,
     select_sql,
 )
 
@@ -156,10 +158,9 @@ class SqliteBackend:
 
         def current(conn: sqlite3.Connection) -> bool:
             try:
-                rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('schema', 'db_id')"))
+                return schema_is_current(dict(conn.execute(SCHEMA_ROWS)))
             except sqlite3.OperationalError:  # no such table: a new file
                 return False
-            return rows.get("schema") == SCHEMA_VERSION and "db_id" in rows
 
         # A read when the schema is there: opening does not wait for a batch being committed.
         if await self.reader.run(current):
