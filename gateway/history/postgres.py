@@ -193,6 +193,7 @@ class PostgresBackend:
 
     async def analyze(self) -> None:
         await self._pool().execute("ANALYZE")
+        self._analyze.refreshed(int(await self._pool().fetchval(ROWS) or 0))
 
     async def counts(self, functions: Sequence[str], *, now: float) -> dict[str, Counts]:
         names = list(functions)

@@ -228,7 +228,7 @@ class SqliteBackend:
         return await self.reader.run(read)
 
     async def analyze(self) -> None:
-        await self.writer.run(_analyze)
+        self._analyze.refreshed(await self.writer.run(_analyze))
 
     async def counts(self, functions: Sequence[str], *, now: float) -> dict[str, Counts]:
         names = list(functions)

@@ -3,6 +3,7 @@ PostgreSQL) fed from one nats-server, with replicas killed and consumers deleted
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 from pathlib import Path
@@ -12,14 +13,17 @@ import aiohttp
 import nats
 import pytest
 
-from gateway.history import open_backend
+from gateway.config.model import Config
+from gateway.history import TaskHistory, open_backend
 from gateway.history.backend import Backend
+from gateway.history.headers import install
 from gateway.tasks import constants as c
 from tests.conftest import Api, GatewayFactory, wait_until
 from tests.history.streams import fill
 from tests.services import GatewayProcess, NatsServer
 
 BULK = "bulk"  # a function no gateway here runs: its tasks keep the states the test wrote
+BULK_CONFIG = {"handler": "python:examples.functions:echo"}  # a config for it: retention reads it
 
 
 @pytest.fixture
@@ -311,3 +315,41 @@ async def test_submits_go_on_while_the_index_database_is_unreachable(
         status, body = await api.get(path)
         assert status == 503 and body["error"]["code"] == "ServiceUnavailable", body
     assert "task index failed" in gw.log()
+
+
+async def _planner_rows(backend: Backend) -> int:
+    """The table's rows as the planner's statistics last counted them."""
+    if backend.name == "sqlite":
+        rows = await backend.reader.run(  # type: ignore[attr-defined]
+            lambda conn: conn.execute("SELECT stat FROM sqlite_stat1 WHERE idx = 'tasks_by_time'").fetchone()
+        )
+        return int(rows[0].split()[0])
+    return int(await backend.pool.fetchval("SELECT reltuples FROM pg_class WHERE relname = 'tasks'"))  # type: ignore[attr-defined]
+
+
+async def test_statistics_are_refreshed_once_a_backlog_is_applied(nats_alone: NatsServer, index_url: str) -> None:
+    # A backfill's oldest tasks come first, all Succeeded; the newer half is only Enqueued.
+    # The doubling schedule last counted 1,000 rows; the end of the backlog counts all.
+    await fill(nats_alone.url, BULK, 1500, succeeded=1000, prefix="s")
+    history = TaskHistory(Config.model_validate(config(nats_alone.url, index_url, 1, bulk=BULK_CONFIG)))
+    await history.open()
+    nc = await nats.connect(nats_alone.url)
+    install(nc)
+    history.attach(nc, await history.backend.database_id())
+    for feed in history.feeds:
+        feed.batch, feed.refresh_after = 100, 300
+    feeds = [asyncio.create_task(feed.run()) for feed in history.feeds]
+    try:
+        await settled(history.backend, BULK, {"submitted": 1500, "completed": 1000})
+
+        async def counted_all() -> dict[str, int] | None:
+            rows = await _planner_rows(history.backend)
+            return {"rows": rows} if rows == 1500 else None
+
+        await wait_until(counted_all, timeout=10, interval=0.1)
+    finally:
+        for task in feeds:
+            task.cancel()
+        await asyncio.gather(*feeds, return_exceptions=True)
+        await nc.close()
+        await history.close()
