@@ -53,7 +53,12 @@ async def backfill(url: str, n: int, kind: str, root: Path, fresh: bool, helpers
     try:
         while True:
             totals = (await history.counts(["bulk"]))["bulk"].summary()["totals"]
-            if totals["submitted"] >= n and totals["completed"] >= n // 2:
+            # Done once every task is counted and a backfill's deferred indexes are built.
+            if (
+                totals["submitted"] >= n
+                and totals["completed"] >= n // 2
+                and not await history.backend.indexes_deferred()
+            ):
                 break
             await asyncio.sleep(0.05)
         wall, used = time.perf_counter() - started, time.process_time() - cpu
