@@ -3,7 +3,7 @@
 Per backend, against one nats-server whose streams hold `settings.history` tasks (half of
 them with a Succeeded record), submitted once for both backends:
 - backfill: a gateway on an empty index database, from its start until the index holds
-  every task and its indexes (built at the end of a backfill) are there (tasks/s);
+  every task (tasks/s);
 - a fresh replica sharing that database: from its process start to a complete listing
   (counts of every task, and a full page);
 - list p99 over filter combinations, through the API (each listed record read from the
@@ -93,7 +93,6 @@ def _one_backend(
     started = time.perf_counter()
     first = run_stack.gateway(_copy(config))
     asyncio.run(_until_counted(first.url, BULK, history, timeout=1800))
-    asyncio.run(_until_indexed(url, run_stack))  # a backfill's deferred indexes are part of it
     backfill = history / (time.perf_counter() - started)
 
     started = time.perf_counter()
@@ -204,19 +203,6 @@ async def _until_counted(base: str, fn: str, n: int, timeout: float, field: str 
                 return
             await asyncio.sleep(0.1)
     raise TimeoutError(f"{fn}: {field} did not reach {n} in {timeout}s")
-
-
-async def _until_indexed(index_url: str, run_stack: Stack) -> None:
-    """Until the index's secondary indexes are there (sql.DEFER_ABOVE), read from the database."""
-    from gateway.history import open_backend
-
-    backend = open_backend(index_url, run_stack.root)
-    await backend.open()
-    try:
-        while await backend.indexes_deferred():
-            await asyncio.sleep(0.05)
-    finally:
-        await backend.close()
 
 
 async def _complete_listing(base: str, n: int) -> None:

@@ -57,16 +57,6 @@ class Backend(Protocol):
     async def analyze(self) -> None:
         """Refresh the planner's statistics of the tables (after a bulk load)."""
 
-    async def defer_indexes(self) -> bool:
-        """A backfill starts: while the table is empty, drop the secondary indexes until
-        `after_backlog` (sql.DEFER_ABOVE). True when they are deferred now."""
-
-    async def indexes_deferred(self) -> bool: ...
-
-    async def after_backlog(self) -> bool:
-        """A backlog is applied: build the indexes deferred for it (True when it did), and
-        refresh the statistics."""
-
     async def counts(self, functions: Sequence[str], *, now: float) -> dict[str, Counts]: ...
 
     async def function_of(self, task_id: str) -> str | None: ...

@@ -44,7 +44,6 @@ from .backend import Backend, OldestMs
 from .headers import header
 from .model import Fact, iso_ms, to_ms
 from .plan import merge
-from .sql import DEFER_ABOVE
 
 log = logging.getLogger(__name__)
 BATCH = 2000  # messages per pull request and per transaction
@@ -68,7 +67,6 @@ HELP_ABOVE = 10 * BATCH
 CAUGHT_UP = BATCH
 PROGRESS_EVERY = 5.0  # seconds between backfill progress lines
 COMMIT_GRACE = 5.0  # seconds a stopping feed waits for the batch it is committing
-NOTHING_MORE = (b"404", b"408")  # status codes of a pull request the consumer had nothing (more) for
 V1_ACK_TOKENS = 9  # an ack subject without domain and account hash (older servers)
 
 
@@ -196,15 +194,7 @@ class StreamFeed:
     # (its oldest tasks Succeeded, all of them applied first) PostgreSQL read the listing
     # order's index filtered by status through 500k newer rows: 170 ms at 1M tasks, not 2.
     refresh_after: int = HELP_ABOVE
-    # A first batch with this many messages behind it starts a backfill: into an empty table
-    # its rows go without the secondary indexes, built once it is applied (sql.DEFER_ABOVE).
-    defer_above: int = DEFER_ABOVE
-    # This process's feeds of the database: a backlog is applied once all of them are.
-    group: list[StreamFeed] = field(default_factory=list)
-    # True from the start: a feeder that died mid-backfill may have left the indexes deferred,
-    # and whoever feeds next builds them once caught up.
-    _backlogged: bool = True
-    _first_batch: bool = True
+    _backlogged: bool = False
     backlog_at: float = 0.0
     _yielding: bool = False
     _buffer: list[Delivery] = field(default_factory=list)
@@ -268,8 +258,6 @@ class StreamFeed:
                         await committing
                         committing = None
                         continue
-                    if self._backlogged and self._group_caught_up():  # its last batch came before
-                        await self._after_backlog()
                     self._arrived.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._arrived.wait(), EXPIRES + 1)
@@ -345,7 +333,8 @@ class StreamFeed:
     def _on_raw(self, subject: bytes, reply: bytes, data: bytes, hdr: bytes | None) -> None:
         if not data and is_status(hdr):
             # 404/408: nothing (more) for this request; 409: the server ended it. Ask again.
-            self._ended(hdr is not None and hdr[9:12] in NOTHING_MORE)
+            self._credit = 0
+            self._arrived.set()
             return
         self._credit -= 1
         self._buffer.append((subject.decode(), reply.decode(), data, hdr))
@@ -354,22 +343,12 @@ class StreamFeed:
     async def _on_message(self, msg: Msg) -> None:
         """Deliveries the library's way, where headers.py could not hook the connection."""
         if not msg.data and msg.headers and "Status" in msg.headers:
-            self._ended(msg.headers["Status"] in ("404", "408"))
+            self._credit = 0
+            self._arrived.set()
             return
         self._credit -= 1
         self._buffer.append((msg.subject, msg.reply, msg.data, msg.headers))
         self._arrived.set()
-
-    def _ended(self, nothing_more: bool) -> None:
-        """The open pull request is over; `nothing_more`: the consumer has nothing left for it."""
-        self._credit = 0
-        if nothing_more and not self._buffer:
-            self.backlog, self.backlog_at = 0, time.monotonic()
-        self._arrived.set()
-
-    def caught_up(self) -> bool:
-        """This feed has applied what its consumer held, as of a look that is recent."""
-        return self.backlog < self.batch and time.monotonic() - self.backlog_at < PROGRESS_EVERY
 
     def _parse(self, msgs: list[Delivery]) -> Parsed:
         pending = newest_ns = 0
@@ -395,35 +374,20 @@ class StreamFeed:
 
     async def _commit(self, batch: Parsed) -> None:
         """Apply one batch in one transaction, then acknowledge its messages."""
-        if self._first_batch:
-            self._first_batch = False
-            if batch.pending > self.defer_above and await self.backend.defer_indexes():
-                log.info("task index: a backfill of %s; the indexes are built once it is applied", self.stream)
         if batch.facts:
             await self.backend.apply(batch.facts, now=time.time(), oldest_ms=self.oldest_ms)
         await self._ack(batch.replies)
         self.applied += len(batch.replies)
         delay = max(0.0, time.time() - batch.newest_ns / 1e9) if batch.newest_ns else None
         self.on_commit(self.stream, len(batch.replies), delay)
-        if self._backlogged and batch.pending < self.batch and self._group_caught_up():
-            await self._after_backlog()
-
-    def _group_caught_up(self) -> bool:
-        return all(feed.caught_up() for feed in self.group or [self])
-
-    async def _after_backlog(self) -> None:
-        for feed in self.group or [self]:
-            feed._backlogged = False
-        started = time.monotonic()
-        try:
-            built = await self.backend.after_backlog()
-        except Exception as exc:  # the next backlog tries again; the feed goes on
-            log.warning("task index: finishing a backlog failed: %s: %s", type(exc).__name__, exc)
-            for feed in self.group or [self]:
-                feed._backlogged = True
-            return
-        if built:
-            log.info("task index: backfill applied; indexes built in %.1f s", time.monotonic() - started)
+        if self._backlogged and batch.pending < self.batch:
+            self._backlogged = False
+            try:
+                await self.backend.analyze()
+            except Exception as exc:  # the plans stay as they were; the feed goes on
+                log.warning("task index: refreshing the statistics after a backlog failed: %s", exc)
+            else:
+                log.info("task index: %s backlog applied; statistics refreshed", self.stream)
 
     async def _ack(self, replies: list[str], verdict: bytes = b"+ACK") -> None:
         """Each message acknowledged explicitly (see the module's doc), all in one write."""
@@ -486,6 +450,5 @@ def stream_feeds(
     tasks.ack_wait = states.ack_wait = ack_wait
     tasks.on_commit = states.on_commit = on_commit
     tasks.yield_to = states
-    tasks.group = states.group = [tasks, states]
     tasks.newest_wins = False
     return [tasks, states]

@@ -51,7 +51,6 @@ class TaskHistory:
         self.nc: NATS | None = None
         self.feeder: FeederPool | None = None
         self.opened = False
-        self.indexes_deferred = False  # as of the lag watcher's last look (sql.DEFER_ABOVE)
 
     def retention_of(self, function: str) -> float:
         known = self.config.functions.get(function)
@@ -124,8 +123,6 @@ class TaskHistory:
                     await feed.check_lag()
                 except Exception as exc:  # NATS away: the gauges keep their last value
                     log.debug("task index: lag of %s unknown: %s", feed.stream, exc)
-            with contextlib.suppress(Exception):
-                self.indexes_deferred = await self.backend.indexes_deferred()
             if self.feeder is not None:
                 self.feeder.backlog(max((feed.lag.messages for feed in self.feeds), default=0))
             await asyncio.sleep(LAG_INTERVAL)
@@ -178,6 +175,4 @@ class TaskHistory:
             "known": bool(lags) and all(lag.checked for lag in lags),
             "feeding": self.feeder is not None and self.feeder.feeding,
             "slots": self.feeder.slots if self.feeder is not None else [],
-            # A backfill into an empty table builds them once it is applied; listings read the table meanwhile.
-            "indexes": "deferred" if self.indexes_deferred else "built",
         }

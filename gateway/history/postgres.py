@@ -20,15 +20,10 @@ from .model import WINDOW, Counts, Fact, Listed, TaskQuery
 from .plan import Plan, plan
 from .series import LAST_MINUTE_KINDS, MINUTES_SQL, MinuteRow
 from .sql import (
-    ANY_ROW,
-    CREATE_INDEXES,
-    DEFERRED,
-    DROP_INDEXES,
-    MARK_DEFERRED,
+    INDEXES,
     RETIRED_INDEXES,
     SCHEMA_ROWS,
     SCHEMA_VERSION,
-    UNMARK_DEFERRED,
     AnalyzeSchedule,
     choose,
     drivers,
@@ -41,7 +36,6 @@ from .sql import (
 
 LOCK_KEY = 0x666E67617465  # "fngate": the advisory lock every writer takes
 FEEDER_KEY = LOCK_KEY + 1  # feeder slot k is the session advisory lock FEEDER_KEY + k
-BUILD_TIMEOUT = 3600.0  # seconds building the deferred indexes of a large backfill may take
 LEASE_CHECK_TIMEOUT = 5.0  # seconds a lease's connection has to answer before it counts as lost
 TEXT = 'TEXT COLLATE "C"'
 SCHEMA = [
@@ -52,7 +46,7 @@ SCHEMA = [
         record TEXT NOT NULL
     )""",
     *(f"DROP INDEX IF EXISTS {name}" for name in RETIRED_INDEXES),
-    *CREATE_INDEXES,
+    *(f"CREATE INDEX IF NOT EXISTS {name} ON tasks {columns}" for name, columns in INDEXES.items()),
     f"""CREATE TABLE IF NOT EXISTS counts (
         function {TEXT} NOT NULL, status {TEXT} NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (function, status)
     )""",
@@ -197,36 +191,8 @@ class PostgresBackend:
             rows = await conn.fetch(f"EXPLAIN {sql}", *params)
         return "; ".join(" ".join(str(r[0]).split()) for r in rows)
 
-    async def defer_indexes(self) -> bool:
-        async with self._pool().acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
-            if await conn.fetchval(DEFERRED):
-                return True
-            if await conn.fetchval(ANY_ROW):
-                return False
-            for statement in DROP_INDEXES:
-                await conn.execute(statement)
-            await conn.execute(MARK_DEFERRED)
-        return True
-
-    async def indexes_deferred(self) -> bool:
-        return bool(await self._pool().fetchval(DEFERRED))
-
-    async def after_backlog(self) -> bool:
-        built = False
-        async with self._pool().acquire() as conn, conn.transaction():
-            # Under the writers' lock: the batches wait (the backlog is applied), readers do not.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
-            if await conn.fetchval(DEFERRED):
-                for statement in CREATE_INDEXES:
-                    await conn.execute(statement, timeout=BUILD_TIMEOUT)
-                await conn.execute(UNMARK_DEFERRED)
-                built = True
-        await self.analyze()
-        return built
-
     async def analyze(self) -> None:
-        await self._pool().execute("ANALYZE", timeout=BUILD_TIMEOUT)
+        await self._pool().execute("ANALYZE")
         self._analyze.refreshed(int(await self._pool().fetchval(ROWS) or 0))
 
     async def counts(self, functions: Sequence[str], *, now: float) -> dict[str, Counts]:

@@ -42,19 +42,6 @@ INDEXES = {
     # the chain's every row in order (at 1M tasks in 7 chains, oldest first: 200-300 ms).
     "tasks_by_function_status_chain": "(function, status, chain_id, submitted_ms, task_id)",
 }
-# A backfill into an empty table inserts its rows with the primary key alone, and builds
-# these indexes once it is applied: each sorted in one pass instead of a B-tree insert per
-# row and index. Measured at 200k tasks on PostgreSQL, in-process: 26k tasks/s against 16k,
-# its server's CPU 12 µs per task against 35 (docs/benchmarks.md). Meanwhile a listing reads
-# the table (`/readyz` says `indexes: deferred`); the counters are exact throughout.
-DEFER_ABOVE = 50_000  # messages a consumer holds on its first batch for a backfill to defer them
-DEFERRED_KEY = "indexes"  # a meta row, 'deferred' while they are dropped
-DEFERRED = f"SELECT 1 FROM meta WHERE key = '{DEFERRED_KEY}'"
-ANY_ROW = "SELECT 1 FROM tasks LIMIT 1"
-DROP_INDEXES = [f"DROP INDEX IF EXISTS {name}" for name in INDEXES]
-CREATE_INDEXES = [f"CREATE INDEX IF NOT EXISTS {name} ON tasks {columns}" for name, columns in INDEXES.items()]
-MARK_DEFERRED = f"INSERT INTO meta VALUES ('{DEFERRED_KEY}', 'deferred') ON CONFLICT (key) DO NOTHING"
-UNMARK_DEFERRED = f"DELETE FROM meta WHERE key = '{DEFERRED_KEY}'"
 RETIRED_INDEXES = ["tasks_by_status", "tasks_by_source", "tasks_by_condition"]  # schema 1
 PREFIX_END = "~"  # sorts after every character a task id may hold ([A-Za-z0-9._-])
 # A prefix this long is a narrow range of the primary key, read and then sorted; a shorter

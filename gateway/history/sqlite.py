@@ -23,16 +23,11 @@ from .model import WINDOW, Counts, Fact, Listed, TaskQuery
 from .plan import Plan, plan
 from .series import LAST_MINUTE_KINDS, MINUTES_SQL, MinuteRow
 from .sql import (
-    ANY_ROW,
     COLUMNS,
-    CREATE_INDEXES,
-    DEFERRED,
-    DROP_INDEXES,
-    MARK_DEFERRED,
+    INDEXES,
     RETIRED_INDEXES,
     SCHEMA_ROWS,
     SCHEMA_VERSION,
-    UNMARK_DEFERRED,
     AnalyzeSchedule,
     choose,
     drivers,
@@ -53,7 +48,7 @@ SCHEMA = [
         record TEXT NOT NULL
     ) WITHOUT ROWID""",
     *(f"DROP INDEX IF EXISTS {name}" for name in RETIRED_INDEXES),
-    *CREATE_INDEXES,
+    *(f"CREATE INDEX IF NOT EXISTS {name} ON tasks {columns}" for name, columns in INDEXES.items()),
     """CREATE TABLE IF NOT EXISTS counts (
         function TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (function, status)
     )""",
@@ -231,35 +226,6 @@ class SqliteBackend:
             return "; ".join(str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
 
         return await self.reader.run(read)
-
-    async def defer_indexes(self) -> bool:
-        def defer(conn: sqlite3.Connection) -> bool:
-            if conn.execute(DEFERRED).fetchone():
-                return True
-            if conn.execute(ANY_ROW).fetchone():
-                return False
-            for statement in DROP_INDEXES:
-                conn.execute(statement)
-            conn.execute(MARK_DEFERRED)
-            return True
-
-        return await self.writer.run(lambda conn: _write(conn, defer))
-
-    async def indexes_deferred(self) -> bool:
-        return bool(await self.reader.run(lambda conn: conn.execute(DEFERRED).fetchone()))
-
-    async def after_backlog(self) -> bool:
-        def build(conn: sqlite3.Connection) -> bool:
-            if not conn.execute(DEFERRED).fetchone():
-                return False
-            for statement in CREATE_INDEXES:
-                conn.execute(statement)
-            conn.execute(UNMARK_DEFERRED)
-            return True
-
-        built = await self.writer.run(lambda conn: _write(conn, build))
-        await self.analyze()
-        return built
 
     async def analyze(self) -> None:
         self._analyze.refreshed(await self.writer.run(_analyze))

@@ -17,10 +17,7 @@ from gateway.config.model import Config
 from gateway.history import TaskHistory, open_backend
 from gateway.history.backend import Backend
 from gateway.history.headers import install
-from gateway.history.model import TaskQuery
-from gateway.history.sql import INDEXES
 from gateway.tasks import constants as c
-from gateway.tasks.status import TaskStatus
 from tests.conftest import Api, GatewayFactory, wait_until
 from tests.history.streams import fill
 from tests.services import GatewayProcess, NatsServer
@@ -354,66 +351,5 @@ async def test_statistics_are_refreshed_once_a_backlog_is_applied(nats_alone: Na
         for task in feeds:
             task.cancel()
         await asyncio.gather(*feeds, return_exceptions=True)
-        await nc.close()
-        await history.close()
-
-
-async def _secondary_indexes(backend: Backend) -> set[str]:
-    if backend.name == "sqlite":
-        rows = await backend.reader.run(  # type: ignore[attr-defined]
-            lambda conn: conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks'"
-            ).fetchall()
-        )
-    else:
-        rows = await backend.pool.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'tasks'")  # type: ignore[attr-defined]
-    return {str(r[0]) for r in rows} & set(INDEXES)
-
-
-async def test_a_backfill_into_an_empty_table_builds_its_indexes_once_it_is_applied(
-    nats_alone: NatsServer, index_url: str
-) -> None:
-    await fill(nats_alone.url, BULK, 2000, succeeded=1000, prefix="d")
-    history = TaskHistory(Config.model_validate(config(nats_alone.url, index_url, 1, bulk=BULK_CONFIG)))
-    await history.open()
-    nc = await nats.connect(nats_alone.url)
-    install(nc)
-    try:
-        # A first feeder applies the state stream alone and stops: the tasks feed never caught
-        # up, so the backfill is not over and the indexes are still waiting for it.
-        history.attach(nc, await history.backend.database_id())
-        states_feed = history.feeds[1]
-        states_feed.batch, states_feed.defer_above = 100, 500
-        running = asyncio.create_task(states_feed.run())
-        await settled(history.backend, BULK, {"submitted": 1000, "completed": 1000})
-        assert await history.backend.indexes_deferred()
-        assert await _secondary_indexes(history.backend) == set()
-        listed, _ = await history.list(TaskQuery(function=BULK, statuses=(TaskStatus.SUCCEEDED,), limit=5))
-        assert [t.task_id for t in listed] == [f"d{i:07d}" for i in range(999, 994, -1)]  # a read of the table
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-
-        # The next feeder (a new process would be the same: the mark is in the database)
-        # applies the rest and builds them.
-        history.attach(nc, await history.backend.database_id())
-        feeds = [asyncio.create_task(feed.run()) for feed in history.feeds]
-        try:
-            await settled(history.backend, BULK, {"submitted": 2000, "completed": 1000})
-
-            async def built() -> set[str] | None:
-                names = await _secondary_indexes(history.backend)
-                return names if names == set(INDEXES) else None
-
-            await wait_until(built, timeout=15, interval=0.1)
-            assert not await history.backend.indexes_deferred()
-            query = TaskQuery(function=BULK, statuses=(TaskStatus.ENQUEUED,), limit=5)
-            assert "tasks_by_function_status" in await history.backend.explain(query)
-            listed, _ = await history.list(query)
-            assert [t.task_id for t in listed] == [f"d{i:07d}" for i in range(1999, 1994, -1)]
-        finally:
-            for task in feeds:
-                task.cancel()
-            await asyncio.gather(*feeds, return_exceptions=True)
-    finally:
         await nc.close()
         await history.close()
