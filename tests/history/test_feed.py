@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -351,5 +352,43 @@ async def test_statistics_are_refreshed_once_a_backlog_is_applied(nats_alone: Na
         for task in feeds:
             task.cancel()
         await asyncio.gather(*feeds, return_exceptions=True)
+        await nc.close()
+        await history.close()
+
+
+async def test_a_stopped_feed_strands_nothing_its_open_pull_request_would_have_brought(
+    nats_alone: NatsServer, index_url: str
+) -> None:
+    # The feed stops with a pull request open on the server; messages stored after that
+    # must stay pending for the next feeder, not be delivered to a dead inbox, where they
+    # would wait ack_wait (30 s here): the server drops a request whose inbox lost interest.
+    await fill(nats_alone.url, BULK, 10, prefix="a")
+    settings = config(nats_alone.url, index_url, 1, bulk=BULK_CONFIG)
+    settings["index"]["ack_wait"] = "30s"
+    history = TaskHistory(Config.model_validate(settings))
+    await history.open()
+    nc = await nats.connect(nats_alone.url)
+    install(nc)
+    try:
+        history.attach(nc, await history.backend.database_id())
+        tasks_feed = history.feeds[0]
+        running = asyncio.create_task(tasks_feed.run())
+        await settled(history.backend, BULK, {"submitted": 10})
+
+        async def fresh_request() -> bool:  # one with most of its life ahead on the server
+            return tasks_feed._credit > 0 and tasks_feed._deadline - time.monotonic() > 1.5
+
+        await wait_until(fresh_request, timeout=10, interval=0.01)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await fill(nats_alone.url, BULK, 20, prefix="b")
+
+        async def pending() -> tuple[int, int] | None:
+            info = await nc.jetstream().consumer_info(c.TASKS_STREAM, tasks_feed.consumer)
+            return (0, 20) if (info.num_ack_pending, info.num_pending) == (0, 20) else None
+
+        await wait_until(pending, timeout=3, interval=0.05)
+        assert (await history.backend.counts([BULK], now=0))[BULK].summary()["totals"]["submitted"] == 10
+    finally:
         await nc.close()
         await history.close()
