@@ -195,6 +195,10 @@ class StreamFeed:
     # order's index filtered by status through 500k newer rows: 170 ms at 1M tasks, not 2.
     refresh_after: int = HELP_ABOVE
     _backlogged: bool = False
+    # The last pull request ended without a message: the consumer is caught up, whoever
+    # applied the backlog's tail (another replica, a helper) and whatever this feed's last
+    # batch said was left.
+    _idle: bool = False
     backlog_at: float = 0.0
     _yielding: bool = False
     _buffer: list[Delivery] = field(default_factory=list)
@@ -258,6 +262,8 @@ class StreamFeed:
                         await committing
                         committing = None
                         continue
+                    if self._idle and self._backlogged:
+                        await self._refresh_statistics()
                     self._arrived.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._arrived.wait(), EXPIRES + 1)
@@ -333,20 +339,24 @@ class StreamFeed:
     def _on_raw(self, subject: bytes, reply: bytes, data: bytes, hdr: bytes | None) -> None:
         if not data and is_status(hdr):
             # 404/408: nothing (more) for this request; 409: the server ended it. Ask again.
+            self._idle = self._credit == self.batch
             self._credit = 0
             self._arrived.set()
             return
         self._credit -= 1
+        self._idle = False
         self._buffer.append((subject.decode(), reply.decode(), data, hdr))
         self._arrived.set()
 
     async def _on_message(self, msg: Msg) -> None:
         """Deliveries the library's way, where headers.py could not hook the connection."""
         if not msg.data and msg.headers and "Status" in msg.headers:
+            self._idle = self._credit == self.batch
             self._credit = 0
             self._arrived.set()
             return
         self._credit -= 1
+        self._idle = False
         self._buffer.append((msg.subject, msg.reply, msg.data, msg.headers))
         self._arrived.set()
 
@@ -381,13 +391,16 @@ class StreamFeed:
         delay = max(0.0, time.time() - batch.newest_ns / 1e9) if batch.newest_ns else None
         self.on_commit(self.stream, len(batch.replies), delay)
         if self._backlogged and batch.pending < self.batch:
-            self._backlogged = False
-            try:
-                await self.backend.analyze()
-            except Exception as exc:  # the plans stay as they were; the feed goes on
-                log.warning("task index: refreshing the statistics after a backlog failed: %s", exc)
-            else:
-                log.info("task index: %s backlog applied; statistics refreshed", self.stream)
+            await self._refresh_statistics()
+
+    async def _refresh_statistics(self) -> None:
+        self._backlogged = False
+        try:
+            await self.backend.analyze()
+        except Exception as exc:  # the plans stay as they were; the feed goes on
+            log.warning("task index: refreshing the statistics after a backlog failed: %s", exc)
+        else:
+            log.info("task index: %s backlog applied; statistics refreshed", self.stream)
 
     async def _ack(self, replies: list[str], verdict: bytes = b"+ACK") -> None:
         """Each message acknowledged explicitly (see the module's doc), all in one write."""
