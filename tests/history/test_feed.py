@@ -4,15 +4,18 @@ PostgreSQL) fed from one nats-server, with replicas killed and consumers deleted
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import nats
 import pytest
+from nats.aio.client import Client as NATS
 
 from gateway.config.model import Config
 from gateway.history import TaskHistory, open_backend
@@ -328,32 +331,48 @@ async def _planner_rows(backend: Backend) -> int:
     return int(await backend.pool.fetchval("SELECT reltuples FROM pg_class WHERE relname = 'tasks'"))  # type: ignore[attr-defined]
 
 
+@contextlib.asynccontextmanager
+async def fed_here(nats_url: str, index_url: str, ack_wait: str = "2s") -> AsyncIterator[tuple[TaskHistory, NATS]]:
+    """A history whose feeds the test runs in its own process, on a connection hooked as a feeder's."""
+    settings = config(nats_url, index_url, 1, bulk=BULK_CONFIG)
+    settings["index"]["ack_wait"] = ack_wait
+    history = TaskHistory(Config.model_validate(settings))
+    await history.open()
+    nc = await nats.connect(nats_url)
+    install(nc)
+    try:
+        history.attach(nc, await history.backend.database_id())
+        yield history, nc
+    finally:
+        await nc.close()
+        await history.close()
+
+
+async def planner_counts(backend: Backend, rows: int, timeout: float = 10) -> None:
+    """Until the planner's statistics count `rows` rows."""
+
+    async def counted() -> dict[str, int] | None:
+        seen = await _planner_rows(backend)
+        return {"rows": seen} if seen == rows else None
+
+    await wait_until(counted, timeout=timeout, interval=0.1)
+
+
 async def test_statistics_are_refreshed_once_a_backlog_is_applied(nats_alone: NatsServer, index_url: str) -> None:
     # A backfill's oldest tasks come first, all Succeeded; the newer half is only Enqueued.
     # The doubling schedule last counted 1,000 rows; the end of the backlog counts all.
     await fill(nats_alone.url, BULK, 1500, succeeded=1000, prefix="s")
-    history = TaskHistory(Config.model_validate(config(nats_alone.url, index_url, 1, bulk=BULK_CONFIG)))
-    await history.open()
-    nc = await nats.connect(nats_alone.url)
-    install(nc)
-    history.attach(nc, await history.backend.database_id())
-    for feed in history.feeds:
-        feed.batch, feed.refresh_after = 100, 300
-    feeds = [asyncio.create_task(feed.run()) for feed in history.feeds]
-    try:
-        await settled(history.backend, BULK, {"submitted": 1500, "completed": 1000})
-
-        async def counted_all() -> dict[str, int] | None:
-            rows = await _planner_rows(history.backend)
-            return {"rows": rows} if rows == 1500 else None
-
-        await wait_until(counted_all, timeout=10, interval=0.1)
-    finally:
-        for task in feeds:
-            task.cancel()
-        await asyncio.gather(*feeds, return_exceptions=True)
-        await nc.close()
-        await history.close()
+    async with fed_here(nats_alone.url, index_url) as (history, _):
+        for feed in history.feeds:
+            feed.batch, feed.refresh_after = 100, 300
+        feeds = [asyncio.create_task(feed.run()) for feed in history.feeds]
+        try:
+            await settled(history.backend, BULK, {"submitted": 1500, "completed": 1000})
+            await planner_counts(history.backend, 1500)
+        finally:
+            for task in feeds:
+                task.cancel()
+            await asyncio.gather(*feeds, return_exceptions=True)
 
 
 async def test_a_stopped_feed_strands_nothing_its_open_pull_request_would_have_brought(
@@ -363,14 +382,7 @@ async def test_a_stopped_feed_strands_nothing_its_open_pull_request_would_have_b
     # must stay pending for the next feeder, not be delivered to a dead inbox, where they
     # would wait ack_wait (30 s here): the server drops a request whose inbox lost interest.
     await fill(nats_alone.url, BULK, 10, prefix="a")
-    settings = config(nats_alone.url, index_url, 1, bulk=BULK_CONFIG)
-    settings["index"]["ack_wait"] = "30s"
-    history = TaskHistory(Config.model_validate(settings))
-    await history.open()
-    nc = await nats.connect(nats_alone.url)
-    install(nc)
-    try:
-        history.attach(nc, await history.backend.database_id())
+    async with fed_here(nats_alone.url, index_url, ack_wait="30s") as (history, nc):
         tasks_feed = history.feeds[0]
         running = asyncio.create_task(tasks_feed.run())
         await settled(history.backend, BULK, {"submitted": 10})
@@ -389,9 +401,6 @@ async def test_a_stopped_feed_strands_nothing_its_open_pull_request_would_have_b
 
         await wait_until(pending, timeout=3, interval=0.05)
         assert (await history.backend.counts([BULK], now=0))[BULK].summary()["totals"]["submitted"] == 10
-    finally:
-        await nc.close()
-        await history.close()
 
 
 async def test_statistics_are_refreshed_by_a_feed_that_finds_another_applied_the_backlog(
@@ -400,12 +409,7 @@ async def test_statistics_are_refreshed_by_a_feed_that_finds_another_applied_the
     # A helper or another replica applied the backlog's tail: this feed's own last batch had
     # a backlog behind it, and its next pull request brings nothing.
     await fill(nats_alone.url, BULK, 1500, prefix="o")
-    history = TaskHistory(Config.model_validate(config(nats_alone.url, index_url, 1, bulk=BULK_CONFIG)))
-    await history.open()
-    nc = await nats.connect(nats_alone.url)
-    install(nc)
-    try:
-        history.attach(nc, await history.backend.database_id())
+    async with fed_here(nats_alone.url, index_url) as (history, nc):
         other = history.feeds[0]  # the one that applies it all, never counting it a backlog
         other.batch, other.refresh_after = 100, 10**9
         running = asyncio.create_task(other.run())
@@ -418,16 +422,8 @@ async def test_statistics_are_refreshed_by_a_feed_that_finds_another_applied_the
         mine = history.feeds[0]
         mine._backlogged = True  # its last batch saw a backlog behind it
         running = asyncio.create_task(mine.run())
-
-        async def counted_all() -> dict[str, int] | None:
-            rows = await _planner_rows(history.backend)
-            return {"rows": rows} if rows == 1500 else None
-
         try:
-            await wait_until(counted_all, timeout=10, interval=0.1)  # after its first empty request
+            await planner_counts(history.backend, 1500)  # after its first empty request
         finally:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
-    finally:
-        await nc.close()
-        await history.close()
