@@ -65,6 +65,7 @@ YIELD_BATCHES = 50
 # is down to CAUGHT_UP: its share of a trickle would only make everyone's batches smaller.
 HELP_ABOVE = 10 * BATCH
 CAUGHT_UP = BATCH
+REFRESH_EVERY = 600.0  # seconds between two refreshes of the statistics by one feed (`_refresh_due`)
 PROGRESS_EVERY = 5.0  # seconds between backfill progress lines
 COMMIT_GRACE = 5.0  # seconds a stopping feed waits for the batch it is committing
 V1_ACK_TOKENS = 9  # an ack subject without domain and account hash (older servers)
@@ -195,6 +196,7 @@ class StreamFeed:
     # order's index filtered by status through 500k newer rows: 170 ms at 1M tasks, not 2.
     refresh_after: int = HELP_ABOVE
     _backlogged: bool = False
+    _refreshed_at: float = float("-inf")
     # The last pull request ended without a message: the consumer is caught up, whoever
     # applied the backlog's tail (another replica, a helper) and whatever this feed's last
     # batch said was left.
@@ -262,7 +264,7 @@ class StreamFeed:
                         await committing
                         committing = None
                         continue
-                    if self._idle and self._backlogged:
+                    if self._idle and self._refresh_due():
                         await self._refresh_statistics()
                     self._arrived.clear()
                     with contextlib.suppress(TimeoutError):
@@ -390,11 +392,17 @@ class StreamFeed:
         self.applied += len(batch.replies)
         delay = max(0.0, time.time() - batch.newest_ns / 1e9) if batch.newest_ns else None
         self.on_commit(self.stream, len(batch.replies), delay)
-        if self._backlogged and batch.pending < self.batch:
+        if batch.pending < self.batch and self._refresh_due():
             await self._refresh_statistics()
 
+    def _refresh_due(self) -> bool:
+        # At most once per REFRESH_EVERY: at 10k tasks/s a hiccup of a few seconds is such a
+        # backlog, and an ANALYZE of a large table reads thousands of pages. A backlog
+        # applied sooner is refreshed at the first calm moment after it.
+        return self._backlogged and time.monotonic() - self._refreshed_at >= REFRESH_EVERY
+
     async def _refresh_statistics(self) -> None:
-        self._backlogged = False
+        self._backlogged, self._refreshed_at = False, time.monotonic()
         try:
             await self.backend.analyze()
         except Exception as exc:  # the plans stay as they were; the feed goes on

@@ -106,3 +106,22 @@ def test_a_batch_makes_each_task_of_its_newest_readable_record_and_acks_every_me
         ]
     )
     assert json.loads(record_of(parsed.facts["t-7"]))["attempts"] == 0  # the first submission's, not the requeue's
+
+
+def test_statistics_are_refreshed_after_a_backlog_at_most_once_per_interval() -> None:
+    import time
+
+    from gateway.history.feed import REFRESH_EVERY
+
+    feeds: Any = stream_feeds(None, None, "db", lambda _function: 0)  # type: ignore[arg-type]
+    states_feed = feeds[1]
+    assert not states_feed._refresh_due()  # no backlog seen
+    states_feed._parse([delivery("fngate.state.t-1", 1, b"{}")])  # pending 0: no backlog behind it
+    assert not states_feed._refresh_due()
+    behind = ("fngate.state.t-2", f"$JS.ACK.S.C.1.2.2.2000.{states_feed.refresh_after + 1}", b"{}", None)
+    states_feed._parse([behind])  # a batch with a backlog behind it
+    assert states_feed._refresh_due()
+    states_feed._refreshed_at = time.monotonic() - 1  # refreshed a moment ago
+    assert not states_feed._refresh_due()  # it waits; the backlog is remembered
+    states_feed._refreshed_at = time.monotonic() - REFRESH_EVERY
+    assert states_feed._refresh_due()
