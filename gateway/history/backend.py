@@ -45,8 +45,10 @@ class Backend(Protocol):
         replicas sharing a database share them, and a new (or deleted) database is fed from
         the start of the streams."""
 
-    async def apply(self, facts: Mapping[str, Fact], *, now: float, oldest_ms: OldestMs) -> Plan:
-        """Apply one batch (one fact per task) in one transaction; returns what it changed."""
+    async def apply(self, facts: Mapping[str, Fact], *, now: float, oldest_ms: OldestMs, analyze: bool = False) -> Plan:
+        """Apply one batch (one fact per task) in one transaction; returns what it changed.
+        `analyze`: the statistics are refreshed in the same transaction (the last batch of a
+        backlog: its rows and the figures that plan their queries become visible at once)."""
 
     async def select(self, query: TaskQuery) -> list[Listed]:
         """Up to `query.limit` tasks in order (`sql.select_sql`)."""

@@ -386,13 +386,20 @@ class StreamFeed:
 
     async def _commit(self, batch: Parsed) -> None:
         """Apply one batch in one transaction, then acknowledge its messages."""
+        # The last batch of a backlog refreshes the statistics in its own transaction: the
+        # moment its rows are there (a backfill counted complete), so are the figures that
+        # plan their listings. Refreshed after the commit, the first listings raced it.
+        refresh = batch.pending < self.batch and self._refresh_due()
         if batch.facts:
-            await self.backend.apply(batch.facts, now=time.time(), oldest_ms=self.oldest_ms)
+            await self.backend.apply(batch.facts, now=time.time(), oldest_ms=self.oldest_ms, analyze=refresh)
         await self._ack(batch.replies)
         self.applied += len(batch.replies)
         delay = max(0.0, time.time() - batch.newest_ns / 1e9) if batch.newest_ns else None
         self.on_commit(self.stream, len(batch.replies), delay)
-        if batch.pending < self.batch and self._refresh_due():
+        if refresh and batch.facts:
+            self._backlogged, self._refreshed_at = False, time.monotonic()
+            log.info("task index: %s backlog applied; statistics refreshed", self.stream)
+        elif refresh:
             await self._refresh_statistics()
 
     def _refresh_due(self) -> bool:

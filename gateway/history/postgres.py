@@ -10,6 +10,7 @@ range of the primary key and the order matches byte order on every server.
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -34,8 +35,10 @@ from .sql import (
     select_sql,
 )
 
+log = logging.getLogger(__name__)
 LOCK_KEY = 0x666E67617465  # "fngate": the advisory lock every writer takes
 FEEDER_KEY = LOCK_KEY + 1  # feeder slot k is the session advisory lock FEEDER_KEY + k
+ANALYZE_TIMEOUT = 10.0  # seconds a batch's ANALYZE may take (it may wait for autovacuum) before the batch commits without it
 LEASE_CHECK_TIMEOUT = 5.0  # seconds a lease's connection has to answer before it counts as lost
 TEXT = 'TEXT COLLATE "C"'
 SCHEMA = [
@@ -156,7 +159,9 @@ class PostgresBackend:
     async def database_id(self) -> str:
         return str(await self._pool().fetchval("SELECT value FROM meta WHERE key = 'db_id'"))
 
-    async def apply(self, facts: Mapping[str, Fact], *, now: float, oldest_ms: Callable[[str], int]) -> Plan:
+    async def apply(
+        self, facts: Mapping[str, Fact], *, now: float, oldest_ms: Callable[[str], int], analyze: bool = False
+    ) -> Plan:
         async with self._pool().acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
             rows = await conn.fetch(
@@ -174,7 +179,16 @@ class PostgresBackend:
             if changes.recent:
                 recent = [(f, k, s, n) for (f, k, s), n in changes.recent.items()]
                 await conn.execute(UPSERT_RECENT, *_columns(recent, 4))
-        if self._analyze.note(len(changes.inserts)):
+            if analyze:
+                try:
+                    async with conn.transaction():  # a savepoint: a failed ANALYZE costs the batch nothing
+                        await conn.execute("ANALYZE tasks", timeout=ANALYZE_TIMEOUT)
+                except (asyncpg.PostgresError, TimeoutError) as exc:
+                    log.warning("task index: refreshing the statistics failed: %s", exc)
+                    analyze = False
+        if analyze:
+            self._analyze.refreshed(int(await self._pool().fetchval(ROWS) or 0))
+        elif self._analyze.note(len(changes.inserts)):
             await self._pool().execute("ANALYZE tasks")
             self._analyze.refreshed(int(await self._pool().fetchval(ROWS) or 0))
         return changes

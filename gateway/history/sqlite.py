@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import uuid
@@ -38,6 +39,7 @@ from .sql import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 CACHE_KIB = 64 * 1024  # page cache per connection: the hot ends of the indexes stay in memory
 CHUNK = 500  # ids per IN (...) list: well under SQLite's bound on parameters
 SCHEMA = [
@@ -182,7 +184,9 @@ class SqliteBackend:
         row = await self.reader.run(lambda conn: conn.execute("SELECT value FROM meta WHERE key = 'db_id'").fetchone())
         return str(row[0])
 
-    async def apply(self, facts: Mapping[str, Fact], *, now: float, oldest_ms: Callable[[str], int]) -> Plan:
+    async def apply(
+        self, facts: Mapping[str, Fact], *, now: float, oldest_ms: Callable[[str], int], analyze: bool = False
+    ) -> Plan:
         def work(conn: sqlite3.Connection) -> Plan:
             ids = list(facts)
             existing: dict[str, tuple[str, str, int]] = {}
@@ -206,10 +210,18 @@ class SqliteBackend:
                 conn.executemany(UPSERT_COUNT, deltas)
             if changes.recent:
                 conn.executemany(UPSERT_RECENT, [(f, k, s, n) for (f, k, s), n in changes.recent.items()])
+            if analyze:
+                try:
+                    refreshed.append(_analyze(conn))
+                except sqlite3.Error as exc:  # the batch commits without it
+                    log.warning("task index: refreshing the statistics failed: %s", exc)
             return changes
 
+        refreshed: list[int] = []
         changes = await self.writer.run(lambda conn: _write(conn, work))
-        if self._analyze.note(len(changes.inserts)):
+        if refreshed:
+            self._analyze.refreshed(refreshed[0])
+        elif self._analyze.note(len(changes.inserts)):
             self._analyze.refreshed(await self.writer.run(_analyze))
         return changes
 
