@@ -38,7 +38,8 @@ from .sql import (
 log = logging.getLogger(__name__)
 LOCK_KEY = 0x666E67617465  # "fngate": the advisory lock every writer takes
 FEEDER_KEY = LOCK_KEY + 1  # feeder slot k is the session advisory lock FEEDER_KEY + k
-ANALYZE_TIMEOUT = 10.0  # seconds a batch's ANALYZE may take (it may wait for autovacuum) before the batch commits without it
+# Seconds a batch's ANALYZE may take (it may wait for autovacuum) before the batch commits without it.
+ANALYZE_TIMEOUT = 10.0
 LEASE_CHECK_TIMEOUT = 5.0  # seconds a lease's connection has to answer before it counts as lost
 TEXT = 'TEXT COLLATE "C"'
 SCHEMA = [
