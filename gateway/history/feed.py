@@ -197,10 +197,6 @@ class StreamFeed:
     refresh_after: int = HELP_ABOVE
     _backlogged: bool = False
     _refreshed_at: float = float("-inf")
-    # The last pull request ended without a message: the consumer is caught up, whoever
-    # applied the backlog's tail (another replica, a helper) and whatever this feed's last
-    # batch said was left.
-    _idle: bool = False
     backlog_at: float = 0.0
     _yielding: bool = False
     _buffer: list[Delivery] = field(default_factory=list)
@@ -264,8 +260,6 @@ class StreamFeed:
                         await committing
                         committing = None
                         continue
-                    if self._idle and self._refresh_due():
-                        await self._refresh_statistics()
                     self._arrived.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._arrived.wait(), EXPIRES + 1)
@@ -341,24 +335,20 @@ class StreamFeed:
     def _on_raw(self, subject: bytes, reply: bytes, data: bytes, hdr: bytes | None) -> None:
         if not data and is_status(hdr):
             # 404/408: nothing (more) for this request; 409: the server ended it. Ask again.
-            self._idle = self._credit == self.batch
             self._credit = 0
             self._arrived.set()
             return
         self._credit -= 1
-        self._idle = False
         self._buffer.append((subject.decode(), reply.decode(), data, hdr))
         self._arrived.set()
 
     async def _on_message(self, msg: Msg) -> None:
         """Deliveries the library's way, where headers.py could not hook the connection."""
         if not msg.data and msg.headers and "Status" in msg.headers:
-            self._idle = self._credit == self.batch
             self._credit = 0
             self._arrived.set()
             return
         self._credit -= 1
-        self._idle = False
         self._buffer.append((msg.subject, msg.reply, msg.data, msg.headers))
         self._arrived.set()
 

@@ -402,29 +402,3 @@ async def test_a_stopped_feed_strands_nothing_its_open_pull_request_would_have_b
 
         await wait_until(pending, timeout=3, interval=0.05)
         assert (await history.backend.counts([BULK], now=0))[BULK].summary()["totals"]["submitted"] == 10
-
-
-async def test_statistics_are_refreshed_by_a_feed_that_finds_another_applied_the_backlog(
-    nats_alone: NatsServer, index_url: str
-) -> None:
-    # A helper or another replica applied the backlog's tail: this feed's own last batch had
-    # a backlog behind it, and its next pull request brings nothing.
-    await fill(nats_alone.url, BULK, 1500, prefix="o")
-    async with fed_here(nats_alone.url, index_url) as (history, nc):
-        other = history.feeds[0]  # the one that applies it all, never counting it a backlog
-        other.batch, other.refresh_after = 100, 10**9
-        running = asyncio.create_task(other.run())
-        await settled(history.backend, BULK, {"submitted": 1500})
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        assert await _planner_rows(history.backend) < 1500  # as of the doubling schedule's last look
-
-        history.attach(nc, await history.backend.database_id())
-        mine = history.feeds[0]
-        mine._backlogged = True  # its last batch saw a backlog behind it
-        running = asyncio.create_task(mine.run())
-        try:
-            await planner_counts(history.backend, 1500)  # after its first empty request
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
