@@ -189,6 +189,7 @@ class StreamFeed:
     # counts its attempts, the first record must not).
     newest_wins: bool = True
     backlog: int = 0  # messages the consumer held after the last batch this replica took
+    backlog_at: float = 0.0
     # A backlog this large (a backfill, a long outage) changes the table faster than its
     # statistics follow (sql.AnalyzeSchedule refreshes them as the table doubles, autovacuum
     # later still): once it is applied they are refreshed. With a backfill's stale figures
@@ -197,7 +198,6 @@ class StreamFeed:
     refresh_after: int = HELP_ABOVE
     _backlogged: bool = False
     _refreshed_at: float = float("-inf")
-    backlog_at: float = 0.0
     _yielding: bool = False
     _buffer: list[Delivery] = field(default_factory=list)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -380,32 +380,22 @@ class StreamFeed:
         # moment its rows are there (a backfill counted complete), so are the figures that
         # plan their listings. Refreshed after the commit, the first listings raced it.
         refresh = batch.pending < self.batch and self._refresh_due()
-        if batch.facts:
-            await self.backend.apply(batch.facts, now=time.time(), oldest_ms=self.oldest_ms, analyze=refresh)
+        if batch.facts or refresh:
+            changes = await self.backend.apply(batch.facts, now=time.time(), oldest_ms=self.oldest_ms, analyze=refresh)
         await self._ack(batch.replies)
         self.applied += len(batch.replies)
         delay = max(0.0, time.time() - batch.newest_ns / 1e9) if batch.newest_ns else None
         self.on_commit(self.stream, len(batch.replies), delay)
-        if refresh and batch.facts:
+        if refresh:  # tried once per backlog; a failure is the backend's warning
             self._backlogged, self._refreshed_at = False, time.monotonic()
-            log.info("task index: %s backlog applied; statistics refreshed", self.stream)
-        elif refresh:
-            await self._refresh_statistics()
+            if changes.analyzed:
+                log.info("task index: %s backlog applied; statistics refreshed", self.stream)
 
     def _refresh_due(self) -> bool:
         # At most once per REFRESH_EVERY: at 10k tasks/s a hiccup of a few seconds is such a
         # backlog, and an ANALYZE of a large table reads thousands of pages. A backlog
         # applied sooner is refreshed at the first calm moment after it.
         return self._backlogged and time.monotonic() - self._refreshed_at >= REFRESH_EVERY
-
-    async def _refresh_statistics(self) -> None:
-        self._backlogged, self._refreshed_at = False, time.monotonic()
-        try:
-            await self.backend.analyze()
-        except Exception as exc:  # the plans stay as they were; the feed goes on
-            log.warning("task index: refreshing the statistics after a backlog failed: %s", exc)
-        else:
-            log.info("task index: %s backlog applied; statistics refreshed", self.stream)
 
     async def _ack(self, replies: list[str], verdict: bytes = b"+ACK") -> None:
         """Each message acknowledged explicitly (see the module's doc), all in one write."""

@@ -42,6 +42,7 @@ class Plan:
     updates: list[UpdateRow] = field(default_factory=list)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (function, status) -> delta
     recent: Counter[tuple[str, str, int]] = field(default_factory=Counter)  # (function, kind, second) -> delta
+    analyzed: bool = False  # the statistics were refreshed in the batch's transaction (`Backend.apply`)
 
     @property
     def empty(self) -> bool:

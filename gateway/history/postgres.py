@@ -186,10 +186,10 @@ class PostgresBackend:
                         await conn.execute("ANALYZE tasks", timeout=ANALYZE_TIMEOUT)
                 except (asyncpg.PostgresError, TimeoutError) as exc:
                     log.warning("task index: refreshing the statistics failed: %s", exc)
-                    analyze = False
-        if analyze:
-            self._analyze.refreshed(int(await self._pool().fetchval(ROWS) or 0))
-        elif self._analyze.note(len(changes.inserts)):
+                else:
+                    changes.analyzed = True
+                    self._analyze.refreshed(int(await conn.fetchval(ROWS) or 0))
+        if not changes.analyzed and self._analyze.note(len(changes.inserts)):
             await self._pool().execute("ANALYZE tasks")
             self._analyze.refreshed(int(await self._pool().fetchval(ROWS) or 0))
         return changes

@@ -212,16 +212,16 @@ class SqliteBackend:
                 conn.executemany(UPSERT_RECENT, [(f, k, s, n) for (f, k, s), n in changes.recent.items()])
             if analyze:
                 try:
-                    refreshed.append(_analyze(conn))
+                    rows = _analyze(conn)
                 except sqlite3.Error as exc:  # the batch commits without it
                     log.warning("task index: refreshing the statistics failed: %s", exc)
+                else:
+                    changes.analyzed = True
+                    self._analyze.refreshed(rows)
             return changes
 
-        refreshed: list[int] = []
         changes = await self.writer.run(lambda conn: _write(conn, work))
-        if refreshed:
-            self._analyze.refreshed(refreshed[0])
-        elif self._analyze.note(len(changes.inserts)):
+        if not changes.analyzed and self._analyze.note(len(changes.inserts)):
             self._analyze.refreshed(await self.writer.run(_analyze))
         return changes
 

@@ -4,11 +4,12 @@ record written straight from its invocation header, and status deliveries told a
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 
-from gateway.history.feed import stream_feeds, task_fact
+from gateway.history.feed import REFRESH_EVERY, stream_feeds, task_fact
 from gateway.history.headers import header
 from gateway.history.plan import first_record, record_of
 from gateway.jetstream.raw import is_status
@@ -109,10 +110,6 @@ def test_a_batch_makes_each_task_of_its_newest_readable_record_and_acks_every_me
 
 
 def test_statistics_are_refreshed_after_a_backlog_at_most_once_per_interval() -> None:
-    import time
-
-    from gateway.history.feed import REFRESH_EVERY
-
     feeds: Any = stream_feeds(None, None, "db", lambda _function: 0)  # type: ignore[arg-type]
     states_feed = feeds[1]
     assert not states_feed._refresh_due()  # no backlog seen

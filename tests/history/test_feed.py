@@ -348,16 +348,6 @@ async def fed_here(nats_url: str, index_url: str, ack_wait: str = "2s") -> Async
         await history.close()
 
 
-async def planner_counts(backend: Backend, rows: int, timeout: float = 10) -> None:
-    """Until the planner's statistics count `rows` rows."""
-
-    async def counted() -> dict[str, int] | None:
-        seen = await _planner_rows(backend)
-        return {"rows": seen} if seen == rows else None
-
-    await wait_until(counted, timeout=timeout, interval=0.1)
-
-
 async def test_statistics_are_refreshed_once_a_backlog_is_applied(nats_alone: NatsServer, index_url: str) -> None:
     # A backfill's oldest tasks come first, all Succeeded; the newer half is only Enqueued.
     # The doubling schedule last counted 1,000 rows; the end of the backlog counts all.
