@@ -108,6 +108,9 @@ def task_fact(data: bytes, hdr: Headers, _seq: int) -> Fact | None:
         return None
     try:
         submitted = to_ms(float(f[3]))
+        # What its first record reads when the row is listed (plan.listed_record): a header
+        # it could not be made of is unreadable here, not a listing that fails later.
+        float(f[4]), int(f[6]), int(f[11])
     except ValueError:
         return None
     # What the task's first record is made of, should this submission make its row.

@@ -63,7 +63,8 @@ class Fact:
     state_seq: int = 0
     condition: str | None = None
     finished_ms: int | None = None
-    record: str | None = None  # the task record (JSON) of a state; a submission's is made on insert
+    # The task record (JSON) of a state; a submission's row holds its headers (plan.record_of).
+    record: str | None = None
     headers: dict[str, str] | None = None  # a submission's headers, to make its record from
     started_ms: int | None = None  # the record's started_at (its first attempt), for the run-time histogram
 

@@ -110,16 +110,34 @@ def plan(
     return result
 
 
+# A row made from a submission holds the headers its first record is made of, not that
+# record: it is rendered when the row is listed (`listed_record`). A feed inserts every
+# submission and lists few of them; making each record on insert was a tenth of the live
+# feeder's CPU, and the headers are a third of the record's bytes, which every index page
+# split and commit of the table writes (docs/architecture.md, "What a row holds").
+HEADERS_MARK = "\x1e"  # starts a row's stored headers; a JSON record starts with "{"
+
+
 def record_of(fact: Fact) -> str:
-    """The record a row shows in a list: the state's own, or a submission's first record
-    (made here, for the rows actually inserted: a backfill's submissions mostly find theirs)."""
+    """What a row holds for its record: a state's own record, or a submission's headers
+    (`listed_record` makes its first record of them)."""
     if fact.record is not None:
         return fact.record
     headers = fact.headers or {}
+    # Header values hold no line breaks (NATS forbids them), names no colon.
+    return HEADERS_MARK + "\n".join(f"{name}:{value}" for name, value in headers.items())
+
+
+def listed_record(stored: str) -> str:
+    """A row's record as a list shows it (JSON): a state's as stored, a submission's made
+    from its headers, as `new_record` would have made it."""
+    if not stored.startswith(HEADERS_MARK):
+        return stored
+    headers = dict(line.split(":", 1) for line in stored[1:].split("\n") if line)
     try:
         return first_record(headers[c.H_INVOCATION], headers.get(c.H_TRACEPARENT), headers.get(c.H_TRACESTATE))
     except (KeyError, ValueError, IndexError):
-        return encode(new_record(Invocation.from_message(fact.headers, b""))).decode()
+        return encode(new_record(Invocation.from_message(headers, b""))).decode()
 
 
 def first_record(meta: str, traceparent: str | None, tracestate: str | None) -> str:

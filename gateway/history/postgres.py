@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from .model import WINDOW, Counts, Fact, Listed, TaskQuery
-from .plan import Plan, plan
+from .plan import Plan, listed_record, plan
 from .series import LAST_MINUTE_KINDS, MINUTES_SQL, MinuteRow
 from .sql import (
     INDEXES,
@@ -198,7 +198,7 @@ class PostgresBackend:
         async with self._pool().acquire() as conn:
             sql, params = await _statement(conn, query)
             rows = await conn.fetch(sql, *params)
-        return [Listed(r[0], r[1], r[2], r[3]) for r in rows]
+        return [Listed(r[0], r[1], r[2], listed_record(r[3])) for r in rows]
 
     async def explain(self, query: TaskQuery) -> str:
         async with self._pool().acquire() as conn:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .model import WINDOW, Counts, Fact, Listed, TaskQuery
-from .plan import Plan, plan
+from .plan import Plan, listed_record, plan
 from .series import LAST_MINUTE_KINDS, MINUTES_SQL, MinuteRow
 from .sql import (
     COLUMNS,
@@ -228,7 +228,7 @@ class SqliteBackend:
     async def select(self, query: TaskQuery) -> list[Listed]:
         def read(conn: sqlite3.Connection) -> list[Listed]:
             sql, params = _statement(conn, query)
-            return [Listed(*row) for row in conn.execute(sql, params)]
+            return [Listed(r[0], r[1], r[2], listed_record(r[3])) for r in conn.execute(sql, params)]
 
         return await self.reader.run(read)
 

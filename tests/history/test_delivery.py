@@ -11,7 +11,7 @@ import pytest
 
 from gateway.history.feed import REFRESH_EVERY, stream_feeds, task_fact
 from gateway.history.headers import header
-from gateway.history.plan import first_record, record_of
+from gateway.history.plan import HEADERS_MARK, first_record, listed_record, record_of
 from gateway.jetstream.raw import is_status
 from gateway.tasks import constants as c
 from gateway.tasks.invocation import Invocation, Lineage, Source
@@ -47,6 +47,10 @@ def test_a_raw_block_makes_the_fact_the_parsed_headers_make(inv: Invocation) -> 
     from_raw, from_dict = task_fact(b"", raw_block(headers), 0), task_fact(b"", headers, 0)
     assert from_raw is not None and from_dict is not None
     assert record_of(from_raw) == record_of(from_dict)
+    # Its row holds the headers, and a listing shows the record new_record makes of them.
+    assert record_of(from_raw).startswith(HEADERS_MARK)
+    listed = json.loads(listed_record(record_of(from_raw)))
+    assert listed == json.loads(encode(new_record(Invocation.from_message(headers, b""))))
     assert (from_raw.task_id, from_raw.function, from_raw.source_type, from_raw.source_name, from_raw.chain_id) == (
         inv.task_id, inv.function, inv.source.type, inv.source.name, inv.lineage.chain_id,
     )  # fmt: skip
@@ -106,7 +110,8 @@ def test_a_batch_makes_each_task_of_its_newest_readable_record_and_acks_every_me
             delivery("fngate.tasks.fn.t-7", 21, b"", raw_block(requeue)),
         ]
     )
-    assert json.loads(record_of(parsed.facts["t-7"]))["attempts"] == 0  # the first submission's, not the requeue's
+    listed = json.loads(listed_record(record_of(parsed.facts["t-7"])))
+    assert listed["attempts"] == 0  # the first submission's, not the requeue's
 
 
 def test_statistics_are_refreshed_after_a_backlog_at_most_once_per_interval() -> None:
@@ -122,3 +127,10 @@ def test_statistics_are_refreshed_after_a_backlog_at_most_once_per_interval() ->
     assert not states_feed._refresh_due()  # it waits; the backlog is remembered
     states_feed._refreshed_at = time.monotonic() - REFRESH_EVERY
     assert states_feed._refresh_due()
+
+
+@pytest.mark.parametrize("field", [4, 6, 11])
+def test_a_submission_its_first_record_cannot_be_made_of_is_unreadable(field: int) -> None:
+    meta = INVOCATIONS[0].headers()[c.H_INVOCATION].split("|")
+    meta[field] = "x"
+    assert task_fact(b"", {c.H_INVOCATION: "|".join(meta)}, 0) is None
